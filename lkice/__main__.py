@@ -1,0 +1,3 @@
+from lkice.cli import main
+
+main()

@@ -1,0 +1,223 @@
+"""The probe engine: targets -> paths -> concurrent probes under one overall deadline -> Report.
+
+Every path is its own task; the engine waits for all of them, the deadline or an interruption,
+whichever comes first. Unfinished paths are cancelled and reported with the phase they were in,
+so a partial report is always a true one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.probe.path import ProbeSettings, Redirect, probe_path
+from lkice.probe.resolve import Resolution, resolve
+from lkice.report import PathResult, Report, interrupted_error
+from lkice.stun import format_address
+from lkice.uri import IceUri, Transport
+from lkice.verdict import decide
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[PathResult], None]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    deadline: float = 20.0
+    dns_timeout: float = 5.0
+    nameserver: tuple[str, int] | None = None
+
+
+def _family(ip: str) -> str:
+    return f"ipv{ipaddress.ip_address(ip).version}"
+
+
+class _Run:
+    def __init__(self, settings: EngineSettings, on_path_done: ProgressCallback | None) -> None:
+        self.settings = settings
+        self.paths: list[PathResult] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.on_path_done = on_path_done
+        self._resolutions: dict[str, asyncio.Task[Resolution]] = {}
+
+    def _resolve(self, host: str) -> asyncio.Task[Resolution]:
+        # One lookup per host, shared by all its URIs and transports.
+        if host not in self._resolutions:
+            self._resolutions[host] = asyncio.ensure_future(
+                resolve(
+                    host, timeout=self.settings.dns_timeout, nameserver=self.settings.nameserver
+                )
+            )
+        return self._resolutions[host]
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.tasks.add(asyncio.ensure_future(coro))
+
+    async def target(self, uri: IceUri) -> None:
+        transports = uri.transports()
+        placeholders = [
+            PathResult(
+                server=uri.server, transport=t.value, kind=uri.kind, uri=str(uri), phase=Phase.DNS
+            )
+            for t in transports
+        ]
+        self.paths.extend(placeholders)
+        try:
+            resolution = await self._resolve(uri.host)
+        except ProbeError as exc:
+            for path in placeholders:
+                path.fail(exc)
+                self._done(path)
+            return
+        for path in placeholders:
+            self.paths.remove(path)
+        for ip in resolution.addresses:
+            for transport in transports:
+                path = PathResult(
+                    server=uri.server,
+                    transport=transport.value,
+                    kind=uri.kind,
+                    uri=str(uri),
+                    address=format_address((ip, uri.port)),
+                    family=_family(ip),
+                )
+                path.timings_ms["dns"] = resolution.elapsed_ms
+                self.paths.append(path)
+                self.spawn(self.path(uri, transport, (ip, uri.port), path, True))
+
+    async def path(
+        self,
+        uri: IceUri,
+        transport: Transport,
+        address: tuple[str, int],
+        result: PathResult,
+        follow: bool,
+    ) -> None:
+        try:
+            await probe_path(uri, transport, address, result, self.settings.probe, follow)
+        except Redirect as redirect:
+            alt = redirect.alternate
+            followed = PathResult(
+                server=uri.server,
+                transport=transport.value,
+                kind=uri.kind,
+                uri=str(uri),
+                address=format_address(alt),
+                family=_family(alt[0]),
+                redirected_from=result.address,
+            )
+            followed.timings_ms["dns"] = result.timings_ms["dns"]
+            self.paths.append(followed)
+            self.spawn(self.path(uri, transport, alt, followed, False))
+        self._done(result)
+
+    def _done(self, path: PathResult) -> None:
+        if self.on_path_done is not None:
+            self.on_path_done(path)
+
+    async def wait(self, stop: asyncio.Event | None) -> bool:
+        """Wait for every task (new ones may be spawned on the way). True if cut short."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.settings.deadline
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        try:
+            while True:
+                pending = {t for t in self.tasks if not t.done()}
+                if not pending:
+                    return False
+                remaining = end - loop.time()
+                if remaining <= 0:
+                    return True
+                waiters: set[asyncio.Future[Any]] = set(pending)
+                if stopper is not None:
+                    waiters.add(stopper)
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if stopper is not None and stopper.done():
+                    return True
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+
+    async def cancel_all(self, kind: ErrorKind) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for res in self._resolutions.values():
+            res.cancel()
+        await asyncio.gather(*self.tasks, *self._resolutions.values(), return_exceptions=True)
+        for path in self.paths:
+            if not path.ok and path.error is None:
+                path.fail(interrupted_error(kind, path.phase))
+
+    def reraise_bugs(self) -> None:
+        """A probe task only ends in an exception through a bug: surface it, never drop it."""
+        for task in self.tasks:
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+
+    def ordered(self, uris: Sequence[IceUri]) -> list[PathResult]:
+        """Paths in the order the user gave the targets, whatever order they finished in."""
+        rank = {str(u): i for i, u in enumerate(uris)}
+        transports = [t.value for t in Transport]
+        return sorted(
+            self.paths,
+            key=lambda p: (
+                rank.get(p.uri, len(rank)),
+                p.redirected_from is not None,
+                p.family or "",
+                p.address or "",
+                transports.index(p.transport),
+            ),
+        )
+
+
+async def run(
+    uris: Sequence[IceUri],
+    settings: EngineSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_path_done: ProgressCallback | None = None,
+) -> Report:
+    """Probe every URI x resolved address x transport concurrently. ``stop`` (set on Ctrl-C)
+    ends the run early with a partial report."""
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    state = _Run(settings, on_path_done)
+    for uri in uris:
+        state.spawn(state.target(uri))
+    cut_short = await state.wait(stop)
+    interrupted = cut_short and stop is not None and stop.is_set()
+    if cut_short:
+        await state.cancel_all(ErrorKind.INTERRUPTED if interrupted else ErrorKind.DEADLINE)
+    state.reraise_bugs()
+    duration = (time.perf_counter() - t0) * 1000
+    probe = settings.probe
+    return Report(
+        started_at=started_at,
+        duration_ms=duration,
+        targets=[str(u) for u in uris],
+        paths=state.ordered(uris),
+        verdict=decide(state.paths).value,
+        settings={
+            "deadline_s": settings.deadline,
+            "udp_timeout_s": probe.udp_timeout,
+            "timeout_s": probe.timeout,
+            "dns_timeout_s": settings.dns_timeout,
+            "nameserver": None
+            if settings.nameserver is None
+            else format_address(settings.nameserver),
+            "tls_verify": probe.tls_context is None or probe.tls_context.verify_mode != 0,
+            "auth": None if probe.credentials is None else probe.credentials.mode,
+        },
+        interrupted=interrupted,
+    )

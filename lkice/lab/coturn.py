@@ -1,0 +1,212 @@
+"""Real coturn (Debian package ``coturn``, binary ``turnserver``) on free ports, as a context
+manager: started, checked ready over TCP and UDP, stopped and cleaned up however the block ends."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from aioice import stun
+
+from lkice.lab.pki import LabPki
+
+INSTALL_HINT = (
+    "coturn is not installed: install it with 'sudo apt-get install coturn' (Debian/Ubuntu)"
+)
+
+
+class LabError(Exception):
+    """A lab server could not be started; the message says why."""
+
+
+def turnserver_path() -> str | None:
+    return shutil.which("turnserver") or next(
+        (p for p in ("/usr/bin/turnserver", "/usr/sbin/turnserver") if Path(p).exists()), None
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise LabError("no free port found for coturn")
+
+
+@dataclass
+class CoturnConfig:
+    listen_ip: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free one
+    tls_port: int = 0
+    realm: str = "lab.test"
+    users: dict[str, str] = field(default_factory=dict)
+    static_auth_secret: str | None = None
+    user_quota: int | None = None
+    alternate_servers: list[str] = field(default_factory=list)
+    tls_alternate_servers: list[str] = field(default_factory=list)
+    pki: LabPki | None = None
+    relay_ports: tuple[int, int] | None = None
+    extra: list[str] = field(default_factory=list)
+
+
+class Coturn:
+    """``with Coturn(config) as server:`` then ``server.port``, ``server.tls_port``."""
+
+    def __init__(self, config: CoturnConfig, ready_timeout: float = 10.0) -> None:
+        self.config = config
+        self.ready_timeout = ready_timeout
+        self.port = config.port
+        self.tls_port = config.tls_port
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.log_file: Path | None = None
+
+    def config_text(self) -> str:
+        c = self.config
+        lines = [
+            f"listening-ip={c.listen_ip}",
+            f"relay-ip={c.listen_ip}",
+            f"listening-port={self.port}",
+            "fingerprint",
+            "no-cli",
+            "no-dtls",
+            "no-multicast-peers",
+            "allow-loopback-peers",
+            "simple-log",
+            f"realm={c.realm}",
+        ]
+        if c.static_auth_secret is not None:
+            lines += ["use-auth-secret", f"static-auth-secret={c.static_auth_secret}"]
+        elif c.users:
+            lines.append("lt-cred-mech")
+            lines += [f"user={name}:{password}" for name, password in c.users.items()]
+        else:
+            lines.append("no-auth")
+        if c.pki is not None:
+            lines += [
+                f"tls-listening-port={self.tls_port}",
+                f"cert={c.pki.cert_file}",
+                f"pkey={c.pki.key_file}",
+            ]
+        else:
+            lines.append("no-tls")
+        if c.user_quota is not None:
+            lines.append(f"user-quota={c.user_quota}")
+        if c.relay_ports is not None:
+            lines += [f"min-port={c.relay_ports[0]}", f"max-port={c.relay_ports[1]}"]
+        lines += [f"alternate-server={a}" for a in c.alternate_servers]
+        lines += [f"tls-alternate-server={a}" for a in c.tls_alternate_servers]
+        lines += c.extra
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> Coturn:
+        binary = turnserver_path()
+        if binary is None:
+            raise LabError(INSTALL_HINT)
+        self._dir = tempfile.TemporaryDirectory(prefix="lkice-coturn-")
+        work = Path(self._dir.name)
+        if not self.port:
+            self.port = free_port(self.config.listen_ip)
+        if self.config.pki is not None and not self.tls_port:
+            self.tls_port = free_port(self.config.listen_ip)
+        conf = work / "turnserver.conf"
+        conf.write_text(
+            self.config_text() + f"pidfile={work / 'turnserver.pid'}\nuserdb={work / 'turndb'}\n"
+            f"log-file={work / 'turnserver.log'}\n"
+        )
+        conf.chmod(0o600)
+        self.log_file = work / "turnserver.log"
+        self.process = subprocess.Popen(
+            [binary, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=work,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        ip = self.config.listen_ip
+        tcp_ports = [self.port] + ([self.tls_port] if self.config.pki is not None else [])
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise LabError(
+                    f"coturn exited with status {self.process.returncode}: {self.log_tail()}"
+                )
+            if all(_tcp_open(ip, p) for p in tcp_ports) and _udp_binding_ok(ip, self.port):
+                return
+            time.sleep(0.05)
+        raise LabError(
+            f"coturn did not become ready within {self.ready_timeout:g} s: {self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.log_file is None or not self.log_file.exists():
+            return "(no log)"
+        return " | ".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> Coturn:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _tcp_open(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _udp_binding_ok(ip: str, port: int) -> bool:
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        try:
+            sock.sendto(bytes(request), (ip, port))
+            data = sock.recv(2048)
+        except OSError:
+            return False
+    try:
+        return stun.parse_message(data).transaction_id == request.transaction_id
+    except ValueError:
+        return False

@@ -1,0 +1,390 @@
+"""STUN transactions over UDP, TCP and TLS, each phase timed and every failure named.
+
+Why not aioice's ``Transaction``: it retransmits for tens of seconds (RFC 5389's 7 sends) and also
+over TCP. Here UDP retransmits with RTO 0.5 s doubling but gives up at a short bound (default 3 s),
+and stream transports send once. Stream sockets set TCP_NODELAY, as WebRTC stacks do; without it
+Nagle's algorithm holds small writes and the probe would measure its own socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aioice import stun
+from cryptography import x509
+
+from lkice import stun as codec
+from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.report import TlsInfo
+
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+
+@dataclass(frozen=True)
+class Exchange:
+    response: stun.Message
+    rtt_ms: float  # from the first send of the request to the response
+    sends: int
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+class _Channel:
+    """Matches responses to outstanding requests by transaction id."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._pending: dict[bytes, asyncio.Future[stun.Message]] = {}
+        self._failure: ProbeError | None = None
+
+    def _deliver(self, message: stun.Message) -> None:
+        fut = self._pending.get(message.transaction_id)
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+
+    def _fail_all(self, exc: ProbeError) -> None:
+        self._failure = exc
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def _transact(
+        self, request: stun.Message, phase: Phase, schedule: list[float], timeout: float
+    ) -> Exchange:
+        if self._failure is not None:
+            raise ProbeError(self._failure.kind, self._failure.message, phase)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[stun.Message] = loop.create_future()
+        self._pending[request.transaction_id] = fut
+        data = bytes(request)
+        start = time.perf_counter()
+        sends = 0
+        try:
+            for offset in schedule:
+                delay = offset - (time.perf_counter() - start)
+                if delay > 0:
+                    try:
+                        message = await asyncio.wait_for(asyncio.shield(fut), delay)
+                        return Exchange(message, _ms(start), sends)
+                    except asyncio.TimeoutError:
+                        pass
+                self._send(data)
+                sends += 1
+            remaining = timeout - (time.perf_counter() - start)
+            try:
+                message = await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.0))
+            except asyncio.TimeoutError:
+                raise self._timeout_error(phase, timeout, sends) from None
+            return Exchange(message, _ms(start), sends)
+        except ProbeError as exc:
+            if exc.phase is None:
+                exc.phase = phase
+            raise
+        finally:
+            self._pending.pop(request.transaction_id, None)
+            if not fut.done():
+                fut.cancel()
+
+    def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
+        raise NotImplementedError
+
+
+class UdpChannel(_Channel, asyncio.DatagramProtocol):
+    def __init__(self, label: str, timeout: float) -> None:
+        super().__init__(label)
+        self.timeout = timeout
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not isinstance: CPython 3.11's selector datagram transport does not subclass it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            return  # stray or corrupt datagram: the retransmission schedule covers it
+        self._deliver(message)
+
+    def error_received(self, exc: Exception) -> None:
+        # On a connected UDP socket the kernel reports ICMP errors here.
+        if isinstance(exc, ConnectionRefusedError):
+            self._fail_all(
+                ProbeError(
+                    ErrorKind.UDP_NO_RESPONSE,
+                    f"no STUN answer from {self.label}: ICMP port unreachable "
+                    "(the host answered, but nothing listens on that UDP port)",
+                )
+            )
+        elif isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+            self._fail_all(
+                ProbeError(ErrorKind.NETWORK_UNREACHABLE, f"{self.label}: {exc.strerror} (ICMP)")
+            )
+
+    def _send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
+        return ProbeError(
+            ErrorKind.UDP_NO_RESPONSE,
+            f"no answer from {self.label} over UDP within {timeout:g} s ({sends} sends): "
+            "UDP to this port is likely filtered",
+            phase,
+        )
+
+    async def request(self, msg: stun.Message, phase: Phase) -> Exchange:
+        schedule: list[float] = []
+        offset, rto = 0.0, 0.5
+        while offset < self.timeout:
+            schedule.append(offset)
+            offset += rto
+            rto *= 2
+        return await self._transact(msg, phase, schedule, self.timeout)
+
+
+class StreamChannel(_Channel, asyncio.Protocol):
+    def __init__(self, label: str, timeout: float, tls: bool) -> None:
+        super().__init__(label)
+        self.timeout = timeout
+        self.tls = tls
+        self.transport: asyncio.Transport | None = None
+        self._framer = codec.StreamFramer()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for frame in self._framer.feed(data):
+                if frame[0] < 0x40:
+                    self._deliver(codec.parse(frame, Phase.BINDING))
+        except ProbeError as exc:
+            self._fail_all(exc)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._failure is None:
+            how = f" ({exc})" if exc else ""
+            self._fail_all(
+                ProbeError(ErrorKind.CONNECTION_CLOSED, f"{self.label} closed the connection{how}")
+            )
+
+    def _send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
+        proto = "TLS" if self.tls else "TCP"
+        return ProbeError(
+            ErrorKind.TCP_NO_RESPONSE,
+            f"{self.label} accepted the {proto} connection but sent no STUN answer within "
+            f"{timeout:g} s (not a STUN/TURN port, or a middlebox holds the data)",
+            phase,
+        )
+
+    async def request(self, msg: stun.Message, phase: Phase) -> Exchange:
+        return await self._transact(msg, phase, [0.0], self.timeout)
+
+
+def _label(address: tuple[str, int]) -> str:
+    return codec.format_address(address)
+
+
+async def open_udp(address: tuple[str, int], timeout: float) -> UdpChannel:
+    loop = asyncio.get_running_loop()
+    label = _label(address)
+    try:
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: UdpChannel(label, timeout), remote_addr=address
+        )
+    except OSError as exc:
+        raise ProbeError(
+            ErrorKind.NETWORK_UNREACHABLE,
+            f"cannot send UDP to {label}: {exc.strerror or exc}",
+            Phase.BINDING,
+        ) from exc
+    return protocol
+
+
+@dataclass
+class StreamOpen:
+    channel: StreamChannel
+    connect_ms: float
+    tls_ms: float | None
+    tls: TlsInfo | None
+
+
+async def open_stream(
+    address: tuple[str, int],
+    *,
+    connect_timeout: float,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> StreamOpen:
+    """TCP connect (timed), then the TLS handshake (timed separately) when ``tls`` is given."""
+    loop = asyncio.get_running_loop()
+    label = _label(address)
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    start = time.perf_counter()
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, address), connect_timeout)
+    except asyncio.TimeoutError:
+        sock.close()
+        raise ProbeError(
+            ErrorKind.CONNECT_TIMEOUT,
+            f"TCP connect to {label} timed out after {connect_timeout:g} s: likely filtered by a firewall",
+            Phase.CONNECT,
+        ) from None
+    except ConnectionRefusedError as exc:
+        sock.close()
+        raise ProbeError(
+            ErrorKind.CONNECT_REFUSED,
+            f"TCP connect to {label} refused: nothing listens on that port, or a firewall rejects it",
+            Phase.CONNECT,
+        ) from exc
+    except OSError as exc:
+        sock.close()
+        raise ProbeError(
+            ErrorKind.NETWORK_UNREACHABLE,
+            f"TCP connect to {label} failed: {exc.strerror or exc}",
+            Phase.CONNECT,
+        ) from exc
+    except BaseException:
+        sock.close()
+        raise
+    connect_ms = _ms(start)
+    channel = StreamChannel(label, timeout, tls is not None)
+    if tls is None:
+        await loop.create_connection(lambda: channel, sock=sock)
+        return StreamOpen(channel, connect_ms, None, None)
+    start = time.perf_counter()
+    try:
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: channel,
+                sock=sock,
+                ssl=tls,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=timeout,
+            ),
+            timeout + 1.0,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        presented = await _presented_certificate(address, server_hostname, connect_timeout, timeout)
+        raise ProbeError(
+            ErrorKind.TLS_VERIFY, _verify_message(label, exc, presented), Phase.TLS
+        ) from exc
+    except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+        sock.close()
+        raise ProbeError(
+            ErrorKind.TLS_HANDSHAKE, _handshake_message(label, exc, timeout), Phase.TLS
+        ) from exc
+    except BaseException:
+        sock.close()
+        raise
+    tls_ms = _ms(start)
+    ssl_object = transport.get_extra_info("ssl_object")
+    info = _tls_info(ssl_object, verified=tls.verify_mode != ssl.CERT_NONE)
+    return StreamOpen(channel, connect_ms, tls_ms, info)
+
+
+def _handshake_message(label: str, exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"TLS handshake with {label} got no answer within {timeout:g} s (not a TLS port?)"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or exc.strerror or str(exc)
+        if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+            return f"TLS handshake with {label} failed: the server does not speak TLS on this port ({reason})"
+        return f"TLS handshake with {label} failed: {reason}"
+    return f"TLS handshake with {label} failed: the connection was closed or reset ({exc.__class__.__name__})"
+
+
+def _verify_message(
+    label: str, exc: ssl.SSLCertVerificationError, presented: TlsInfo | None
+) -> str:
+    reason = exc.verify_message or exc.reason or "verification failed"
+    text = f"certificate presented by {label} was rejected: {reason}"
+    if presented is not None and presented.issuer:
+        text += (
+            f"; it was issued by '{presented.issuer}' (subject '{presented.subject}'). If that issuer is not your "
+            "TURN provider's CA, a TLS-inspecting proxy is intercepting the connection"
+        )
+    return text
+
+
+def _tls_info(ssl_object: ssl.SSLObject | None, verified: bool) -> TlsInfo:
+    if ssl_object is None:
+        return TlsInfo(verified=verified)
+    cipher = ssl_object.cipher()
+    der = ssl_object.getpeercert(binary_form=True)
+    info = TlsInfo(
+        version=ssl_object.version(), cipher=cipher[0] if cipher else None, verified=verified
+    )
+    if der:
+        _fill_certificate(info, der)
+    return info
+
+
+def _fill_certificate(info: TlsInfo, der: bytes) -> None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return
+    info.subject = cert.subject.rfc4514_string()
+    info.issuer = cert.issuer.rfc4514_string()
+    info.not_after = cert.not_valid_after_utc.isoformat()
+    info.sha256 = hashlib.sha256(der).hexdigest()
+
+
+async def _presented_certificate(
+    address: tuple[str, int], server_hostname: str | None, connect_timeout: float, timeout: float
+) -> TlsInfo | None:
+    """After a verification failure, connect once more without verifying, only to learn who
+    issued the certificate: that is how a TLS-inspecting proxy is recognised."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                address[0], address[1], ssl=ctx, server_hostname=server_hostname
+            ),
+            connect_timeout + timeout,
+        )
+    except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        return None
+    try:
+        info = _tls_info(writer.get_extra_info("ssl_object"), verified=False)
+    finally:
+        writer.close()
+    return info

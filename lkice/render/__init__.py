@@ -1,0 +1,1 @@
+"""Renderers: they only consume the report dictionary, never probe."""

@@ -1,0 +1,54 @@
+"""A plain-text summary for people: fits 80 columns, needs no colour."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PHASES = (("connect", "conn"), ("tls", "tls"), ("binding", "bind"), ("allocate", "alloc"))
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def render(report: dict[str, Any]) -> str:
+    paths: list[dict[str, Any]] = report["paths"]
+    summary = report["summary"]
+    verdict = str(report["verdict"]).upper()
+    head = f"Verdict: {verdict}  ({summary['ok']} of {summary['paths']} paths usable"
+    head += f", {report['duration_ms']:.0f} ms)"
+    if report.get("interrupted"):
+        head += "  [INTERRUPTED: partial report]"
+    lines = [head, ""]
+    lines.append(
+        f"{'server':<22} {'via':<4} {'result':<17} {'conn':>6} {'tls':>6} {'bind':>6} {'alloc':>6}"
+    )
+    for p in paths:
+        t = p["timings_ms"]
+        result = "ok" if p["ok"] else p["error"]["kind"]
+        server = p["server"] if len(p["server"]) <= 22 else p["server"][:21] + "~"
+        cells = " ".join(f"{_ms(t.get(key)):>6}" for key, _ in _PHASES)
+        lines.append(f"{server:<22} {p['transport']:<4} {result:<17} {cells}")
+    lines.append(f"{'':<46}(milliseconds)")
+    details = _details(paths)
+    if details:
+        lines += ["", *details]
+    return "\n".join(lines) + "\n"
+
+
+def _details(paths: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        where = f"{p['server']} {p['transport']}"
+        if p["address"] and p["address"] != p["server"]:
+            where += f" ({p['address']})"
+        if p["error"] is not None:
+            out.append(f"x {where}: {p['error']['message']}")
+        elif p["relayed_address"]:
+            out.append(f"+ {where}: relay {p['relayed_address']}, mapped {p['mapped_address']}")
+        elif p["mapped_address"]:
+            out.append(f"+ {where}: mapped {p['mapped_address']}")
+        out += [f"  note: {n}" for n in p.get("notes", [])]
+    return out

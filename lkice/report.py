@@ -1,0 +1,139 @@
+"""The report: one versioned JSON document, the contract between the agent, support tooling and
+the probe fleet. ``schema/report-1.json`` describes it; tests validate every report against it.
+
+Field names listed in the schema as required are fixed for ``lkice.report/1``; new optional fields
+may be added, renaming or removing one needs ``lkice.report/2``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+from lkice import __version__
+from lkice.errors import ErrorKind, Phase, ProbeError
+
+SCHEMA_ID = "lkice.report/1"
+
+TIMING_KEYS = ("dns", "connect", "tls", "binding", "allocate_challenge", "allocate", "deallocate")
+
+
+@dataclass
+class ErrorInfo:
+    kind: str
+    message: str
+    phase: str | None = None
+
+    @classmethod
+    def from_probe_error(cls, exc: ProbeError) -> ErrorInfo:
+        return cls(exc.kind.value, exc.message, exc.phase.value if exc.phase else None)
+
+
+@dataclass
+class TlsInfo:
+    version: str | None = None
+    cipher: str | None = None
+    subject: str | None = None
+    issuer: str | None = None
+    not_after: str | None = None
+    sha256: str | None = None
+    verified: bool = False
+    verify_error: str | None = None
+
+
+@dataclass
+class PathResult:
+    """One server address x transport. Mutable while probing, so a deadline or Ctrl-C still
+    leaves everything that was measured."""
+
+    server: str
+    transport: str
+    kind: str
+    uri: str
+    address: str | None = None
+    family: str | None = None
+    ok: bool = False
+    error: ErrorInfo | None = None
+    timings_ms: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(TIMING_KEYS))
+    mapped_address: str | None = None
+    relayed_address: str | None = None
+    lifetime_s: int | None = None
+    deallocated: bool | None = None
+    binding_sends: int | None = None
+    server_software: str | None = None
+    other_address: str | None = None
+    response_origin: str | None = None
+    tls: TlsInfo | None = None
+    socket_options: list[str] = field(default_factory=list)
+    auth: str | None = None
+    alternate_server: str | None = None
+    redirected_from: str | None = None
+    notes: list[str] = field(default_factory=list)
+    # Not reported: the phase in progress, so an interrupted probe can say where it stopped.
+    phase: Phase | None = field(default=None, repr=False, compare=False)
+
+    def fail(self, exc: ProbeError) -> None:
+        self.ok = False
+        if exc.phase is None:
+            exc.phase = self.phase
+        self.error = ErrorInfo.from_probe_error(exc)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["phase"]
+        data["timings_ms"] = {k: _round(v) for k, v in self.timings_ms.items()}
+        return data
+
+
+@dataclass
+class Report:
+    started_at: datetime
+    duration_ms: float
+    targets: list[str]
+    paths: list[PathResult]
+    verdict: str
+    settings: dict[str, Any]
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        ok = sum(1 for p in self.paths if p.ok)
+        return {
+            "schema": SCHEMA_ID,
+            "lkice_version": __version__,
+            "started_at": self.started_at.astimezone(timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "duration_ms": _round(self.duration_ms),
+            "interrupted": self.interrupted,
+            "agent": {"os": platform.system().lower(), "python": platform.python_version()},
+            "settings": self.settings,
+            "targets": self.targets,
+            "verdict": self.verdict,
+            "summary": {"paths": len(self.paths), "ok": ok, "failed": len(self.paths) - ok},
+            "paths": [p.to_dict() for p in self.paths],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema shipped with the package."""
+    text = resources.files("lkice").joinpath("schema/report-1.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def interrupted_error(kind: ErrorKind, phase: Phase | None) -> ProbeError:
+    where = f" during {phase.value}" if phase else ""
+    if kind is ErrorKind.DEADLINE:
+        return ProbeError(kind, f"overall deadline reached{where}", phase)
+    return ProbeError(kind, f"interrupted{where}", phase)

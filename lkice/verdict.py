@@ -1,0 +1,52 @@
+"""Verdict and exit status, decided in one place (pure).
+
+Exit statuses follow the Nagios/Icinga plugin convention because monitoring systems run lkice:
+0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+from lkice.errors import ErrorKind
+from lkice.report import PathResult
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+class Verdict(str, enum.Enum):
+    OK = "ok"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+
+
+def _settled_by_redirect(path: PathResult, paths: Sequence[PathResult]) -> bool:
+    """A 300 Try Alternate is not a failure when the alternate it named was reached."""
+    if path.error is None or path.error.kind != ErrorKind.TRY_ALTERNATE.value:
+        return False
+    return any(p.ok and p.redirected_from == path.address for p in paths)
+
+
+def decide(paths: Sequence[PathResult]) -> Verdict:
+    """ok: every path works; degraded: some transports fail (or only TCP/TLS works); failed: none."""
+    if not any(p.ok for p in paths):
+        return Verdict.FAILED
+    if all(p.ok or _settled_by_redirect(p, paths) for p in paths):
+        return Verdict.OK
+    return Verdict.DEGRADED
+
+
+def exit_status(verdict: Verdict, interrupted: bool = False) -> ExitStatus:
+    if interrupted:
+        return ExitStatus.UNKNOWN
+    return {
+        Verdict.OK: ExitStatus.OK,
+        Verdict.DEGRADED: ExitStatus.WARNING,
+        Verdict.FAILED: ExitStatus.CRITICAL,
+    }[verdict]
