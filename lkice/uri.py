@@ -4,7 +4,8 @@
     turn:host[:port][?transport=udp|tcp]    turns:host[:port][?transport=tcp]
 
 ``turn:`` without a transport parameter is probed over both UDP and TCP, because the question a
-diagnostic answers is which of them the network lets through.
+diagnostic answers is which of them the network lets through. ``stun:`` is probed over UDP, the
+only transport WebRTC stacks use for it; ``stuns:`` over TLS.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class IceUri:
             return (Transport.UDP,)
         if self.transport == "tcp":
             return (Transport.TCP,)
+        if self.kind == "stun":
+            return (Transport.UDP,)  # WebRTC stacks send STUN over UDP only
         return (Transport.UDP, Transport.TCP)
 
     def __str__(self) -> str:

@@ -34,7 +34,7 @@ class Exchange:
     sends: int
 
 
-def _ms(start: float) -> float:
+def elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
@@ -80,7 +80,7 @@ class _Channel:
                 if delay > 0:
                     try:
                         message = await asyncio.wait_for(asyncio.shield(fut), delay)
-                        return Exchange(message, _ms(start), sends)
+                        return Exchange(message, elapsed_ms(start), sends)
                     except asyncio.TimeoutError:
                         pass
                 self._send(data)
@@ -90,7 +90,7 @@ class _Channel:
                 message = await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.0))
             except asyncio.TimeoutError:
                 raise self._timeout_error(phase, timeout, sends) from None
-            return Exchange(message, _ms(start), sends)
+            return Exchange(message, elapsed_ms(start), sends)
         except ProbeError as exc:
             if exc.phase is None:
                 exc.phase = phase
@@ -231,37 +231,21 @@ async def open_udp(address: tuple[str, int], timeout: float) -> UdpChannel:
     return protocol
 
 
-@dataclass
-class StreamOpen:
-    channel: StreamChannel
-    connect_ms: float
-    tls_ms: float | None
-    tls: TlsInfo | None
-
-
-async def open_stream(
-    address: tuple[str, int],
-    *,
-    connect_timeout: float,
-    timeout: float,
-    tls: ssl.SSLContext | None = None,
-    server_hostname: str | None = None,
-) -> StreamOpen:
-    """TCP connect (timed), then the TLS handshake (timed separately) when ``tls`` is given."""
+async def connect_tcp(address: tuple[str, int], timeout: float) -> socket.socket:
+    """A connected, non-blocking TCP socket with TCP_NODELAY set."""
     loop = asyncio.get_running_loop()
     label = _label(address)
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    start = time.perf_counter()
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, address), connect_timeout)
+        await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
     except asyncio.TimeoutError:
         sock.close()
         raise ProbeError(
             ErrorKind.CONNECT_TIMEOUT,
-            f"TCP connect to {label} timed out after {connect_timeout:g} s: likely filtered by a firewall",
+            f"TCP connect to {label} timed out after {timeout:g} s: likely filtered by a firewall",
             Phase.CONNECT,
         ) from None
     except ConnectionRefusedError as exc:
@@ -281,12 +265,23 @@ async def open_stream(
     except BaseException:
         sock.close()
         raise
-    connect_ms = _ms(start)
+    return sock
+
+
+async def attach_stream(
+    sock: socket.socket,
+    address: tuple[str, int],
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[StreamChannel, TlsInfo | None]:
+    """Wrap a connected socket in a STUN channel, after a TLS handshake when ``tls`` is given."""
+    loop = asyncio.get_running_loop()
+    label = _label(address)
     channel = StreamChannel(label, timeout, tls is not None)
     if tls is None:
         await loop.create_connection(lambda: channel, sock=sock)
-        return StreamOpen(channel, connect_ms, None, None)
-    start = time.perf_counter()
+        return channel, None
     try:
         transport, _ = await asyncio.wait_for(
             loop.create_connection(
@@ -300,7 +295,7 @@ async def open_stream(
         )
     except ssl.SSLCertVerificationError as exc:
         sock.close()
-        presented = await _presented_certificate(address, server_hostname, connect_timeout, timeout)
+        presented = await _presented_certificate(address, server_hostname, timeout)
         raise ProbeError(
             ErrorKind.TLS_VERIFY, _verify_message(label, exc, presented), Phase.TLS
         ) from exc
@@ -312,10 +307,10 @@ async def open_stream(
     except BaseException:
         sock.close()
         raise
-    tls_ms = _ms(start)
-    ssl_object = transport.get_extra_info("ssl_object")
-    info = _tls_info(ssl_object, verified=tls.verify_mode != ssl.CERT_NONE)
-    return StreamOpen(channel, connect_ms, tls_ms, info)
+    info = _tls_info(
+        transport.get_extra_info("ssl_object"), verified=tls.verify_mode != ssl.CERT_NONE
+    )
+    return channel, info
 
 
 def _handshake_message(label: str, exc: BaseException, timeout: float) -> str:
@@ -367,7 +362,7 @@ def _fill_certificate(info: TlsInfo, der: bytes) -> None:
 
 
 async def _presented_certificate(
-    address: tuple[str, int], server_hostname: str | None, connect_timeout: float, timeout: float
+    address: tuple[str, int], server_hostname: str | None, timeout: float
 ) -> TlsInfo | None:
     """After a verification failure, connect once more without verifying, only to learn who
     issued the certificate: that is how a TLS-inspecting proxy is recognised."""
@@ -379,7 +374,7 @@ async def _presented_certificate(
             asyncio.open_connection(
                 address[0], address[1], ssl=ctx, server_hostname=server_hostname
             ),
-            connect_timeout + timeout,
+            2 * timeout,
         )
     except (OSError, asyncio.TimeoutError, ssl.SSLError):
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 
 from aioice import stun
@@ -16,7 +17,14 @@ from aioice import stun
 from lkice import stun as codec
 from lkice.credentials import TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
-from lkice.probe.channel import StreamChannel, UdpChannel, open_stream, open_udp
+from lkice.probe.channel import (
+    StreamChannel,
+    UdpChannel,
+    attach_stream,
+    connect_tcp,
+    elapsed_ms,
+    open_udp,
+)
 from lkice.report import PathResult
 from lkice.uri import IceUri, Transport
 
@@ -55,8 +63,10 @@ async def probe_path(
         if uri.kind == "turn":
             await _allocate_and_release(channel, result, settings, follow_redirect)
         result.ok = True
+        result.phase = None
     except ProbeError as exc:
         result.fail(exc)
+        result.phase = None
         log.info(
             "path %s %s %s failed: %s",
             result.server,
@@ -65,7 +75,6 @@ async def probe_path(
             exc.kind.value,
         )
     finally:
-        result.phase = None
         if channel is not None:
             channel.close()
 
@@ -82,20 +91,23 @@ async def _open(
         return await open_udp(address, settings.udp_timeout)
     result.phase = Phase.CONNECT
     result.socket_options = ["TCP_NODELAY"]
-    tls = None
-    if transport is Transport.TLS:
-        tls = settings.tls_context or ssl.create_default_context()
-    opened = await open_stream(
+    start = time.perf_counter()
+    sock = await connect_tcp(address, settings.timeout)
+    result.timings_ms["connect"] = elapsed_ms(start)
+    if transport is not Transport.TLS:
+        channel, _ = await attach_stream(sock, address, settings.timeout)
+        return channel
+    result.phase = Phase.TLS
+    start = time.perf_counter()
+    channel, result.tls = await attach_stream(
+        sock,
         address,
-        connect_timeout=settings.timeout,
-        timeout=settings.timeout,
-        tls=tls,
-        server_hostname=uri.host if tls is not None else None,
+        settings.timeout,
+        tls=settings.tls_context or ssl.create_default_context(),
+        server_hostname=uri.host,
     )
-    result.timings_ms["connect"] = opened.connect_ms
-    result.timings_ms["tls"] = opened.tls_ms
-    result.tls = opened.tls
-    return opened.channel
+    result.timings_ms["tls"] = elapsed_ms(start)
+    return channel
 
 
 async def _binding(channel: UdpChannel | StreamChannel, result: PathResult) -> None:
