@@ -78,6 +78,9 @@ class _Run:
                 path.fail(exc)
                 self._done(path)
             return
+        log.debug(
+            "resolved %s to %s (%s)", uri.host, ", ".join(resolution.addresses), resolution.source
+        )
         for path in placeholders:
             self.paths.remove(path)
         for ip in resolution.addresses:

@@ -134,7 +134,19 @@ class StreamFramer:
             raise ProbeError(ErrorKind.PROTOCOL, "the server sent an oversized frame: not STUN")
         while len(self._buf) >= 4:
             first = self._buf[0]
+            if self._buf.startswith(b"\x16\x03"):
+                raise ProbeError(
+                    ErrorKind.PROTOCOL,
+                    "the server speaks TLS on this port: use a turns: URI for it",
+                )
             if first < 0x40:  # STUN: the two top bits are zero (RFC 8489 section 5)
+                if len(self._buf) < 8:
+                    return
+                if struct.unpack("!I", self._buf[4:8])[0] != stun.COOKIE:
+                    raise ProbeError(
+                        ErrorKind.PROTOCOL,
+                        f"the server sent bytes that are not STUN (0x{bytes(self._buf[:8]).hex()}...)",
+                    )
                 (length,) = struct.unpack("!H", self._buf[2:4])
                 total = 20 + length
             elif first < 0x80 and self._allow_channel_data:  # ChannelData, 0x4000-0x7FFF

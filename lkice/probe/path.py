@@ -64,6 +64,7 @@ async def probe_path(
             await _allocate_and_release(channel, result, settings, follow_redirect)
         result.ok = True
         result.phase = None
+        log.info("%s %s %s: ok %s", result.kind, result.address, transport.value, _timings(result))
     except ProbeError as exc:
         result.fail(exc)
         result.phase = None
@@ -94,6 +95,12 @@ async def _open(
     start = time.perf_counter()
     sock = await connect_tcp(address, settings.timeout)
     result.timings_ms["connect"] = elapsed_ms(start)
+    log.debug(
+        "%s %s: TCP connected in %.1f ms",
+        result.address,
+        transport.value,
+        result.timings_ms["connect"],
+    )
     if transport is not Transport.TLS:
         channel, _ = await attach_stream(sock, address, settings.timeout)
         return channel
@@ -107,6 +114,9 @@ async def _open(
         server_hostname=uri.host,
     )
     result.timings_ms["tls"] = elapsed_ms(start)
+    log.debug(
+        "%s tls: handshake in %.1f ms, %s", result.address, result.timings_ms["tls"], result.tls
+    )
     return channel
 
 
@@ -131,6 +141,11 @@ async def _binding(channel: UdpChannel | StreamChannel, result: PathResult) -> N
             ErrorKind.PROTOCOL, "Binding response carries no mapped address", Phase.BINDING
         )
     result.mapped_address = codec.format_address(mapped)
+
+
+def _timings(result: PathResult) -> str:
+    # Phase names and durations only: STUN messages carry USERNAME, so they are never logged.
+    return " ".join(f"{k}={v:.1f}ms" for k, v in result.timings_ms.items() if v is not None)
 
 
 def _record_server_attributes(msg: stun.Message, result: PathResult) -> None:
