@@ -87,6 +87,36 @@ def test_demo_runs_the_full_diagnosis(tmp_path: Path) -> None:
     assert "Verdict: OK" in human.stdout
 
 
+def test_demo_without_coturn_says_how_to_install() -> None:
+    result = lkice("demo", env={"LKICE_TURNSERVER": "/nonexistent/turnserver"})
+    assert result.returncode == 3
+    assert "apt-get install coturn" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_human_summary_fits_80_columns(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    result = lkice(
+        "run",
+        f"turns:very-long-host-name.example.invalid:{closed}",
+        f"turn:127.0.0.1:{closed}",
+        "-u",
+        "a",
+        "-p",
+        "b",
+        "--timeout",
+        "1",
+        "--deadline",
+        "3",
+    )
+    assert result.returncode == 2
+    table = result.stdout.split("\n\n")[1]
+    assert all(len(line) <= 80 for line in table.splitlines()), table
+    assert "connect_refused" in table
+
+
 @needs_coturn
 def test_exit_status_follows_the_verdict(coturn: TurnLab) -> None:
     ok = lkice("run", f"stun:127.0.0.1:{coturn.port}")

@@ -3,6 +3,7 @@ manager: started, checked ready over TCP and UDP, stopped and cleaned up however
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,10 @@ class LabError(Exception):
 
 
 def turnserver_path() -> str | None:
+    """coturn's binary: ``LKICE_TURNSERVER`` if set (a custom build), else from PATH or /usr/bin."""
+    override = os.environ.get("LKICE_TURNSERVER")
+    if override is not None:
+        return override if os.access(override, os.X_OK) and Path(override).is_file() else None
     return shutil.which("turnserver") or next(
         (p for p in ("/usr/bin/turnserver", "/usr/sbin/turnserver") if Path(p).exists()), None
     )

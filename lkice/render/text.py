@@ -23,15 +23,16 @@ def render(report: dict[str, Any]) -> str:
         head += "  [INTERRUPTED: partial report]"
     lines = [head, ""]
     lines.append(
-        f"{'server':<22} {'via':<4} {'result':<17} {'conn':>6} {'tls':>6} {'bind':>6} {'alloc':>6}"
+        f"{'kind':<4} {'server':<21} {'via':<3} {'result':<15} "
+        f"{'conn':>6} {'tls':>6} {'bind':>6} {'alloc':>6}"
     )
     for p in paths:
         t = p["timings_ms"]
         result = "ok" if p["ok"] else p["error"]["kind"]
-        server = p["server"] if len(p["server"]) <= 22 else p["server"][:21] + "~"
+        server = p["server"] if len(p["server"]) <= 21 else p["server"][:20] + "~"
         cells = " ".join(f"{_ms(t.get(key)):>6}" for key, _ in _PHASES)
-        lines.append(f"{server:<22} {p['transport']:<4} {result:<17} {cells}")
-    lines.append(f"{'':<46}(milliseconds)")
+        lines.append(f"{p['kind']:<4} {server:<21} {p['transport']:<3} {result[:15]:<15} {cells}")
+    lines.append(f"{'':<47}(milliseconds)")
     details = _details(paths)
     if details:
         lines += ["", *details]
