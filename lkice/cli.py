@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from lkice.credentials import TurnCredentials
     from lkice.engine import EngineSettings
+    from lkice.probe.train import TrainSettings
     from lkice.report import Report
     from lkice.uri import IceUri
 
@@ -134,6 +135,19 @@ def _emit(report: Report, as_json: bool, output: str | None) -> None:
         click.echo("lkice: interrupted: the report above is partial", err=True)
 
 
+def _train(duration: float, interval_ms: float) -> TrainSettings | None:
+    from lkice.probe.train import TrainSettings
+
+    if duration <= 0:
+        return None
+    return TrainSettings(interval=interval_ms / 1000, duration=duration)
+
+
+def _deadline(setup: float, train: TrainSettings | None) -> float:
+    """The user's deadline bounds connection setup; the train's own length comes on top."""
+    return setup if train is None else setup + train.duration + train.grace
+
+
 def _finish(report: Report) -> int:
     from lkice.verdict import Verdict, exit_status
 
@@ -146,7 +160,7 @@ _common_probe_options = [
         type=click.FloatRange(min=0.5, max=600),
         default=20.0,
         show_default=True,
-        help="Overall deadline for the whole run, in seconds.",
+        help="Overall deadline for connection setup, in seconds (the quality train's length is added).",
     ),
     click.option(
         "--udp-timeout",
@@ -161,6 +175,21 @@ _common_probe_options = [
         default=5.0,
         show_default=True,
         help="TCP connect, TLS handshake and stream answer timeout, in seconds.",
+    ),
+    click.option(
+        "--quality-duration",
+        type=click.FloatRange(min=0, max=300),
+        default=5.0,
+        show_default=True,
+        help="Length of the probe train that measures RTT, jitter, loss and head-of-line stalls "
+        "on every working path, in seconds (0: skip).",
+    ),
+    click.option(
+        "--quality-interval",
+        type=click.FloatRange(min=5, max=1000),
+        default=20.0,
+        show_default=True,
+        help="Milliseconds between probes (20 ms is an audio packet's cadence).",
     ),
     click.option("--json", "as_json", is_flag=True, help="Write the JSON report to stdout."),
     click.option(
@@ -217,6 +246,8 @@ def run(
     deadline: float,
     udp_timeout: float,
     timeout: float,
+    quality_duration: float,
+    quality_interval: float,
     as_json: bool,
     output: str | None,
     verbose: int,
@@ -234,6 +265,7 @@ def run(
 
     _setup_logging(verbose)
     parsed = [parse_ice_uri(u) for u in uris]
+    train = _train(quality_duration, quality_interval)
     ns = None
     if nameserver is not None:
         try:
@@ -246,8 +278,9 @@ def run(
             timeout=timeout,
             credentials=_credentials(parsed, username, credential, turn_secret, turn_user),
             tls_context=_tls_context(ca_file, insecure),
+            train=train,
         ),
-        deadline=deadline,
+        deadline=_deadline(deadline, train),
         dns_timeout=min(timeout, deadline),
         nameserver=ns,
     )
@@ -262,6 +295,8 @@ def demo(
     deadline: float,
     udp_timeout: float,
     timeout: float,
+    quality_duration: float,
+    quality_interval: float,
     as_json: bool,
     output: str | None,
     verbose: int,
@@ -278,6 +313,7 @@ def demo(
     from lkice.uri import parse_ice_uri
 
     _setup_logging(verbose)
+    train = _train(quality_duration, quality_interval)
     user, password = "demo", secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="lkice-demo-") as tmp:
         pki = make_pki(Path(tmp))
@@ -303,8 +339,9 @@ def demo(
                     timeout=timeout,
                     credentials=TurnCredentials(Secret(user), Secret(password)),
                     tls_context=_tls_context([str(pki.ca_file)], insecure=False),
+                    train=train,
                 ),
-                deadline=deadline,
+                deadline=_deadline(deadline, train),
             )
             report = asyncio.run(_run_engine(uris, settings))
         finally:

@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from lkice.errors import ErrorKind, Phase, ProbeError
-from lkice.probe.path import ProbeSettings, Redirect, probe_path
+from lkice.probe.path import ProbeSettings, probe_path
 from lkice.probe.resolve import Resolution, resolve
+from lkice.probe.turn import Redirect
 from lkice.report import PathResult, Report, interrupted_error
 from lkice.stun import format_address
 from lkice.uri import IceUri, Transport
@@ -221,6 +222,14 @@ async def run(
             else format_address(settings.nameserver),
             "tls_verify": probe.tls_context is None or probe.tls_context.verify_mode != 0,
             "auth": None if probe.credentials is None else probe.credentials.mode,
+            "quality": None
+            if probe.train is None
+            else {
+                "interval_ms": probe.train.interval * 1000,
+                "duration_s": probe.train.duration,
+                "probes": probe.train.count,
+                "probe": "STUN Binding request, one transaction per probe, no retransmission",
+            },
         },
         interrupted=interrupted,
     )

@@ -44,6 +44,7 @@ class Phase(str, enum.Enum):
     BINDING = "binding"
     ALLOCATE_CHALLENGE = "allocate_challenge"
     ALLOCATE = "allocate"
+    QUALITY = "quality"
     DEALLOCATE = "deallocate"
 
 

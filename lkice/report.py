@@ -72,6 +72,11 @@ class PathResult:
     auth: str | None = None
     alternate_server: str | None = None
     redirected_from: str | None = None
+    # lkice.quality.Quality.to_dict(): the Binding train to the server, and data echoed through
+    # the TURN relay (see probe/path.py).
+    quality: dict[str, Any] | None = None
+    relay_quality: dict[str, Any] | None = None
+
     notes: list[str] = field(default_factory=list)
     # Not reported: the phase in progress, so an interrupted probe can say where it stopped.
     phase: Phase | None = field(default=None, repr=False, compare=False)

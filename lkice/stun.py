@@ -24,9 +24,12 @@ __all__ = [
     "allocate_request",
     "authenticate",
     "binding_request",
+    "create_permission_request",
+    "data_indication",
     "error_for_response",
     "parse",
     "refresh_request",
+    "send_indication",
 ]
 
 SOFTWARE = "lkice"
@@ -59,6 +62,32 @@ def refresh_request(lifetime_s: int = 0) -> stun.Message:
     return stun.Message(
         stun.Method.REFRESH, stun.Class.REQUEST, attributes={"LIFETIME": lifetime_s}
     )
+
+
+def create_permission_request(peer: tuple[str, int]) -> stun.Message:
+    """RFC 8656 section 9: let ``peer``'s IP send to the allocation (the port is ignored)."""
+    return stun.Message(
+        stun.Method.CREATE_PERMISSION, stun.Class.REQUEST, attributes={"XOR-PEER-ADDRESS": peer}
+    )
+
+
+def send_indication(peer: tuple[str, int], data: bytes) -> stun.Message:
+    """RFC 8656 section 10: relay ``data`` to ``peer``. Indications carry no credentials."""
+    msg = stun.Message(
+        stun.Method.SEND, stun.Class.INDICATION, attributes={"XOR-PEER-ADDRESS": peer, "DATA": data}
+    )
+    msg.add_fingerprint()
+    return msg
+
+
+def data_indication(msg: stun.Message) -> tuple[tuple[str, int], bytes] | None:
+    """The peer and data of a Data indication, or None if ``msg`` is not one."""
+    if msg.message_method != stun.Method.DATA or msg.message_class != stun.Class.INDICATION:
+        return None
+    peer, data = msg.attributes.get("XOR-PEER-ADDRESS"), msg.attributes.get("DATA")
+    if peer is None or not isinstance(data, bytes):
+        return None
+    return peer, data
 
 
 def authenticate(msg: stun.Message, creds: TurnCredentials, realm: str, nonce: bytes) -> bytes:

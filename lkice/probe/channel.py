@@ -14,6 +14,7 @@ import hashlib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -45,8 +46,29 @@ class _Channel:
         self.label = label
         self._pending: dict[bytes, asyncio.Future[stun.Message]] = {}
         self._failure: ProbeError | None = None
+        # Set by probe trains: called with (transaction id, arrival time) for every response,
+        # and with (peer, data, arrival time) for every TURN Data indication.
+        self.on_response: Callable[[bytes, float], None] | None = None
+        self.on_data: Callable[[tuple[str, int], bytes, float], None] | None = None
 
-    def _deliver(self, message: stun.Message) -> None:
+    @property
+    def failure(self) -> ProbeError | None:
+        return self._failure
+
+    def send_message(self, message: stun.Message) -> None:
+        """Send without waiting for an answer (probe trains match answers themselves)."""
+        if self._failure is not None:
+            raise ProbeError(self._failure.kind, self._failure.message)
+        self._send(bytes(message))
+
+    def _deliver(self, message: stun.Message, arrived: float) -> None:
+        if message.message_class == stun.Class.INDICATION:
+            relayed = codec.data_indication(message)
+            if relayed is not None and self.on_data is not None:
+                self.on_data(relayed[0], relayed[1], arrived)
+            return
+        if self.on_response is not None:
+            self.on_response(message.transaction_id, arrived)
         fut = self._pending.get(message.transaction_id)
         if fut is not None and not fut.done():
             fut.set_result(message)
@@ -115,11 +137,12 @@ class UdpChannel(_Channel, asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        arrived = time.perf_counter()
         try:
             message = stun.parse_message(data)
         except ValueError:
             return  # stray or corrupt datagram: the retransmission schedule covers it
-        self._deliver(message)
+        self._deliver(message, arrived)
 
     def error_received(self, exc: Exception) -> None:
         # On a connected UDP socket the kernel reports ICMP errors here.
@@ -175,10 +198,13 @@ class StreamChannel(_Channel, asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        # One timestamp for every frame in this read: they were released to us together, which
+        # is exactly what head-of-line blocking looks like.
+        arrived = time.perf_counter()
         try:
             for frame in self._framer.feed(data):
                 if frame[0] < 0x40:
-                    self._deliver(codec.parse(frame, Phase.BINDING))
+                    self._deliver(codec.parse(frame, Phase.BINDING), arrived)
         except ProbeError as exc:
             self._fail_all(exc)
             self.close()

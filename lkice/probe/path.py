@@ -1,5 +1,6 @@
 """One path: a server address x a transport. Connect, Binding, Allocate (challenge round and
-authenticated round), then Refresh with lifetime 0 so no allocation is left on the server.
+authenticated round), the quality trains, then Refresh with lifetime 0 so no allocation is left
+on the server.
 
 The result object is filled in as each phase completes, so a deadline or Ctrl-C keeps what was
 measured; ``PathResult.phase`` always names the step in progress.
@@ -7,12 +8,14 @@ measured; ``PathResult.phase`` always names the step in progress.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import ssl
 import time
 from dataclasses import dataclass
-
-from aioice import stun
+from typing import Any
 
 from lkice import stun as codec
 from lkice.credentials import TurnCredentials
@@ -25,10 +28,17 @@ from lkice.probe.channel import (
     elapsed_ms,
     open_udp,
 )
+from lkice.probe.train import Train, TrainResult, TrainSettings
+from lkice.probe.turn import Allocation, Redirect, allocate, create_permission, release
+from lkice.quality import summarize
 from lkice.report import PathResult
 from lkice.uri import IceUri, Transport
 
+__all__ = ["ProbeSettings", "Redirect", "probe_path"]
+
 log = logging.getLogger(__name__)
+
+Channel = UdpChannel | StreamChannel
 
 
 @dataclass(frozen=True)
@@ -37,14 +47,7 @@ class ProbeSettings:
     timeout: float = 5.0  # TCP connect, TLS handshake, and a STUN answer over a stream
     credentials: TurnCredentials | None = None
     tls_context: ssl.SSLContext | None = None
-
-
-class Redirect(Exception):
-    """300 Try Alternate: the engine probes the alternate once."""
-
-    def __init__(self, alternate: tuple[str, int]) -> None:
-        super().__init__(alternate)
-        self.alternate = alternate
+    train: TrainSettings | None = None  # None: no quality measurement
 
 
 async def probe_path(
@@ -56,12 +59,18 @@ async def probe_path(
     follow_redirect: bool = True,
 ) -> None:
     """Probe one path, recording into ``result``. Raises Redirect for a followed 300."""
-    channel: UdpChannel | StreamChannel | None = None
+    channel: Channel | None = None
+    allocation: Allocation | None = None
     try:
         channel = await _open(uri, transport, address, result, settings)
         await _binding(channel, result)
         if uri.kind == "turn":
-            await _allocate_and_release(channel, result, settings, follow_redirect)
+            allocation = await allocate(channel, result, settings.credentials, follow_redirect)
+        if settings.train is not None:
+            # Before the release: coturn closes a stream session once its allocation is gone.
+            await _quality(uri, transport, address, channel, result, settings, allocation)
+        if allocation is not None:
+            await release(channel, allocation, result)
         result.ok = True
         result.phase = None
         log.info("%s %s %s: ok %s", result.kind, result.address, transport.value, _timings(result))
@@ -69,12 +78,17 @@ async def probe_path(
         result.fail(exc)
         result.phase = None
         log.info(
-            "path %s %s %s failed: %s",
-            result.server,
-            result.address,
-            transport.value,
-            exc.kind.value,
+            "%s %s %s failed: %s", result.kind, result.address, transport.value, exc.kind.value
         )
+    except asyncio.CancelledError:
+        if result.phase is Phase.QUALITY:
+            # Cut during the trains: connectivity was already proven, and the trains kept their figures.
+            result.ok = True
+            result.phase = None
+            if channel is not None and allocation is not None:
+                with contextlib.suppress(ProbeError, asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(release(channel, allocation, result), 0.5)
+        raise
     finally:
         if channel is not None:
             channel.close()
@@ -86,7 +100,7 @@ async def _open(
     address: tuple[str, int],
     result: PathResult,
     settings: ProbeSettings,
-) -> UdpChannel | StreamChannel:
+) -> Channel:
     if transport is Transport.UDP:
         result.phase = Phase.BINDING
         return await open_udp(address, settings.udp_timeout)
@@ -120,12 +134,12 @@ async def _open(
     return channel
 
 
-async def _binding(channel: UdpChannel | StreamChannel, result: PathResult) -> None:
+async def _binding(channel: Channel, result: PathResult) -> None:
     result.phase = Phase.BINDING
     exchange = await channel.request(codec.binding_request(), Phase.BINDING)
     result.binding_sends = exchange.sends
     msg = exchange.response
-    if msg.message_class == stun.Class.ERROR:
+    if msg.error_code is not None:
         if result.kind == "turn":
             # A TURN server need not answer Binding; the Allocate still tells whether it works.
             result.notes.append(
@@ -134,7 +148,7 @@ async def _binding(channel: UdpChannel | StreamChannel, result: PathResult) -> N
             return
         raise codec.error_for_response(msg, Phase.BINDING)
     result.timings_ms["binding"] = exchange.rtt_ms
-    _record_server_attributes(msg, result)
+    _record_server_attributes(msg.attributes, result)
     mapped = msg.attributes.get("XOR-MAPPED-ADDRESS") or msg.attributes.get("MAPPED-ADDRESS")
     if mapped is None:
         raise ProbeError(
@@ -143,140 +157,139 @@ async def _binding(channel: UdpChannel | StreamChannel, result: PathResult) -> N
     result.mapped_address = codec.format_address(mapped)
 
 
+def _record_server_attributes(attributes: dict[str, Any], result: PathResult) -> None:
+    if "SOFTWARE" in attributes:
+        result.server_software = str(attributes["SOFTWARE"])[:128]
+    if "OTHER-ADDRESS" in attributes:
+        result.other_address = codec.format_address(attributes["OTHER-ADDRESS"])
+    if "RESPONSE-ORIGIN" in attributes:
+        result.response_origin = codec.format_address(attributes["RESPONSE-ORIGIN"])
+
+
+async def _quality(
+    uri: IceUri,
+    transport: Transport,
+    address: tuple[str, int],
+    channel: Channel,
+    result: PathResult,
+    settings: ProbeSettings,
+    allocation: Allocation | None,
+) -> None:
+    """Both trains at once: Binding to the server, and data through the relay where we have one."""
+    train = settings.train
+    assert train is not None
+    result.phase = Phase.QUALITY
+    stream = transport is not Transport.UDP
+    relay = allocation is not None and train.relay
+    trains = {"quality": Train(train)}
+    jobs = [_binding_train(channel, trains["quality"])]
+    if relay:
+        assert allocation is not None
+        trains["relay_quality"] = Train(train)
+        jobs.append(
+            _relay_train(
+                uri, transport, address, channel, settings, allocation, trains["relay_quality"]
+            )
+        )
+    try:
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    except asyncio.CancelledError:
+        now = time.perf_counter()
+        for name, cut in trains.items():
+            samples = cut.partial(now)
+            if samples:
+                setattr(
+                    result,
+                    name,
+                    summarize(samples, stream=stream, interval=train.interval).to_dict(),
+                )
+                result.notes.append(
+                    f"{name} train cut short after {len(cut.sent_at)} of {train.count} probes; "
+                    "the figures cover the probes answered or overdue by then"
+                )
+        raise
+    for name, outcome in zip(("quality", "relay_quality")[: len(outcomes)], outcomes, strict=True):
+        if isinstance(outcome, ProbeError):
+            result.notes.append(f"{name} not measured: {outcome.message}")
+            continue
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome.samples:
+            figures = summarize(outcome.samples, stream=stream, interval=train.interval).to_dict()
+            setattr(result, name, figures)
+        if outcome.cut_short is not None:
+            result.notes.append(
+                f"{name} train stopped after {len(outcome.samples)} of {train.count} probes: "
+                f"{outcome.cut_short.message}"
+            )
+
+
+async def _binding_train(channel: Channel, train: Train) -> TrainResult:
+    seq_of: dict[bytes, int] = {}
+
+    def send(seq: int) -> None:
+        request = codec.binding_request()
+        seq_of[request.transaction_id] = seq
+        channel.send_message(request)
+
+    def on_response(transaction_id: bytes, arrived: float) -> None:
+        seq = seq_of.get(transaction_id)
+        if seq is not None:
+            train.arrived(seq, arrived)
+
+    channel.on_response = on_response
+    try:
+        return await train.run(send, lambda: channel.failure)
+    finally:
+        channel.on_response = None
+
+
+async def _relay_train(
+    uri: IceUri,
+    transport: Transport,
+    address: tuple[str, int],
+    channel: Channel,
+    settings: ProbeSettings,
+    allocation: Allocation,
+    train: Train,
+) -> TrainResult:
+    """Data through the relay: the path's allocation sends to a second allocation of ours (same
+    server, same transport), which echoes every packet back. Both client legs use the path's
+    transport, so what is measured is the relayed media path, twice."""
+    scratch = PathResult(server=uri.server, transport=transport.value, kind="turn", uri=str(uri))
+    peer = await _open(uri, transport, address, scratch, settings)
+    try:
+        peer_allocation = await allocate(peer, scratch, settings.credentials, follow_redirect=False)
+        allocation = await create_permission(channel, allocation, peer_allocation.relayed)
+        peer_allocation = await create_permission(peer, peer_allocation, allocation.relayed)
+        tag = os.urandom(8)  # tells our probes from anything else a relay may carry
+        padding = bytes(max(0, train.settings.payload - 12))
+
+        def echo(source: tuple[str, int], data: bytes, arrived: float) -> None:
+            if data[:8] == tag:
+                # If the echo side died, the train records the loss.
+                with contextlib.suppress(ProbeError):
+                    peer.send_message(codec.send_indication(allocation.relayed, data))
+
+        def back(source: tuple[str, int], data: bytes, arrived: float) -> None:
+            if data[:8] == tag and len(data) >= 12:
+                train.arrived(int.from_bytes(data[8:12], "big"), arrived)
+
+        def send(seq: int) -> None:
+            payload = tag + seq.to_bytes(4, "big") + padding
+            channel.send_message(codec.send_indication(peer_allocation.relayed, payload))
+
+        peer.on_data, channel.on_data = echo, back
+        try:
+            outcome = await train.run(send, lambda: channel.failure or peer.failure)
+        finally:
+            peer.on_data = channel.on_data = None
+        await release(peer, peer_allocation, None)
+        return outcome
+    finally:
+        peer.close()
+
+
 def _timings(result: PathResult) -> str:
     # Phase names and durations only: STUN messages carry USERNAME, so they are never logged.
     return " ".join(f"{k}={v:.1f}ms" for k, v in result.timings_ms.items() if v is not None)
-
-
-def _record_server_attributes(msg: stun.Message, result: PathResult) -> None:
-    if "SOFTWARE" in msg.attributes:
-        result.server_software = str(msg.attributes["SOFTWARE"])[:128]
-    if "OTHER-ADDRESS" in msg.attributes:
-        result.other_address = codec.format_address(msg.attributes["OTHER-ADDRESS"])
-    if "RESPONSE-ORIGIN" in msg.attributes:
-        result.response_origin = codec.format_address(msg.attributes["RESPONSE-ORIGIN"])
-
-
-async def _allocate_and_release(
-    channel: UdpChannel | StreamChannel,
-    result: PathResult,
-    settings: ProbeSettings,
-    follow_redirect: bool,
-) -> None:
-    creds = settings.credentials
-    result.phase = Phase.ALLOCATE_CHALLENGE
-    first = await channel.request(codec.allocate_request(), Phase.ALLOCATE_CHALLENGE)
-    _check_redirect(first.response, result, follow_redirect)
-    if first.response.message_class == stun.Class.RESPONSE:
-        # An open relay: it allocated without asking for credentials.
-        result.auth = "none"
-        result.timings_ms["allocate"] = first.rtt_ms
-        _record_allocation(first.response, result)
-        result.phase = Phase.DEALLOCATE
-        release = await channel.request(codec.refresh_request(0), Phase.DEALLOCATE)
-        result.deallocated = release.response.message_class == stun.Class.RESPONSE
-        return
-    if first.response.error_code != 401:
-        raise codec.error_for_response(first.response, Phase.ALLOCATE_CHALLENGE)
-    result.timings_ms["allocate_challenge"] = first.rtt_ms
-    realm = first.response.attributes.get("REALM")
-    nonce = first.response.attributes.get("NONCE")
-    if not isinstance(realm, str) or not isinstance(nonce, bytes):
-        raise ProbeError(
-            ErrorKind.PROTOCOL,
-            "401 challenge without REALM and NONCE (not long-term credentials)",
-            Phase.ALLOCATE_CHALLENGE,
-        )
-    if creds is None:
-        raise ProbeError(
-            ErrorKind.AUTH_REJECTED,
-            "the server asks for credentials and none were given (--username/--credential or --turn-secret)",
-            Phase.ALLOCATE_CHALLENGE,
-        )
-    result.auth = creds.mode
-    result.phase = Phase.ALLOCATE
-    response, rtt, nonce = await _authenticated(
-        channel, codec.allocate_request(), creds, realm, nonce, Phase.ALLOCATE
-    )
-    _check_redirect(response, result, follow_redirect)
-    if response.message_class == stun.Class.ERROR:
-        raise codec.error_for_response(response, Phase.ALLOCATE)
-    result.timings_ms["allocate"] = rtt
-    _record_allocation(response, result)
-
-    result.phase = Phase.DEALLOCATE
-    response, rtt, _ = await _authenticated(
-        channel, codec.refresh_request(0), creds, realm, nonce, Phase.DEALLOCATE
-    )
-    if response.message_class == stun.Class.RESPONSE:
-        result.timings_ms["deallocate"] = rtt
-        result.deallocated = True
-    else:
-        result.deallocated = False
-        result.notes.append(
-            "the allocation could not be released "
-            f"({codec.error_for_response(response, Phase.DEALLOCATE).message}); it expires after its lifetime"
-        )
-
-
-async def _authenticated(
-    channel: UdpChannel | StreamChannel,
-    request: stun.Message,
-    creds: TurnCredentials,
-    realm: str,
-    nonce: bytes,
-    phase: Phase,
-) -> tuple[stun.Message, float, bytes]:
-    """Send with long-term credentials; follow one 438 Stale Nonce. Returns the nonce in use."""
-    for _ in range(2):
-        key = codec.authenticate(request, creds, realm, nonce)
-        exchange = await channel.request(request, phase)
-        msg = exchange.response
-        if msg.message_class == stun.Class.ERROR and msg.error_code == 438:
-            fresh = msg.attributes.get("NONCE")
-            if isinstance(fresh, bytes):
-                nonce = fresh
-                continue
-        if msg.message_class == stun.Class.RESPONSE and not msg.check_message_integrity(key):
-            raise ProbeError(
-                ErrorKind.PROTOCOL,
-                "the response's MESSAGE-INTEGRITY does not match the credentials",
-                phase,
-            )
-        return msg, exchange.rtt_ms, nonce
-    raise ProbeError(ErrorKind.PROTOCOL, "the server kept answering 438 Stale Nonce", phase)
-
-
-def _check_redirect(msg: stun.Message, result: PathResult, follow: bool) -> None:
-    if msg.message_class != stun.Class.ERROR or msg.error_code != 300:
-        return
-    alternate = msg.attributes.get("ALTERNATE-SERVER")
-    if alternate is None:
-        raise ProbeError(
-            ErrorKind.PROTOCOL, "300 Try Alternate without an ALTERNATE-SERVER", result.phase
-        )
-    result.alternate_server = codec.format_address(alternate)
-    error = ProbeError(
-        ErrorKind.TRY_ALTERNATE,
-        f"the server redirected the allocation to {result.alternate_server} (300 Try Alternate)"
-        + ("" if follow else "; not followed again: one redirect is followed at most"),
-        result.phase,
-    )
-    result.fail(error)
-    if follow:
-        raise Redirect(alternate)
-    raise error
-
-
-def _record_allocation(msg: stun.Message, result: PathResult) -> None:
-    relayed = msg.attributes.get("XOR-RELAYED-ADDRESS")
-    if relayed is None:
-        raise ProbeError(
-            ErrorKind.PROTOCOL, "Allocate success without XOR-RELAYED-ADDRESS", Phase.ALLOCATE
-        )
-    result.relayed_address = codec.format_address(relayed)
-    lifetime = msg.attributes.get("LIFETIME")
-    result.lifetime_s = int(lifetime) if isinstance(lifetime, int) else None
-    mapped = msg.attributes.get("XOR-MAPPED-ADDRESS")
-    if mapped is not None and result.mapped_address is None:
-        result.mapped_address = codec.format_address(mapped)

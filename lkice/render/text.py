@@ -33,10 +33,49 @@ def render(report: dict[str, Any]) -> str:
         cells = " ".join(f"{_ms(t.get(key)):>6}" for key, _ in _PHASES)
         lines.append(f"{p['kind']:<4} {server:<21} {p['transport']:<3} {result[:15]:<15} {cells}")
     lines.append(f"{'':<47}(milliseconds)")
+    quality = _quality(paths)
+    if quality:
+        lines += ["", *quality]
     details = _details(paths)
     if details:
         lines += ["", *details]
     return "\n".join(lines) + "\n"
+
+
+def _quality(paths: list[dict[str, Any]]) -> list[str]:
+    rows = [(p, p["kind"], p["server"], p["quality"]) for p in paths if p.get("quality")]
+    rows += [
+        (p, "echo", f"relay {p['relayed_address'] or ''}", p["relay_quality"])
+        for p in paths
+        if p.get("relay_quality")
+    ]
+    if not rows:
+        return []
+    out = [
+        "Path quality (probe train)",
+        f"{'kind':<4} {'server':<21} {'via':<3} {'n':>4} {'p50':>6} {'p95':>6} {'jit':>5} "
+        f"{'loss':>5} {'stall':>9} {'MOS':>4}",
+    ]
+    for p, kind, where, q in rows:
+        rtt = q["rtt_ms"] or {}
+        hol = q["hol"]
+        if hol is None:
+            stall = "n/a"
+        elif hol["detected"]:
+            stall = f"{hol['stalls']}x{_ms(hol['max_stall_ms'])}"
+        else:
+            stall = "none"
+        server = where if len(where) <= 21 else where[:20] + "~"
+        mos = "-" if q["mos"] is None else f"{q['mos']:.1f}"
+        jitter = "-" if q["jitter_ms"] is None else f"{q['jitter_ms']:.1f}"
+        out.append(
+            f"{kind:<4} {server:<21} {p['transport']:<3} {q['samples']:>4} "
+            f"{_ms(rtt.get('p50')):>6} {_ms(rtt.get('p95')):>6} {jitter:>5} "
+            f"{q['loss'] * 100:>4.1f}% {stall:>9} {mos:>4}"
+        )
+    out.append("(ms; n probes sent; stall: head-of-line stalls x longest, TCP/TLS only;")
+    out.append(" echo: data through the TURN relay and back, the path's transport both ways)")
+    return out
 
 
 def _details(paths: list[dict[str, Any]]) -> list[str]:

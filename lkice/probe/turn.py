@@ -1,0 +1,175 @@
+"""An instrumented TURN client (RFC 8656) on a STUN channel: Allocate with the 401 challenge round
+and the authenticated round timed apart, CreatePermission, and release (Refresh lifetime 0).
+Every error response becomes a ProbeError naming the server's reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aioice import stun
+
+from lkice import stun as codec
+from lkice.credentials import TurnCredentials
+from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.probe.channel import StreamChannel, UdpChannel
+from lkice.report import PathResult
+
+Channel = UdpChannel | StreamChannel
+
+
+class Redirect(Exception):
+    """300 Try Alternate: the engine probes the alternate once."""
+
+    def __init__(self, alternate: tuple[str, int]) -> None:
+        super().__init__(alternate)
+        self.alternate = alternate
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Long-term credentials with the realm and the nonce the server handed out."""
+
+    credentials: TurnCredentials
+    realm: str
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class Allocation:
+    relayed: tuple[str, int]
+    auth: Auth | None  # None: an open relay that asked for no credentials
+
+
+async def allocate(
+    channel: Channel, result: PathResult, credentials: TurnCredentials | None, follow_redirect: bool
+) -> Allocation:
+    """Allocate a UDP relay: the unauthenticated round (expecting 401), then the authenticated one."""
+    result.phase = Phase.ALLOCATE_CHALLENGE
+    first = await channel.request(codec.allocate_request(), Phase.ALLOCATE_CHALLENGE)
+    _check_redirect(first.response, result, follow_redirect)
+    if first.response.message_class == stun.Class.RESPONSE:
+        result.auth = "none"
+        result.timings_ms["allocate"] = first.rtt_ms
+        return Allocation(_record_allocation(first.response, result), None)
+    if first.response.error_code != 401:
+        raise codec.error_for_response(first.response, Phase.ALLOCATE_CHALLENGE)
+    result.timings_ms["allocate_challenge"] = first.rtt_ms
+    realm = first.response.attributes.get("REALM")
+    nonce = first.response.attributes.get("NONCE")
+    if not isinstance(realm, str) or not isinstance(nonce, bytes):
+        raise ProbeError(
+            ErrorKind.PROTOCOL,
+            "401 challenge without REALM and NONCE (not long-term credentials)",
+            Phase.ALLOCATE_CHALLENGE,
+        )
+    if credentials is None:
+        raise ProbeError(
+            ErrorKind.AUTH_REJECTED,
+            "the server asks for credentials and none were given (--username/--credential or --turn-secret)",
+            Phase.ALLOCATE_CHALLENGE,
+        )
+    result.auth = credentials.mode
+    result.phase = Phase.ALLOCATE
+    response, rtt, auth = await _authenticated(
+        channel, codec.allocate_request(), Auth(credentials, realm, nonce), Phase.ALLOCATE
+    )
+    _check_redirect(response, result, follow_redirect)
+    if response.message_class == stun.Class.ERROR:
+        raise codec.error_for_response(response, Phase.ALLOCATE)
+    result.timings_ms["allocate"] = rtt
+    return Allocation(_record_allocation(response, result), auth)
+
+
+async def create_permission(
+    channel: Channel, allocation: Allocation, peer: tuple[str, int]
+) -> Allocation:
+    """Install a permission for ``peer``'s IP; returns the allocation with the nonce in use."""
+    response, _, auth = await _authenticated(
+        channel, codec.create_permission_request(peer), allocation.auth, Phase.QUALITY
+    )
+    if response.message_class == stun.Class.ERROR:
+        raise codec.error_for_response(response, Phase.QUALITY)
+    return Allocation(allocation.relayed, auth)
+
+
+async def release(channel: Channel, allocation: Allocation, result: PathResult | None) -> bool:
+    """Refresh with lifetime 0, so no allocation is left on the server. True if released."""
+    if result is not None:
+        result.phase = Phase.DEALLOCATE
+    response, rtt, _ = await _authenticated(
+        channel, codec.refresh_request(0), allocation.auth, Phase.DEALLOCATE
+    )
+    released = response.message_class == stun.Class.RESPONSE
+    if result is not None:
+        result.deallocated = released
+        if released:
+            result.timings_ms["deallocate"] = rtt
+        else:
+            reason = codec.error_for_response(response, Phase.DEALLOCATE).message
+            result.notes.append(
+                f"the allocation could not be released ({reason}); it expires after its lifetime"
+            )
+    return released
+
+
+async def _authenticated(
+    channel: Channel, request: stun.Message, auth: Auth | None, phase: Phase
+) -> tuple[stun.Message, float, Auth | None]:
+    """Send with long-term credentials (if any); follow one 438 Stale Nonce."""
+    if auth is None:
+        exchange = await channel.request(request, phase)
+        return exchange.response, exchange.rtt_ms, None
+    nonce = auth.nonce
+    for _ in range(2):
+        key = codec.authenticate(request, auth.credentials, auth.realm, nonce)
+        exchange = await channel.request(request, phase)
+        msg = exchange.response
+        if msg.message_class == stun.Class.ERROR and msg.error_code == 438:
+            fresh = msg.attributes.get("NONCE")
+            if isinstance(fresh, bytes):
+                nonce = fresh
+                continue
+        if msg.message_class == stun.Class.RESPONSE and not msg.check_message_integrity(key):
+            raise ProbeError(
+                ErrorKind.PROTOCOL,
+                "the response's MESSAGE-INTEGRITY does not match the credentials",
+                phase,
+            )
+        return msg, exchange.rtt_ms, Auth(auth.credentials, auth.realm, nonce)
+    raise ProbeError(ErrorKind.PROTOCOL, "the server kept answering 438 Stale Nonce", phase)
+
+
+def _check_redirect(msg: stun.Message, result: PathResult, follow: bool) -> None:
+    if msg.message_class != stun.Class.ERROR or msg.error_code != 300:
+        return
+    alternate = msg.attributes.get("ALTERNATE-SERVER")
+    if alternate is None:
+        raise ProbeError(
+            ErrorKind.PROTOCOL, "300 Try Alternate without an ALTERNATE-SERVER", result.phase
+        )
+    result.alternate_server = codec.format_address(alternate)
+    error = ProbeError(
+        ErrorKind.TRY_ALTERNATE,
+        f"the server redirected the allocation to {result.alternate_server} (300 Try Alternate)"
+        + ("" if follow else "; not followed again: one redirect is followed at most"),
+        result.phase,
+    )
+    result.fail(error)
+    if follow:
+        raise Redirect(alternate)
+    raise error
+
+
+def _record_allocation(msg: stun.Message, result: PathResult) -> tuple[str, int]:
+    relayed = msg.attributes.get("XOR-RELAYED-ADDRESS")
+    if relayed is None:
+        raise ProbeError(
+            ErrorKind.PROTOCOL, "Allocate success without XOR-RELAYED-ADDRESS", Phase.ALLOCATE
+        )
+    result.relayed_address = codec.format_address(relayed)
+    lifetime = msg.attributes.get("LIFETIME")
+    result.lifetime_s = int(lifetime) if isinstance(lifetime, int) else None
+    mapped = msg.attributes.get("XOR-MAPPED-ADDRESS")
+    if mapped is not None and result.mapped_address is None:
+        result.mapped_address = codec.format_address(mapped)
+    return (str(relayed[0]), int(relayed[1]))

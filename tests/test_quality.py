@@ -1,0 +1,607 @@
+"""Path-quality figures from synthetic probe trains (pure: no sockets, no clocks).
+
+The stream trains are built by ``tcp_train``, a small model of TCP's in-order delivery: each
+answer has its own arrival time on the wire, a lost segment's answer arrives ``hold`` ms late,
+and the application sees each answer no earlier than the one before it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import statistics
+from collections.abc import Callable, Sequence
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lkice.quality import (
+    JITTER_BUFFER_MS,
+    Hol,
+    HolSettings,
+    Quality,
+    Sample,
+    baseline_ms,
+    count_reordered,
+    detect_hol,
+    e_model_mos,
+    percentile,
+    rfc3550_jitter,
+    summarize,
+)
+from lkice.report import load_schema
+
+INTERVAL = 0.020
+START = 1000.0  # a monotonic clock does not start at zero
+DEFAULT = HolSettings()
+
+
+def train(rtts_ms: Sequence[float | None], interval: float = INTERVAL) -> list[Sample]:
+    """Probes at a fixed cadence with the given RTTs (None: lost), each answer independent."""
+    return [
+        Sample(
+            seq, START + seq * interval, None if r is None else START + seq * interval + r / 1000
+        )
+        for seq, r in enumerate(rtts_ms)
+    ]
+
+
+def tcp_train(
+    n: int,
+    *,
+    base_ms: float = 40.0,
+    holds: dict[int, float] | None = None,
+    rtt_ms: Callable[[int], float] | None = None,
+    interval: float = INTERVAL,
+) -> list[Sample]:
+    """A stream path: the answer to probe k reaches the kernel ``holds[k]`` ms late (its segment
+    was lost and retransmitted), and the stream delivers every answer in order."""
+    holds = holds or {}
+    delivered = -math.inf
+    samples = []
+    for seq in range(n):
+        sent = START + seq * interval
+        wire = rtt_ms(seq) if rtt_ms else base_ms
+        delivered = max(delivered, sent + (wire + holds.get(seq, 0.0)) / 1000)
+        samples.append(Sample(seq, sent, delivered))
+    return samples
+
+
+def uniform_noise(seed: int, amplitude_ms: float, base_ms: float = 40.0) -> Callable[[int], float]:
+    rng = random.Random(seed)
+    noise = [rng.uniform(-amplitude_ms, amplitude_ms) for _ in range(10_000)]
+    return lambda seq: base_ms + noise[seq]
+
+
+def hol_of(samples: Sequence[Sample], hol: HolSettings = DEFAULT) -> Hol:
+    return detect_hol(samples, interval=INTERVAL, settings=hol)
+
+
+# --- percentile -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([1, 2, 3, 4], 0, 1),
+        ([1, 2, 3, 4], 100, 4),
+        ([1, 2, 3, 4], 50, 2.5),
+        ([1, 2, 3, 4], 25, 1.75),  # position 0.75
+        ([10, 20, 30, 40, 50], 95, 48),  # position 3.8: 40 + 0.8 * 10
+        ([10, 20, 30, 40, 50], 50, 30),  # exact rank, no interpolation
+        ([7], 0, 7),
+        ([7], 99, 7),
+        ([0, 100], 99, 99),
+    ],
+)
+def test_percentile_by_hand(values: list[float], q: float, expected: float) -> None:
+    assert percentile(values, q) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("q", [-0.1, 100.1, math.nan])
+def test_percentile_rejects_q_out_of_range(q: float) -> None:
+    with pytest.raises(ValueError, match="q must be"):
+        percentile([1.0, 2.0], q)
+
+
+def test_percentile_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+values_strategy = st.lists(
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=2, max_size=60
+).map(sorted)
+
+
+@given(values_strategy)
+def test_percentile_agrees_with_statistics_inclusive(values: list[float]) -> None:
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    for q in range(1, 100):
+        assert math.isclose(percentile(values, q), cuts[q - 1], rel_tol=1e-9, abs_tol=1e-6)
+
+
+@given(values_strategy, st.floats(0, 100), st.floats(0, 100))
+def test_percentile_is_bounded_and_monotonic(values: list[float], q1: float, q2: float) -> None:
+    lo, hi = sorted((q1, q2))
+    assert values[0] <= percentile(values, lo) <= percentile(values, hi) <= values[-1]
+
+
+# --- jitter -----------------------------------------------------------------------------------
+
+
+def test_jitter_of_constant_rtt_is_zero() -> None:
+    assert rfc3550_jitter(train([40.0] * 100)) == 0.0
+
+
+@pytest.mark.parametrize("rtts", [[], [None, None], [40.0], [None, 40.0, None]])
+def test_jitter_needs_two_answers(rtts: list[float | None]) -> None:
+    assert rfc3550_jitter(train(rtts)) is None
+
+
+def test_jitter_of_alternating_rtt_follows_the_recurrence() -> None:
+    # |D| is always 10 ms, so J_m = 10 * (1 - (15/16)^m) after m differences, tending to 10 ms.
+    rtts = [40.0 if i % 2 == 0 else 50.0 for i in range(200)]
+    samples = train(rtts)
+    expected = 10 * (1 - (15 / 16) ** 199)
+    got = rfc3550_jitter(samples)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got == pytest.approx(10.0, abs=1e-4)
+    short = rfc3550_jitter(samples[:5])  # 4 differences: far from converged
+    assert short == pytest.approx(10 * (1 - (15 / 16) ** 4), rel=1e-9)
+
+
+@given(st.lists(st.floats(0, 2000), min_size=2, max_size=100))
+def test_jitter_matches_an_independent_iteration(rtts: list[float]) -> None:
+    # Answers arrive in send order here (cadence 1 s, RTT at most 2 s, so force it explicitly).
+    samples = [Sample(i, float(i) * 10, float(i) * 10 + r / 1000) for i, r in enumerate(rtts)]
+    j = 0.0
+    for a, b in itertools.pairwise(rtts):
+        j = j + (abs(b - a) - j) / 16
+    got = rfc3550_jitter(samples)
+    assert got is not None
+    assert math.isclose(got, j, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_jitter_takes_answers_in_arrival_order() -> None:
+    # seq 1 (RTT 100) arrives after seq 2 (RTT 40): arrival order is RTT 40, 40, 100.
+    samples = train([40.0, 100.0, 40.0])
+    expected = (60 - 0) / 16  # first difference 0, then |100 - 40| = 60
+    assert rfc3550_jitter(samples) == pytest.approx(expected)
+
+
+@given(st.lists(st.floats(0, 500), min_size=2, max_size=50), st.floats(0, 1000))
+def test_jitter_ignores_a_constant_delay(rtts: list[float], offset: float) -> None:
+    a = rfc3550_jitter(train(rtts, interval=1.0))
+    b = rfc3550_jitter(train([r + offset for r in rtts], interval=1.0))
+    assert a is not None
+    assert b is not None
+    assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+
+
+# --- reordering and loss ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rtts", "expected"),
+    [
+        ([40.0] * 10, 0),
+        ([40.0, 70.0, 40.0, 40.0], 1),  # seq 1 arrives after seq 2
+        ([200.0, 40.0, 40.0, 40.0, 40.0], 1),  # seq 0 arrives last: one late answer, not four
+        ([40.0, None, 40.0], 0),  # a loss is not a reordering
+        ([40.0, 20.0], 0),  # seq 1 sent 20 ms later, RTT 20 ms less: same instant, seq order
+    ],
+)
+def test_reordering(rtts: list[float | None], expected: int) -> None:
+    assert count_reordered(train(rtts)) == expected
+
+
+def test_reordering_of_a_reversed_train() -> None:
+    samples = [Sample(i, START + i * 0.02, START + 1.0 - i * 0.01) for i in range(5)]
+    assert count_reordered(samples) == 4  # every answer after the first (seq 4) is late
+
+
+def test_loss() -> None:
+    q = summarize(train([40.0] * 7 + [None] * 3), stream=False, interval=INTERVAL)
+    assert (q.samples, q.received) == (10, 7)
+    assert q.loss == pytest.approx(0.3)
+
+
+def test_all_lost() -> None:
+    q = summarize(train([None] * 5), stream=True, interval=INTERVAL)
+    assert q.loss == 1.0
+    assert q.rtt_ms is None
+    assert q.jitter_ms is None
+    assert q.mos is None
+    assert q.late == 0
+    assert q.hol == Hol(detected=False, stalls=0, max_stall_ms=None, stalled_fraction=0.0)
+
+
+def test_empty_train() -> None:
+    q = summarize([], stream=True, interval=INTERVAL)
+    assert (q.samples, q.received, q.loss, q.reordered, q.duration_ms) == (0, 0, 0.0, 0, 0.0)
+    assert q.mos is None
+    assert q.hol is not None
+    assert not q.hol.detected
+
+
+# --- head-of-line blocking --------------------------------------------------------------------
+
+
+def test_one_lost_segment_released_by_rto_is_one_stall() -> None:
+    k = 100
+    samples = tcp_train(250, holds={k: 200.0})
+    # The answers to k..k+9 reach the application together; k..k+7 exceed 40 + 40 ms.
+    assert {s.received for s in samples[k : k + 10]} == {samples[k].received}
+    hol = hol_of(samples)
+    assert hol.detected
+    assert hol.stalls == 1
+    assert hol.max_stall_ms == pytest.approx(200.0, abs=1.0)  # probe k itself waited 200 ms
+    assert hol.stalled_fraction == pytest.approx(200 / 5000, abs=1e-3)
+
+
+def test_fast_retransmit_stall_is_found() -> None:
+    # Fast retransmit: about one RTT plus three more segments after the loss.
+    hol = hol_of(tcp_train(250, holds={50: 40.0 + 3 * 20.0}))
+    assert (hol.detected, hol.stalls) == (True, 1)
+    assert hol.max_stall_ms == pytest.approx(100.0, abs=1.0)
+
+
+def test_stall_at_the_first_probe() -> None:
+    hol = hol_of(tcp_train(100, holds={0: 300.0}))
+    assert hol.stalls == 1
+    assert hol.max_stall_ms == pytest.approx(300.0, abs=1.0)
+
+
+def test_two_separated_losses_are_two_stalls() -> None:
+    hol = hol_of(tcp_train(250, holds={40: 200.0, 150: 400.0}))
+    assert hol.stalls == 2
+    assert hol.max_stall_ms == pytest.approx(400.0, abs=1.0)
+    assert hol.stalled_fraction == pytest.approx(600 / 5000, abs=1e-3)
+
+
+def test_a_second_loss_inside_a_stall_prolongs_it() -> None:
+    # Probe 103's segment is lost while 100's is still outstanding: its answers come in a
+    # second burst 60 ms after the first. One outage, one stall.
+    hol = hol_of(tcp_train(250, holds={100: 200.0, 103: 200.0}))
+    assert hol.stalls == 1
+    assert hol.max_stall_ms == pytest.approx(200.0, abs=1.0)
+
+
+def test_recovery_paced_by_slow_start_is_one_stall() -> None:
+    # A 1 s outage: after the RTO the held answers come back in bursts one RTT apart, doubling
+    # (1, 2, 4, 8, ...), not all at once. Still far faster than they were sent.
+    k, outage, n = 100, 50, 250
+    sent = [START + seq * INTERVAL for seq in range(n)]
+    arrival = [t + 0.040 for t in sent]
+    seq, burst, t = k, 1, sent[k] + 1.0
+    while seq < k + outage:
+        for s in range(seq, min(seq + burst, k + outage)):
+            arrival[s] = t
+        seq, burst, t = seq + burst, burst * 2, t + 0.040
+    delivered = list(itertools.accumulate(arrival, max))  # the stream keeps order
+    samples = [Sample(i, sent[i], delivered[i]) for i in range(n)]
+    assert len(set(delivered[k : k + outage])) == 6  # six bursts, not one
+    hol = hol_of(samples)
+    assert hol.stalls == 1
+    # Probe k+1 came in the second burst: 1000 + 40 - 20 ms RTT, 980 ms over the baseline.
+    assert hol.max_stall_ms == pytest.approx(980.0, abs=1.0)
+
+
+def test_no_loss_no_stall() -> None:
+    hol = hol_of(tcp_train(250))
+    assert hol == Hol(detected=False, stalls=0, max_stall_ms=None, stalled_fraction=0.0)
+
+
+def test_bufferbloat_ramp_is_not_a_stall() -> None:
+    # RTT climbs from 40 to 300 ms; answers stay spaced by about the interval.
+    n = 250
+    samples = tcp_train(n, rtt_ms=lambda seq: 40 + 260 * seq / (n - 1))
+    assert not hol_of(samples).detected
+
+
+def test_steep_bufferbloat_is_not_a_stall() -> None:
+    # RTT jumps by 50 ms per probe: each step exceeds the threshold, but answers spread out.
+    samples = tcp_train(100, rtt_ms=lambda seq: 40.0 if seq < 50 else 40 + 50 * (seq - 49))
+    assert not hol_of(samples).detected
+
+
+def test_route_change_is_not_a_stall() -> None:
+    samples = tcp_train(250, rtt_ms=lambda seq: 40.0 if seq < 100 else 200.0)
+    assert not hol_of(samples).detected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_jitter_is_not_a_stall(seed: int) -> None:
+    # +-10 ms per answer, delivered in order: small holds happen but stay below the threshold.
+    assert not hol_of(tcp_train(250, rtt_ms=uniform_noise(seed, 10.0))).detected
+    rng = random.Random(seed)
+    independent = train([40 + rng.uniform(-10, 10) for _ in range(250)])
+    assert not hol_of(independent).detected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_bufferbloat_with_jitter_is_not_a_stall(seed: int) -> None:
+    # Above the baseline for most of the train, with in-order micro-holds from the jitter: the
+    # sudden-jump rule keeps these from counting as stalls.
+    noise = uniform_noise(seed, 10.0, base_ms=0.0)
+    n = 250
+    samples = tcp_train(n, rtt_ms=lambda seq: 40 + 260 * seq / (n - 1) + noise(seq))
+    assert not hol_of(samples).detected
+
+
+def test_stall_on_a_bloated_path_is_found() -> None:
+    # RTT climbs from 40 to 200 ms over the first 100 probes, then a segment is lost.
+    samples = tcp_train(250, rtt_ms=lambda seq: 40 + min(seq, 100) * 1.6, holds={150: 250.0})
+    hol = hol_of(samples)
+    assert hol.stalls == 1
+    # Measured from the baseline, so it includes the queue the probe also waited in.
+    baseline = baseline_ms(samples)
+    assert baseline is not None
+    assert hol.max_stall_ms == pytest.approx(200 + 250 - baseline, abs=1.0)
+
+
+def test_a_single_late_probe_is_not_a_stall() -> None:
+    rtts: list[float | None] = [40.0] * 100
+    rtts[50] = 400.0  # no answer waited behind it (as on a datagram path)
+    assert not hol_of(train(rtts)).detected
+
+
+def test_late_probes_not_released_together_are_not_a_stall() -> None:
+    rtts: list[float | None] = [40.0] * 100
+    rtts[50] = rtts[51] = rtts[52] = 400.0  # each 400 ms late, arriving 20 ms apart
+    assert not hol_of(train(rtts)).detected
+
+
+def test_min_run_and_min_excess_are_honoured() -> None:
+    samples = tcp_train(250, holds={100: 90.0})  # k..k+2 are held (90, 70, 50 ms excess)
+    assert hol_of(samples).stalls == 1
+    assert hol_of(samples, HolSettings(min_run=3)).stalls == 1
+    assert hol_of(samples, HolSettings(min_run=4)).stalls == 0
+    assert hol_of(samples, HolSettings(min_excess_ms=60.0)).stalls == 1  # k, k+1: 90, 70
+    assert hol_of(samples, HolSettings(min_excess_ms=75.0)).stalls == 0  # k alone
+    assert hol_of(samples, HolSettings(baseline_factor=1.5)).stalls == 1  # tau 60
+    assert hol_of(samples, HolSettings(baseline_factor=2.0)).stalls == 0  # tau 80
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"min_run": 1}, {"min_excess_ms": -1.0}, {"baseline_factor": -0.5}, {"max_spread_ratio": 0}],
+)
+def test_hol_settings_are_validated(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        HolSettings(**kwargs)  # type: ignore[arg-type]
+
+
+@st.composite
+def separated_losses(draw: st.DrawFn) -> tuple[float, float, dict[int, float]]:
+    base = draw(st.floats(10, 100))
+    tau = max(DEFAULT.min_excess_ms, DEFAULT.baseline_factor * base)
+    holds: dict[int, float] = {}
+    seq = draw(st.integers(0, 20))
+    for _ in range(draw(st.integers(1, 3))):
+        hold = draw(st.floats(tau + 40, 600))
+        holds[seq] = hold
+        seq += math.ceil(hold / 20) + 4 + draw(st.integers(0, 20))
+    return base, draw(st.floats(0, 5)), holds
+
+
+@settings(max_examples=200)
+@given(separated_losses(), st.integers(0, 2**32))
+def test_each_separated_loss_is_one_stall(
+    case: tuple[float, float, dict[int, float]], seed: int
+) -> None:
+    base, jitter, holds = case
+    samples = tcp_train(300, holds=holds, rtt_ms=uniform_noise(seed, jitter, base_ms=base))
+    hol = hol_of(samples)
+    assert hol.stalls == len(holds)
+    assert hol.max_stall_ms is not None
+    assert abs(hol.max_stall_ms - max(holds.values())) <= 2 * jitter + 1e-6
+
+
+@given(st.lists(st.floats(0, 50), min_size=1, max_size=200), st.floats(1, 200))
+def test_a_path_never_faster_than_sent_has_no_stall(steps: list[float], start_ms: float) -> None:
+    # Non-decreasing RTT, whatever its shape: answers never arrive closer than they were sent.
+    rtts: list[float | None] = list(itertools.accumulate(steps, initial=start_ms))
+    assert not hol_of(train(rtts)).detected
+
+
+# --- MOS --------------------------------------------------------------------------------------
+
+
+def test_mos_of_a_perfect_path() -> None:
+    # eff = 10 ms, R = 92.95: the E-model's best for narrowband voice.
+    assert e_model_mos(0, 0, 0) == pytest.approx(4.404, abs=1e-3)
+
+
+def test_mos_by_hand() -> None:
+    # eff = 100 + 20 + 10 = 130 -> R = 93.2 - 3.25 - 2.5 = 87.45
+    r = 87.45
+    expected = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+    assert e_model_mos(100, 10, 0.01) == pytest.approx(expected, rel=1e-12)
+    # eff = 400 + 0 + 10 = 410 -> R = 93.2 - 29 = 64.2 (the long-delay branch)
+    r = 64.2
+    expected = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+    assert e_model_mos(400, 0, 0) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mos_penalties() -> None:
+    perfect = e_model_mos(20, 2, 0)
+    assert e_model_mos(20, 2, 0.01) < perfect
+    assert e_model_mos(400, 2, 0) < 3.5
+    assert e_model_mos(20, 2, 1.0) == 1.0  # all lost: R clamps to 0
+    assert e_model_mos(10_000, 0, 0) == 1.0
+
+
+def test_mos_is_continuous_at_the_delay_knee() -> None:
+    # eff = 160 is where the slope changes from 1/40 to 1/10.
+    assert e_model_mos(150 - 1e-9, 0, 0) == pytest.approx(e_model_mos(150, 0, 0), abs=1e-9)
+
+
+finite = st.floats(0, 5000)
+fraction = st.floats(0, 1)
+
+
+@given(finite, finite, finite, fraction, fraction)
+def test_mos_is_bounded_and_monotonic(
+    rtt1: float, rtt2: float, jitter: float, loss1: float, loss2: float
+) -> None:
+    (ra, rb), (la, lb) = sorted((rtt1, rtt2)), sorted((loss1, loss2))
+    assert 1.0 <= e_model_mos(ra, jitter, la) <= 4.5
+    eps = 1e-12  # the polynomial may wobble by an ulp
+    assert e_model_mos(ra, jitter, la) >= e_model_mos(rb, jitter, la) - eps
+    assert e_model_mos(ra, jitter, la) >= e_model_mos(ra, jitter, lb) - eps
+    assert e_model_mos(ra, 0, la) >= e_model_mos(ra, jitter, la) - eps
+
+
+# --- summarize --------------------------------------------------------------------------------
+
+
+def test_summary_of_a_clean_datagram_path() -> None:
+    q = summarize(train([40.0, 42.0, 41.0, 39.0] * 25), stream=False, interval=INTERVAL)
+    assert q.hol is None
+    assert q.late == 0
+    assert q.rtt_ms is not None
+    assert q.rtt_ms["min"] == pytest.approx(39.0)
+    assert q.rtt_ms["max"] == pytest.approx(42.0)
+    assert q.rtt_ms["mean"] == pytest.approx(40.5)
+    assert q.rtt_ms["p50"] == pytest.approx(40.5)
+    assert q.interval_ms == pytest.approx(20.0)
+    assert q.duration_ms == pytest.approx(2000.0)
+    assert q.mos is not None
+    assert q.mos > 4.3
+
+
+def test_held_answers_count_as_lost_for_mos_on_streams() -> None:
+    samples = tcp_train(250, holds={100: 210.0})
+    stream = summarize(samples, stream=True, interval=INTERVAL)
+    datagram = summarize(samples, stream=False, interval=INTERVAL)
+    # Excess over the 40 ms baseline: 210, 190, 170, 150, 130, 110 ms exceed the jitter buffer.
+    assert JITTER_BUFFER_MS == 100.0
+    assert stream.late == 6
+    assert stream.loss == 0.0  # the figure of record still says nothing was lost
+    assert stream.rtt_ms is not None
+    assert stream.jitter_ms is not None
+    assert stream.mos is not None
+    assert stream.mos == pytest.approx(e_model_mos(stream.rtt_ms["p50"], stream.jitter_ms, 6 / 250))
+    assert datagram.late == 0
+    assert datagram.mos is not None
+    assert stream.mos < datagram.mos
+    assert stream.hol is not None
+    assert stream.hol.stalls == 1
+
+
+def test_to_dict_is_json_ready_and_rounded() -> None:
+    q = summarize(tcp_train(250, holds={100: 200.123456}), stream=True, interval=INTERVAL)
+    data = q.to_dict()
+    assert list(data) == [
+        "samples",
+        "received",
+        "rtt_ms",
+        "jitter_ms",
+        "loss",
+        "reordered",
+        "late",
+        "hol",
+        "mos",
+        "interval_ms",
+        "duration_ms",
+    ]
+    assert json.loads(json.dumps(data)) == data
+    hol = data["hol"]
+    assert isinstance(hol, dict)
+    assert list(hol) == ["detected", "stalls", "max_stall_ms", "stalled_fraction"]
+    assert hol["detected"] is True
+    assert hol["max_stall_ms"] == round(hol["max_stall_ms"], 3)
+    rtt = data["rtt_ms"]
+    assert isinstance(rtt, dict)
+    assert list(rtt) == ["p50", "p95", "p99", "max", "min", "mean"]
+    assert all(v == round(v, 3) for v in rtt.values())
+    assert summarize(train([40.0]), stream=False, interval=INTERVAL).to_dict()["hol"] is None
+
+
+def quality_schema() -> dict[str, object]:
+    schema = load_schema()
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/quality"}
+
+
+def test_to_dict_fits_the_report_schema() -> None:
+    for samples, stream in [
+        (tcp_train(250, holds={100: 200.0}), True),
+        (train([40.0, None, 45.0]), False),
+        (train([None, None]), True),
+    ]:
+        jsonschema.validate(
+            summarize(samples, stream=stream, interval=INTERVAL).to_dict(), quality_schema()
+        )
+
+
+@pytest.mark.parametrize(
+    ("samples", "interval", "message"),
+    [
+        ([Sample(0, 1.0, 0.5)], INTERVAL, "received before it was sent"),
+        ([Sample(0, 1.0, 1.1), Sample(0, 1.02, 1.1)], INTERVAL, "repeat a seq"),
+        ([Sample(0, 1.0, 1.1)], 0.0, "interval"),
+        ([Sample(0, 1.0, 1.1)], math.inf, "interval"),
+    ],
+)
+def test_impossible_input_is_rejected(samples: list[Sample], interval: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        summarize(samples, stream=True, interval=interval)
+
+
+def test_baseline_is_a_low_percentile_not_dragged_up_by_stalls() -> None:
+    samples = tcp_train(250, holds={20: 400.0, 120: 400.0, 220: 400.0})
+    assert baseline_ms(samples) == pytest.approx(40.0)
+    assert baseline_ms(train([None])) is None
+
+
+@st.composite
+def random_trains(draw: st.DrawFn) -> tuple[list[Sample], float]:
+    interval = draw(st.floats(0.001, 1.0))
+    start = draw(st.floats(0, 1e6))
+    delays = draw(st.lists(st.one_of(st.none(), st.floats(0, 10)), max_size=80))
+    samples = []
+    for seq, delay in enumerate(delays):
+        sent = start + seq * interval + draw(st.floats(0, interval))
+        samples.append(Sample(seq, sent, None if delay is None else sent + delay))
+    return draw(st.permutations(samples)), interval
+
+
+@settings(max_examples=300)
+@given(random_trains(), st.booleans())
+def test_summarize_never_raises_and_stays_in_range(
+    case: tuple[list[Sample], float], stream: bool
+) -> None:
+    samples, interval = case
+    q = summarize(samples, stream=stream, interval=interval)
+    assert isinstance(q, Quality)
+    assert 0.0 <= q.loss <= 1.0
+    assert q.samples == len(samples)
+    assert 0 <= q.received <= q.samples
+    assert 0 <= q.reordered < max(q.received, 1)
+    assert 0 <= q.late <= q.received
+    if q.received == 0:
+        assert q.mos is None
+        assert q.rtt_ms is None
+    else:
+        assert q.mos is not None
+        assert 1.0 <= q.mos <= 4.5
+        assert q.rtt_ms is not None
+        r = q.rtt_ms
+        assert 0 <= r["min"] <= r["p50"] <= r["p95"] <= r["p99"] <= r["max"]
+        assert r["min"] <= r["mean"] * (1 + 1e-9)
+        assert r["mean"] <= r["max"] * (1 + 1e-9)
+    assert (q.jitter_ms is None) == (q.received < 2)
+    if stream:
+        assert q.hol is not None
+        assert q.hol.detected == (q.hol.stalls > 0)
+        assert 0.0 <= q.hol.stalled_fraction <= 1.0
+        assert (q.hol.max_stall_ms is None) == (q.hol.stalls == 0)
+    else:
+        assert q.hol is None
+    json.dumps(q.to_dict())
