@@ -7,8 +7,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +67,11 @@ class CoturnConfig:
     pki: LabPki | None = None
     relay_ports: tuple[int, int] | None = None
     extra: list[str] = field(default_factory=list)
+    # Run inside this network namespace (``ip netns exec``); the readiness check then runs there
+    # too. Ports left at 0 become the standard 3478 / 5349: a lab namespace is empty.
+    netns: str | None = None
+    # More TCP ports the readiness check waits for (e.g. an ``alt-tls-listening-port``).
+    ready_tcp_ports: tuple[int, ...] = ()
 
 
 class Coturn:
@@ -121,12 +128,16 @@ class Coturn:
         binary = turnserver_path()
         if binary is None:
             raise LabError(INSTALL_HINT)
-        self._dir = tempfile.TemporaryDirectory(prefix="lkice-coturn-")
+        netns = self.config.netns
+        # In a namespace the directory name carries the namespace's name, so a process left
+        # behind can still be traced to its lab from its command line.
+        prefix = "lkice-coturn-" if netns is None else f"lkice-coturn-{netns}-"
+        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
         work = Path(self._dir.name)
         if not self.port:
-            self.port = free_port(self.config.listen_ip)
+            self.port = free_port(self.config.listen_ip) if netns is None else 3478
         if self.config.pki is not None and not self.tls_port:
-            self.tls_port = free_port(self.config.listen_ip)
+            self.tls_port = free_port(self.config.listen_ip) if netns is None else 5349
         conf = work / "turnserver.conf"
         conf.write_text(
             self.config_text() + f"pidfile={work / 'turnserver.pid'}\nuserdb={work / 'turndb'}\n"
@@ -135,7 +146,7 @@ class Coturn:
         conf.chmod(0o600)
         self.log_file = work / "turnserver.log"
         self.process = subprocess.Popen(
-            [binary, "-c", str(conf)],
+            [*netns_argv(netns), binary, "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=work,
@@ -151,6 +162,19 @@ class Coturn:
         deadline = time.monotonic() + self.ready_timeout
         ip = self.config.listen_ip
         tcp_ports = [self.port] + ([self.tls_port] if self.config.pki is not None else [])
+        tcp_ports += list(self.config.ready_tcp_ports)
+        if self.config.netns is not None:
+            assert self.process is not None
+            ports = ",".join(str(p) for p in tcp_ports)
+            wait_in_netns(
+                self.config.netns,
+                [_COTURN_READY, ip, ports, str(self.port), str(self.ready_timeout)],
+                self.process,
+                self.ready_timeout,
+                "coturn",
+                self.log_tail,
+            )
+            return
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -215,3 +239,71 @@ def _udp_binding_ok(ip: str, port: int) -> bool:
         return stun.parse_message(data).transaction_id == request.transaction_id
     except ValueError:
         return False
+
+
+def netns_argv(netns: str | None) -> list[str]:
+    """The command prefix that runs a program inside ``netns`` (nothing for the current one)."""
+    return [] if netns is None else ["ip", "netns", "exec", netns]
+
+
+def coturn_ready_here(ip: str, tcp_ports: list[int], udp_port: int, timeout: float) -> bool:
+    """Poll until every TCP port accepts and a UDP Binding is answered, or ``timeout`` passes.
+    Run inside a lab namespace by :func:`wait_in_netns`, where the lab's addresses exist."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_tcp_open(ip, p) for p in tcp_ports) and _udp_binding_ok(ip, udp_port):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+_COTURN_READY = (
+    "import sys; from lkice.lab.coturn import coturn_ready_here as ready; "
+    "sys.exit(0 if ready(sys.argv[1], [int(p) for p in sys.argv[2].split(',') if p], "
+    "int(sys.argv[3]), float(sys.argv[4])) else 1)"
+)
+
+
+def wait_in_netns(
+    netns: str,
+    check: list[str],
+    server: subprocess.Popen[bytes],
+    timeout: float,
+    what: str,
+    log_tail: Callable[[], str],
+) -> None:
+    """Run a readiness check (``python -c check[0] check[1:]``) inside ``netns``, where the
+    server's addresses exist, while watching the server itself: if it exits first, say so.
+    Bounded by ``timeout`` plus a margin for the checker's own start-up."""
+    checker = subprocess.Popen(
+        [*netns_argv(netns), sys.executable, "-c", *check],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + timeout + 5.0
+    try:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise LabError(
+                    f"{what} in namespace {netns} exited with status {server.returncode}: "
+                    f"{log_tail()}"
+                )
+            status = checker.poll()
+            if status == 0:
+                return
+            if status is not None:
+                err = (
+                    checker.stderr.read().decode(errors="replace").strip() if checker.stderr else ""
+                )
+                raise LabError(
+                    f"{what} in namespace {netns} did not become ready within {timeout:g} s: "
+                    f"{log_tail()}" + (f" (readiness check: {err[-300:]})" if err else "")
+                )
+            time.sleep(0.05)
+        raise LabError(f"{what} readiness check in namespace {netns} did not finish in time")
+    finally:
+        if checker.poll() is None:
+            checker.kill()
+        checker.wait(5)
+        if checker.stderr is not None:
+            checker.stderr.close()

@@ -11,7 +11,7 @@ from types import TracebackType
 import dns.exception
 import dns.resolver
 
-from lkice.lab.coturn import LabError, free_port
+from lkice.lab.coturn import LabError, free_port, netns_argv, wait_in_netns
 
 INSTALL_HINT = "dnsmasq is not installed: install it with 'sudo apt-get install dnsmasq-base'"
 
@@ -33,12 +33,16 @@ class Dnsmasq:
         txt_only: tuple[str, ...] = (),
         listen_ip: str = "127.0.0.1",
         port: int = 0,
+        netns: str | None = None,
     ) -> None:
+        """``netns``: run inside this network namespace (``ip netns exec``), readiness checked
+        from inside it; a port left at 0 is then 53, the namespace being the lab's own."""
         self.records = records
         self.domain = domain
         self.txt_only = txt_only
         self.listen_ip = listen_ip
         self.port = port
+        self.netns = netns
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,10 +74,26 @@ class Dnsmasq:
         if binary is None:
             raise LabError(INSTALL_HINT)
         if not self.port:
-            self.port = free_port(self.listen_ip)
+            self.port = free_port(self.listen_ip) if self.netns is None else 53
         self.process = subprocess.Popen(
-            self.argv(binary), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            netns_argv(self.netns) + self.argv(binary),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
+        if self.netns is not None:
+            try:
+                wait_in_netns(
+                    self.netns,
+                    [_DNS_READY, self.listen_ip, str(self.port), self.domain, "5"],
+                    self.process,
+                    5.0,
+                    "dnsmasq",
+                    self._stderr_text,
+                )
+            except BaseException:
+                self.stop()
+                raise
+            return self
         deadline = time.monotonic() + 5
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [self.listen_ip]
@@ -100,6 +120,12 @@ class Dnsmasq:
         self.stop()
         raise LabError("dnsmasq did not answer within 5 s")
 
+    def _stderr_text(self) -> str:
+        """dnsmasq's complaint once it has exited (empty while it runs: reading would block)."""
+        if self.process is None or self.process.poll() is None or self.process.stderr is None:
+            return ""
+        return self.process.stderr.read().decode(errors="replace").strip()
+
     def stop(self) -> None:
         if self.process is not None:
             if self.process.poll() is None:
@@ -123,3 +149,29 @@ class Dnsmasq:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def dns_answering_here(ip: str, port: int, domain: str, timeout: float) -> bool:
+    """Poll until the server at ``ip:port`` answers for ``domain`` (NXDOMAIN counts: it is an
+    authoritative answer), or ``timeout`` passes. Run inside a lab namespace."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [ip]
+    resolver.port = port
+    resolver.lifetime = 0.3
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            resolver.resolve(f"probe.{domain}", "A")
+        except dns.resolver.NXDOMAIN:
+            return True
+        except dns.exception.DNSException:
+            time.sleep(0.05)
+        else:
+            return True
+    return False
+
+
+_DNS_READY = (
+    "import sys; from lkice.lab.dns import dns_answering_here as ready; "
+    "sys.exit(0 if ready(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])) else 1)"
+)

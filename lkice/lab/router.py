@@ -1,0 +1,324 @@
+"""The lab's delay router and its measuring tools, run as small programs inside lab namespaces.
+
+This kernel has no netem, so delay and jitter are added in user space: ``forward`` opens a TUN
+device, policy routing in the router namespace sends every packet that enters from the firewall
+or from a region through it, and this program holds each packet for its configured delay before
+writing it back, so the kernel forwards it on as if it had come out of a slow link. Loss and rate
+caps are *not* done here but by nftables in the same namespace, where the kernel counts the drops
+(the lab's ground truth).
+
+Subcommands (``python3 -m lkice.lab.router <command> --help``):
+
+``forward --tun NAME``
+    Create TUN device NAME and forward through it. Configuration arrives as JSON lines on stdin
+    (``{"seq": 1, "reorder": false, "flows": [{"net": "198.19.0.0/24", "up": {"delay_ms": 20,
+    "jitter_ms": 0}, "down": {...}}]}``), each acknowledged on stdout with ``ack <seq>``;
+    ``{"seq": 2, "stats": true}`` is answered with ``stats <seq> <json>``. End of stdin (the lab
+    process went away) ends the router. ``ready <name>`` on stdout says the device exists.
+``echo --bind IP --port PORT``
+    A UDP echo server (prints ``ready``), the far end of the lab's overhead measurement.
+``ping --to IP --port PORT [--count N]``
+    UDP ping-pong to an echo server; prints one JSON object with the round-trip times.
+
+Direction is decided per packet from its addresses: a packet *to* a flow's network is upstream
+(client to server), a packet *from* it is downstream. Delay = ``delay_ms`` + uniform jitter in
+[-jitter_ms, +jitter_ms], never negative. A real path with jitter still delivers in order, so
+unless ``reorder`` is set a packet is never released before the previous packet of the same flow
+and direction: ``release = max(previous release, arrival + delay + jitter)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import heapq
+import ipaddress
+import json
+import os
+import random
+import select
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+MAX_PACKET = 65535
+# Read at most this many packets per wake-up so the release queue and stdin are never starved.
+READ_BURST = 256
+# Upper bound on queued packets (about 100 MB at full size): beyond it the router drops, as a
+# full router buffer would, instead of growing without bound.
+MAX_QUEUE = 20000
+
+
+@dataclass
+class Direction:
+    """Delay settings and counters of one flow in one direction."""
+
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    last_release: float = 0.0
+    packets: int = 0
+    queue_drops: int = 0
+
+    def configure(self, spec: dict[str, Any]) -> None:
+        self.delay_s = max(0.0, float(spec.get("delay_ms", 0.0))) / 1000.0
+        self.jitter_s = max(0.0, float(spec.get("jitter_ms", 0.0))) / 1000.0
+
+    def stats(self) -> dict[str, int | float]:
+        return {
+            "packets": self.packets,
+            "queue_drops": self.queue_drops,
+            "delay_ms": self.delay_s * 1000.0,
+            "jitter_ms": self.jitter_s * 1000.0,
+        }
+
+
+@dataclass
+class Flow:
+    """One region's network and its two directions."""
+
+    net: int
+    mask: int
+    name: str
+    up: Direction = field(default_factory=Direction)
+    down: Direction = field(default_factory=Direction)
+
+
+class DelayRouter:
+    """The release queue: pure logic with time passed in, so it can be tested without a TUN."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.flows: list[Flow] = []
+        self.reorder = False
+        self.queue: list[tuple[float, int, bytes]] = []
+        self.seq = 0
+        self.unmatched = 0
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def configure(self, message: dict[str, Any]) -> None:
+        """Apply a configuration message; flows keep their counters and order state by name."""
+        self.reorder = bool(message.get("reorder", False))
+        old = {f.name: f for f in self.flows}
+        flows: list[Flow] = []
+        for spec in message.get("flows", []):
+            network = ipaddress.IPv4Network(str(spec["net"]))
+            name = str(spec.get("name", network))
+            flow = old.get(name) or Flow(int(network.network_address), int(network.netmask), name)
+            flow.net, flow.mask = int(network.network_address), int(network.netmask)
+            flow.up.configure(spec.get("up", {}))
+            flow.down.configure(spec.get("down", {}))
+            flows.append(flow)
+        self.flows = flows
+
+    def classify(self, packet: bytes) -> Direction | None:
+        """The flow direction of an IPv4 packet, or None (released at once)."""
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            return None
+        src, dst = struct.unpack_from("!II", packet, 12)
+        for flow in self.flows:
+            if dst & flow.mask == flow.net:
+                return flow.up
+            if src & flow.mask == flow.net:
+                return flow.down
+        return None
+
+    def admit(self, packet: bytes, now: float) -> None:
+        """Queue a packet for its release time."""
+        direction = self.classify(packet)
+        if direction is None:
+            self.unmatched += 1
+            release = now
+        else:
+            if len(self.queue) >= MAX_QUEUE:
+                direction.queue_drops += 1
+                return
+            direction.packets += 1
+            delay = direction.delay_s
+            if direction.jitter_s > 0:
+                delay += self.rng.uniform(-direction.jitter_s, direction.jitter_s)
+            release = now + max(0.0, delay)
+            if not self.reorder:
+                release = max(release, direction.last_release)
+            direction.last_release = release
+        self.seq += 1
+        heapq.heappush(self.queue, (release, self.seq, packet))
+
+    def due(self, now: float) -> list[bytes]:
+        """Pop every packet whose release time has come, in release order."""
+        out: list[bytes] = []
+        while self.queue and self.queue[0][0] <= now:
+            out.append(heapq.heappop(self.queue)[2])
+        return out
+
+    def next_release(self) -> float | None:
+        return self.queue[0][0] if self.queue else None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "reorder": self.reorder,
+            "queued": len(self.queue),
+            "unmatched": self.unmatched,
+            "flows": {f.name: {"up": f.up.stats(), "down": f.down.stats()} for f in self.flows},
+        }
+
+
+def open_tun(name: str) -> int:
+    """Create (non-persistent) TUN device ``name``; it disappears when this process exits, so a
+    dead router leaves no device behind."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def forward(tun: str) -> int:
+    """Run the delay router until stdin closes."""
+    try:
+        fd = open_tun(tun)
+    except OSError as exc:
+        print(f"router: cannot create TUN device {tun}: {exc}", file=sys.stderr)
+        return 1
+    router = DelayRouter()
+    write_errors = 0
+    stdin = sys.stdin.fileno()
+    os.set_blocking(stdin, False)
+    pending = b""
+    _say(f"ready {tun}")
+    while True:
+        now = time.monotonic()
+        for packet in router.due(now):
+            try:
+                os.write(fd, packet)
+            except OSError:
+                write_errors += 1
+        release = router.next_release()
+        timeout = None if release is None else max(0.0, release - time.monotonic())
+        readable, _, _ = select.select([fd, stdin], [], [], timeout)
+        if fd in readable:
+            for _ in range(READ_BURST):
+                try:
+                    packet = os.read(fd, MAX_PACKET)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EINTR:
+                        continue
+                    raise
+                router.admit(packet, time.monotonic())
+        if stdin in readable:
+            try:
+                chunk = os.read(stdin, 65536)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                return 0  # the lab closed our stdin: it is done with us
+            if chunk:
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if line.strip():
+                        _control(router, line, write_errors)
+
+
+def _control(router: DelayRouter, line: bytes, write_errors: int) -> None:
+    try:
+        message = json.loads(line)
+        seq = int(message.get("seq", 0))
+        if message.get("stats"):
+            stats = router.stats()
+            stats["write_errors"] = write_errors
+            _say(f"stats {seq} {json.dumps(stats, separators=(',', ':'))}")
+            return
+        router.configure(message)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        _say(f"error {json.dumps(str(exc))}")
+        return
+    _say(f"ack {seq}")
+
+
+def echo(bind: str, port: int) -> int:
+    """Echo every UDP datagram back to its sender until stdin closes or a signal ends us."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((bind, port))
+        _say("ready")
+        while True:
+            readable, _, _ = select.select([sock, sys.stdin], [], [])
+            if sys.stdin in readable and not os.read(sys.stdin.fileno(), 4096):
+                return 0
+            if sock in readable:
+                data, peer = sock.recvfrom(2048)
+                sock.sendto(data, peer)
+
+
+def ping(to: str, port: int, count: int, interval: float, timeout: float) -> int:
+    """Sequential UDP ping-pong; prints ``{"rtts_ms": [...], "lost": n}``."""
+    rtts: list[float] = []
+    lost = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((to, port))
+        for seq in range(count):
+            sent = time.perf_counter()
+            sock.send(struct.pack("!Id", seq, sent))
+            deadline = sent + timeout
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    lost += 1
+                    break
+                readable, _, _ = select.select([sock], [], [], remaining)
+                if not readable:
+                    continue
+                try:
+                    data = sock.recv(2048)
+                except ConnectionRefusedError:
+                    continue
+                if len(data) >= 4 and struct.unpack_from("!I", data)[0] == seq:
+                    rtts.append((time.perf_counter() - sent) * 1000.0)
+                    break
+            time.sleep(max(0.0, interval - (time.perf_counter() - sent)))
+    print(json.dumps({"rtts_ms": rtts, "lost": lost}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m lkice.lab.router", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_forward = sub.add_parser("forward", help="the TUN delay router")
+    p_forward.add_argument("--tun", required=True)
+    p_echo = sub.add_parser("echo", help="UDP echo server")
+    p_echo.add_argument("--bind", required=True)
+    p_echo.add_argument("--port", type=int, default=7)
+    p_ping = sub.add_parser("ping", help="UDP ping-pong client")
+    p_ping.add_argument("--to", required=True)
+    p_ping.add_argument("--port", type=int, default=7)
+    p_ping.add_argument("--count", type=int, default=50)
+    p_ping.add_argument("--interval", type=float, default=0.01)
+    p_ping.add_argument("--timeout", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "forward":
+            return forward(args.tun)
+        if args.command == "echo":
+            return echo(args.bind, args.port)
+        return ping(args.to, args.port, args.count, args.interval, args.timeout)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
