@@ -12,13 +12,14 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.path import ProbeSettings, probe_path
 from lkice.probe.resolve import Resolution, resolve
+from lkice.probe.train import LoopMonitor
 from lkice.probe.turn import Redirect
 from lkice.report import PathResult, Report, interrupted_error
 from lkice.stun import format_address
@@ -196,13 +197,21 @@ async def run(
     ends the run early with a partial report."""
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    monitor = LoopMonitor() if settings.probe.train is not None else None
+    if monitor is not None:
+        monitor.start()
+        settings = replace(settings, probe=replace(settings.probe, monitor=monitor))
     state = _Run(settings, on_path_done)
-    for uri in uris:
-        state.spawn(state.target(uri))
-    cut_short = await state.wait(stop)
-    interrupted = cut_short and stop is not None and stop.is_set()
-    if cut_short:
-        await state.cancel_all(ErrorKind.INTERRUPTED if interrupted else ErrorKind.DEADLINE)
+    try:
+        for uri in uris:
+            state.spawn(state.target(uri))
+        cut_short = await state.wait(stop)
+        interrupted = cut_short and stop is not None and stop.is_set()
+        if cut_short:
+            await state.cancel_all(ErrorKind.INTERRUPTED if interrupted else ErrorKind.DEADLINE)
+    finally:
+        if monitor is not None:
+            await monitor.stop()
     state.reraise_bugs()
     duration = (time.perf_counter() - t0) * 1000
     probe = settings.probe
@@ -232,4 +241,5 @@ async def run(
             },
         },
         interrupted=interrupted,
+        loop_stalls=None if monitor is None else monitor.summary(),
     )

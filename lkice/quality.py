@@ -31,30 +31,35 @@ Baseline
 
 Head-of-line blocking (``hol``, stream transports only; None for UDP)
     On TCP (and TLS over it) a lost segment holds every later byte in the receiver's kernel until
-    the retransmission arrives (fast retransmit: about an RTT plus three segments later; RTO: at
-    least 200 ms on Linux), and then all held answers reach the application at once. The
-    signature is a sudden hold followed by a burst. With ``tau = max(min_excess_ms,
-    baseline_factor * baseline)``:
+    the retransmission arrives (tail-loss probe or fast retransmit: about an RTT plus a probe
+    interval later; RTO: at least 200 ms on Linux), and then every held answer reaches the
+    application at the same instant. The signature is that release: answers to probes sent an
+    interval apart arriving together. Holds are measured from the path's typical RTT (the median
+    of answered RTTs), not from its floor, so ordinary jitter is not mistaken for a hold. With
+    ``tau = max(min_excess_ms, baseline_factor * median)`` (15 ms, a quarter of the median):
 
-    * A stall starts at an answered probe whose RTT exceeds the baseline by more than ``tau``
-      and also exceeds the previous answered probe's RTT (the pre-stall level; the baseline if
-      there is none) by more than ``tau``. The second test makes it a sudden hold, not the
-      slow climb of a filling queue (bufferbloat), and finds stalls on an already-bloated path.
-    * Its members are the longest run of consecutive (by seq) answered probes from there, each
-      more than ``tau`` above both the baseline and the pre-stall level ("held"), whose arrivals
-      are compressed: the run's arrival spread (last minus first arrival) is less than
-      ``max_spread_ratio`` (0.5) times its send spread. A path that is not releasing a backlog
-      delivers at the rate it was sent, or slower (a filling queue stretches the spread); a
-      release delivers the backlog at line rate, a spread near zero. Half sits between the two
-      and tolerates recoveries paced by slow start and answers read in several ``recv`` calls.
-    * A stall needs at least ``min_run`` (2) members: one late probe alone is no evidence that
-      anything behind it was held.
+    * A stall starts at an answer held suddenly: more than ``tau`` above the median and more
+      than ``tau`` above the previous answer (the pre-stall level). A filling queue (bufferbloat)
+      climbs gradually and never jumps, so it starts none.
+    * It lasts over the consecutive answers still more than ``tau`` above the pre-stall level: a
+      second loss while the first is outstanding prolongs the same stall.
+    * It counts only if it ends in a release: at least ``min_burst`` (2) answers, the held ones
+      plus any answer handed over with the last of them, arriving within ``release_window_ms``
+      (5 ms: one kernel release, paced by at most a slow link) of each other although they were
+      sent an interval or more apart. One late answer alone is no evidence that anything was
+      held behind it, and a slow or jittery path delivers answers spaced out, not together.
+      Measured in the lab: no release on lossy UDP (nothing is held there), none on loss-free TCP.
+    * The agent's own event loop, when it stalls, also hands over answers together. The probe
+      layer measures its loop's stalls (``blind`` intervals); a stall whose releases all fall in
+      one is not counted, and ``hol.discounted`` says how many were set aside that way.
 
     ``stalls`` counts stalls, ``detected`` is ``stalls > 0``, ``max_stall_ms`` is the largest
-    ``RTT - baseline`` of any member of any stall (None without stalls), and ``stalled_fraction``
-    is the sum over stalls of each stall's largest excess, divided by the train's duration,
-    capped at 1. The same signature is left by any stall-and-release along the path (a Wi-Fi or
-    cellular link retransmitting), which hurts real-time media just the same.
+    excess over the median of any answer in any stall (None without stalls), and
+    ``stalled_fraction`` is the sum over stalls of each stall's largest excess, divided by the
+    train's duration, capped at 1. The same signature is left by any stall-and-release along
+    the path (a Wi-Fi or cellular link retransmitting), which hurts real-time media just the same.
+    At a near-zero RTT, Linux repairs a loss by a tail-loss probe within about 10 ms: holds that
+    short stay under ``tau`` and are not reported (no jitter buffer would notice them).
 
 Late answers (``late``, stream transports only; 0 for UDP)
     Answers whose RTT exceeds the baseline by more than ``JITTER_BUFFER_MS``. Real-time audio
@@ -78,7 +83,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 __all__ = [
     "BASELINE_PERCENTILE",
@@ -121,23 +126,22 @@ class Sample:
 class HolSettings:
     """Thresholds of the head-of-line stall rule (see the module docstring)."""
 
-    # A probe is held when its RTT exceeds the baseline (and the pre-stall level) by more than
-    # max(min_excess_ms, baseline_factor * baseline): an absolute floor above ordinary jitter,
-    # and a relative one so long paths with proportionally more variation are not flagged.
-    min_excess_ms: float = 30.0
-    baseline_factor: float = 1.0
-    # A stall needs at least this many consecutive held probes...
-    min_run: int = 2
-    # ...released together: their arrival spread is below this fraction of their send spread.
-    max_spread_ratio: float = 0.5
+    # A probe is held when its RTT exceeds the median by more than max(min_excess_ms,
+    # baseline_factor * median): above ordinary jitter, and proportionally more on long paths.
+    min_excess_ms: float = 15.0
+    baseline_factor: float = 0.25
+    # Answers arriving within this many ms of the held one's arrival were released with it.
+    release_window_ms: float = 5.0
+    # A stall needs at least this many answers released together.
+    min_burst: int = 2
 
     def __post_init__(self) -> None:
         if not self.min_excess_ms >= 0 or not self.baseline_factor >= 0:
             raise ValueError("min_excess_ms and baseline_factor must be >= 0")
-        if self.min_run < 2:
-            raise ValueError("min_run must be >= 2: a release needs at least two probes")
-        if not 0 < self.max_spread_ratio <= 1:
-            raise ValueError("max_spread_ratio must be in (0, 1]")
+        if self.min_burst < 2:
+            raise ValueError("min_burst must be >= 2: a release needs at least two answers")
+        if not self.release_window_ms > 0:
+            raise ValueError("release_window_ms must be > 0")
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class Hol:
     stalls: int
     max_stall_ms: float | None  # the longest a probe was held beyond baseline, over all stalls
     stalled_fraction: float  # sum of each stall's largest excess over the train duration (0..1)
+    discounted: int = 0  # bursts released while the agent's own event loop was stalled
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
@@ -164,6 +169,9 @@ class Quality:
     mos: float | None  # E-model estimate; None if nothing received
     interval_ms: float
     duration_ms: float  # last send - first send + interval
+    # Per probe, in send order: send time since the first send, and RTT (None: lost). Kept so a
+    # reader (the HTML timeline, support staff, a re-analysis) sees the measurement itself.
+    series: dict[str, list[float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: keys are the field names, floats rounded to 3 decimals."""
@@ -173,6 +181,8 @@ class Quality:
 def _json_value(value: object) -> object:
     if isinstance(value, float):
         return round(value, 3)
+    if isinstance(value, list):
+        return [None if v is None else round(v, 2) for v in value]
     if isinstance(value, dict):
         return {k: _json_value(v) for k, v in value.items()}
     if isinstance(value, Hol):
@@ -246,68 +256,86 @@ def _check_interval(interval: float) -> None:
         raise ValueError(f"interval must be a positive number of seconds, got {interval}")
 
 
-def _longest_compressed_run(
-    by_seq: Sequence[Sample], start: int, baseline: float, level: float, tau: float, ratio: float
-) -> int:
-    """Members of a stall starting at ``by_seq[start]``: the length of the longest run of
-    consecutive held probes from there whose arrival spread is below ``ratio`` times their send
-    spread (0 if no run longer than one probe qualifies)."""
-    first = by_seq[start]
-    assert first.received is not None
-    earliest = latest = first.received
-    best = 0
-    i = start + 1
-    while i < len(by_seq):
-        s, previous = by_seq[i], by_seq[i - 1]
-        rtt = s.rtt_ms
-        if s.seq != previous.seq + 1 or s.received is None or rtt is None:
-            break
-        if not (rtt - baseline > tau and rtt - level > tau):
-            break
-        earliest, latest = min(earliest, s.received), max(latest, s.received)
-        if latest - earliest < ratio * (s.sent - first.sent):
-            best = i - start + 1
-        i += 1
-    return best
+def _release_bursts(arrivals: Sequence[float], window: float) -> list[tuple[float, int]]:
+    """Group ascending arrival times: each group is the arrivals within ``window`` of its first.
+    Returns (time of the group's first arrival, size) per group."""
+    groups: list[tuple[float, int]] = []
+    for t in arrivals:
+        if groups and t - groups[-1][0] <= window:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        else:
+            groups.append((t, 1))
+    return groups
 
 
-def detect_hol(samples: Sequence[Sample], *, interval: float, settings: HolSettings) -> Hol:
-    """Head-of-line stalls: sudden holds released as a burst (rule in the module docstring)."""
+def detect_hol(
+    samples: Sequence[Sample],
+    *,
+    interval: float,
+    settings: HolSettings,
+    blind: Sequence[tuple[float, float]] = (),
+) -> Hol:
+    """Head-of-line stalls: sudden holds that end in a release (rule in the module docstring).
+    ``blind``: (start, end) times, on the samples' clock, when the agent's loop was stalled."""
     _check_interval(interval)
-    baseline = baseline_ms(samples)
-    if baseline is None:
+    rtts = sorted(r for s in samples if (r := s.rtt_ms) is not None)
+    if not rtts:
         return Hol(detected=False, stalls=0, max_stall_ms=None, stalled_fraction=0.0)
-    tau = max(settings.min_excess_ms, settings.baseline_factor * baseline)
+    typical = percentile(rtts, 50)
+    tau = max(settings.min_excess_ms, settings.baseline_factor * typical)
+    window = settings.release_window_ms / 1000.0
     by_seq = sorted(samples, key=lambda s: s.seq)
-    excesses: list[float] = []  # each stall's largest excess over baseline, ms
-    level: float | None = None  # RTT of the last answered probe before i
+    excesses: list[float] = []  # each stall's largest excess over the median, ms
+    discounted = 0
+    previous: float | None = None  # RTT of the previous answer
     i = 0
     while i < len(by_seq):
         rtt = by_seq[i].rtt_ms
         if rtt is None:
             i += 1
             continue
-        before = baseline if level is None else level
-        if rtt - baseline > tau and rtt - before > tau:
-            members = _longest_compressed_run(
-                by_seq, i, baseline, before, tau, settings.max_spread_ratio
-            )
-            if members >= settings.min_run:
-                run = [r for s in by_seq[i : i + members] if (r := s.rtt_ms) is not None]
-                excesses.append(max(run) - baseline)
-                level = run[-1]
-                i += members
-                continue
-        level = rtt
-        i += 1
+        level = typical if previous is None else previous  # the pre-stall level
+        if rtt - typical <= tau or rtt - level <= tau:
+            previous = rtt
+            i += 1
+            continue
+        # The stall: consecutive answers held above the pre-stall level (a second loss while the
+        # first is outstanding only prolongs it).
+        end = i + 1
+        while end < len(by_seq) and by_seq[end].seq == by_seq[end - 1].seq + 1:
+            nxt = by_seq[end].rtt_ms
+            if nxt is None or nxt - level <= tau:
+                break
+            end += 1
+        arrivals = [s.received for s in by_seq[i:end] if s.received is not None]
+        # Answers not held themselves but handed over in the same release as the last held one.
+        k = end
+        while (
+            k < len(by_seq)
+            and (t := by_seq[k].received) is not None
+            and by_seq[k].seq == by_seq[k - 1].seq + 1
+            and abs(t - arrivals[-1]) <= window
+        ):
+            arrivals.append(t)
+            k += 1
+        bursts = [t for t, size in _release_bursts(arrivals, window) if size >= settings.min_burst]
+        if bursts:
+            if all(any(a - window <= t <= b + window for a, b in blind) for t in bursts):
+                discounted += 1
+            else:
+                held = [r for s in by_seq[i:end] if (r := s.rtt_ms) is not None]
+                excesses.append(max(held) - typical)
+        previous = by_seq[end - 1].rtt_ms
+        i = end
     if not excesses:
-        return Hol(detected=False, stalls=0, max_stall_ms=None, stalled_fraction=0.0)
+        return Hol(False, 0, None, 0.0, discounted)
     duration_ms = _duration(samples, interval) * 1000.0
     return Hol(
         detected=True,
         stalls=len(excesses),
         max_stall_ms=max(excesses),
         stalled_fraction=min(1.0, sum(excesses) / duration_ms),
+        discounted=discounted,
     )
 
 
@@ -322,7 +350,12 @@ def e_model_mos(rtt_ms: float, jitter_ms: float, loss: float) -> float:
 
 
 def summarize(
-    samples: Sequence[Sample], *, stream: bool, interval: float, hol: HolSettings = HolSettings()
+    samples: Sequence[Sample],
+    *,
+    stream: bool,
+    interval: float,
+    hol: HolSettings = HolSettings(),
+    blind: Sequence[tuple[float, float]] = (),
 ) -> Quality:
     """All figures for one train. ``stream``: the path is TCP or TLS (HOL and late answers apply).
 
@@ -365,8 +398,20 @@ def summarize(
         loss=loss,
         reordered=count_reordered(samples),
         late=late,
-        hol=detect_hol(samples, interval=interval, settings=hol) if stream else None,
+        hol=detect_hol(samples, interval=interval, settings=hol, blind=blind) if stream else None,
         mos=mos,
         interval_ms=interval * 1000.0,
         duration_ms=_duration(samples, interval) * 1000.0,
+        series=_series(samples),
     )
+
+
+def _series(samples: Sequence[Sample]) -> dict[str, list[float | None]]:
+    by_seq = sorted(samples, key=lambda s: s.seq)
+    if not by_seq:
+        return {"sent_ms": [], "rtt_ms": []}
+    first = by_seq[0].sent
+    return {
+        "sent_ms": [(s.sent - first) * 1000.0 for s in by_seq],
+        "rtt_ms": [s.rtt_ms for s in by_seq],
+    }

@@ -103,6 +103,8 @@ class Report:
     verdict: str
     settings: dict[str, Any]
     interrupted: bool = False
+    # The agent's own event-loop stalls during the trains (see probe/train.py LoopMonitor).
+    loop_stalls: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         ok = sum(1 for p in self.paths if p.ok)
@@ -114,7 +116,11 @@ class Report:
             ),
             "duration_ms": _round(self.duration_ms),
             "interrupted": self.interrupted,
-            "agent": {"os": platform.system().lower(), "python": platform.python_version()},
+            "agent": {
+                "os": platform.system().lower(),
+                "python": platform.python_version(),
+                "loop_stalls": self.loop_stalls,
+            },
             "settings": self.settings,
             "targets": self.targets,
             "verdict": self.verdict,

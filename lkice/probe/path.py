@@ -28,9 +28,9 @@ from lkice.probe.channel import (
     elapsed_ms,
     open_udp,
 )
-from lkice.probe.train import Train, TrainResult, TrainSettings
+from lkice.probe.train import LoopMonitor, Train, TrainResult, TrainSettings
 from lkice.probe.turn import Allocation, Redirect, allocate, create_permission, release
-from lkice.quality import summarize
+from lkice.quality import Sample, summarize
 from lkice.report import PathResult
 from lkice.uri import IceUri, Transport
 
@@ -48,6 +48,8 @@ class ProbeSettings:
     credentials: TurnCredentials | None = None
     tls_context: ssl.SSLContext | None = None
     train: TrainSettings | None = None  # None: no quality measurement
+    # The agent's own event-loop stalls, measured by the engine while trains run.
+    monitor: LoopMonitor | None = None
 
 
 async def probe_path(
@@ -191,6 +193,11 @@ async def _quality(
                 uri, transport, address, channel, settings, allocation, trains["relay_quality"]
             )
         )
+    blind = settings.monitor.stalls if settings.monitor is not None else []
+
+    def figures(samples: list[Sample]) -> dict[str, Any]:
+        return summarize(samples, stream=stream, interval=train.interval, blind=blind).to_dict()
+
     try:
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     except asyncio.CancelledError:
@@ -198,11 +205,7 @@ async def _quality(
         for name, cut in trains.items():
             samples = cut.partial(now)
             if samples:
-                setattr(
-                    result,
-                    name,
-                    summarize(samples, stream=stream, interval=train.interval).to_dict(),
-                )
+                setattr(result, name, figures(samples))
                 result.notes.append(
                     f"{name} train cut short after {len(cut.sent_at)} of {train.count} probes; "
                     "the figures cover the probes answered or overdue by then"
@@ -215,8 +218,7 @@ async def _quality(
         if isinstance(outcome, BaseException):
             raise outcome
         if outcome.samples:
-            figures = summarize(outcome.samples, stream=stream, interval=train.interval).to_dict()
-            setattr(result, name, figures)
+            setattr(result, name, figures(outcome.samples))
         if outcome.cut_short is not None:
             result.notes.append(
                 f"{name} train stopped after {len(outcome.samples)} of {train.count} probes: "

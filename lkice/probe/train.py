@@ -90,3 +90,44 @@ class Train:
             for seq, t in enumerate(self.sent_at)
             if seq in self.received or now - t >= self.settings.grace
         ]
+
+
+class LoopMonitor:
+    """Measures the agent's own event-loop stalls while trains run.
+
+    A stalled loop (garbage collection, a slow callback, a busy machine) hands over answers
+    late and together, exactly like a head-of-line release on the path. The monitor ticks every
+    ``tick`` seconds and records each wake-up later than ``threshold`` as a blind interval, so
+    the statistics can set such bursts aside and the report can say how often it happened."""
+
+    def __init__(self, tick: float = 0.005, threshold: float = 0.010) -> None:
+        self.tick = tick
+        self.threshold = threshold
+        self.stalls: list[tuple[float, float]] = []  # (start, end), time.perf_counter() seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            due = time.perf_counter() + self.tick
+            await asyncio.sleep(self.tick)
+            now = time.perf_counter()
+            if now - due > self.threshold:
+                self.stalls.append((due, now))
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def summary(self) -> dict[str, float | int | None]:
+        longest = max((b - a for a, b in self.stalls), default=None)
+        return {
+            "stalls": len(self.stalls),
+            "max_ms": None if longest is None else round(longest * 1000, 3),
+            "threshold_ms": self.threshold * 1000,
+        }
