@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,10 @@ from lkice.errors import UsageError
 if TYPE_CHECKING:
     import ssl
 
-    from lkice.credentials import TurnCredentials
+    from lkice.credentials import Secret, TurnCredentials
     from lkice.engine import EngineSettings
+    from lkice.livekit import LiveKitUrl
+    from lkice.probe.signal import SignalSettings
     from lkice.probe.train import TrainSettings
     from lkice.report import Report
     from lkice.uri import IceUri
@@ -97,7 +100,9 @@ def _credentials(
     return None
 
 
-async def _run_engine(uris: Sequence[IceUri], settings: EngineSettings) -> Report:
+async def _run_engine(
+    uris: Sequence[IceUri], settings: EngineSettings, livekit: _LiveKitJob | None = None
+) -> Report:
     from lkice import engine
 
     stop = asyncio.Event()
@@ -112,7 +117,21 @@ async def _run_engine(uris: Sequence[IceUri], settings: EngineSettings) -> Repor
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        return await engine.run(uris, settings, stop=stop)
+        if livekit is None:
+            return await engine.run(uris, settings, stop=stop)
+        from lkice.probe.signal import probe_signal
+        from lkice.verdict import livekit_verdict
+
+        signal_result, servers = await probe_signal(livekit.url, livekit.token, livekit.settings)
+        advertised = list(dict.fromkeys(s.uri for s in servers))
+        credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
+        report = await engine.run(
+            [*advertised, *uris], settings, credentials=credentials, stop=stop
+        )
+        report.signal = signal_result
+        report.targets.insert(0, livekit.url.given)
+        report.verdict = livekit_verdict(report).value
+        return report
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
@@ -149,9 +168,9 @@ def _deadline(setup: float, train: TrainSettings | None) -> float:
 
 
 def _finish(report: Report) -> int:
-    from lkice.verdict import Verdict, exit_status
+    from lkice.verdict import report_exit_status
 
-    return int(exit_status(Verdict(report.verdict), report.interrupted))
+    return int(report_exit_status(report))
 
 
 _common_probe_options = [
@@ -208,8 +227,57 @@ def probe_options(fn: Any) -> Any:
     return fn
 
 
+@dataclass(frozen=True)
+class _LiveKitJob:
+    url: LiveKitUrl
+    token: Secret
+    settings: SignalSettings
+
+
+def _livekit_job(
+    targets: list[str],
+    api_key: str | None,
+    api_secret: str | None,
+    token: str | None,
+    timeout: float,
+    tls: ssl.SSLContext,
+    nameserver: tuple[str, int] | None,
+) -> _LiveKitJob | None:
+    from lkice.credentials import Secret
+    from lkice.livekit import check_token_fresh, diagnostic_token, is_livekit_url, parse_livekit_url
+    from lkice.probe.signal import SignalSettings
+
+    urls = [t for t in targets if is_livekit_url(t)]
+    if not urls:
+        return None
+    if len(urls) > 1:
+        raise UsageError("give one LiveKit URL per run (its regions and TURN servers come with it)")
+    targets.remove(urls[0])
+    url = parse_livekit_url(urls[0])
+    if token is not None:
+        secret = Secret(token)
+    elif api_key and api_secret:
+        secret = diagnostic_token(api_key, Secret(api_secret))
+    else:
+        raise UsageError(
+            f"{url.given} needs a token: give --api-key and --api-secret (lkice mints a short-lived "
+            "one) or --token (LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_TOKEN in the environment)"
+        )
+    check_token_fresh(secret)
+    return _LiveKitJob(
+        url, secret, SignalSettings(timeout=timeout, tls_context=tls, nameserver=nameserver)
+    )
+
+
 @cli.command()
-@click.argument("uris", nargs=-1, required=True, metavar="URI...")
+@click.argument("uris", nargs=-1, metavar="URI...")
+@click.option("--api-key", envvar="LIVEKIT_API_KEY", help="LiveKit API key (with --api-secret).")
+@click.option(
+    "--api-secret",
+    envvar="LIVEKIT_API_SECRET",
+    help="LiveKit API secret: lkice mints a short-lived token; the secret never leaves this machine.",
+)
+@click.option("--token", envvar="LIVEKIT_TOKEN", help="A LiveKit access token to join with.")
 @click.option(
     "--username", "-u", envvar="LKICE_TURN_USERNAME", help="TURN username (long-term credentials)."
 )
@@ -236,6 +304,9 @@ def probe_options(fn: Any) -> Any:
 @probe_options
 def run(
     uris: tuple[str, ...],
+    api_key: str | None,
+    api_secret: str | None,
+    token: str | None,
     username: str | None,
     credential: str | None,
     turn_secret: str | None,
@@ -252,9 +323,11 @@ def run(
     output: str | None,
     verbose: int,
 ) -> None:
-    """Probe STUN/TURN servers on every transport and report what works.
+    """Diagnose a LiveKit deployment or STUN/TURN servers on every transport.
 
-    URI is stun:host[:port], stuns:host[:port], turn:host[:port][?transport=udp|tcp] or
+    URI is a LiveKit URL (wss://host, also https://; LIVEKIT_URL when none is given), whose
+    signaling is probed step by step and whose advertised ICE servers are then probed; and/or
+    STUN/TURN URIs: stun:host[:port], stuns:host[:port], turn:host[:port][?transport=udp|tcp],
     turns:host[:port][?transport=tcp] (RFC 7064/7065). turn: without a transport is probed over
     both UDP and TCP.
     """
@@ -264,7 +337,9 @@ def run(
     from lkice.uri import parse_ice_uri
 
     _setup_logging(verbose)
-    parsed = [parse_ice_uri(u) for u in uris]
+    targets = list(uris) or ([os.environ["LIVEKIT_URL"]] if os.environ.get("LIVEKIT_URL") else [])
+    if not targets:
+        raise UsageError("nothing to probe: give a LiveKit URL (or LIVEKIT_URL) or STUN/TURN URIs")
     train = _train(quality_duration, quality_interval)
     ns = None
     if nameserver is not None:
@@ -272,26 +347,54 @@ def run(
             ns = parse_nameserver(nameserver)
         except ValueError:
             raise UsageError(f"--nameserver {nameserver!r}: expected IP or IP:PORT") from None
+    tls = _tls_context(ca_file, insecure)
+    livekit = _livekit_job(targets, api_key, api_secret, token, timeout, tls, ns)
+    parsed = [parse_ice_uri(u) for u in targets]
+    has_own_turn = any(u.kind == "turn" for u in parsed)
     settings = EngineSettings(
         probe=ProbeSettings(
             udp_timeout=udp_timeout,
             timeout=timeout,
-            credentials=_credentials(parsed, username, credential, turn_secret, turn_user),
-            tls_context=_tls_context(ca_file, insecure),
+            credentials=_credentials(parsed, username, credential, turn_secret, turn_user)
+            if has_own_turn or livekit is None
+            else None,
+            tls_context=tls,
             train=train,
         ),
         deadline=_deadline(deadline, train),
         dns_timeout=min(timeout, deadline),
         nameserver=ns,
     )
-    report = asyncio.run(_run_engine(parsed, settings))
+    report = asyncio.run(_run_engine(parsed, settings, livekit))
     _emit(report, as_json, output)
     sys.exit(_finish(report))
 
 
 @cli.command()
+@click.option(
+    "--network",
+    metavar="PROFILE",
+    help="Run inside the namespace lab behind this firewall profile instead of on loopback "
+    "(needs root): open, udp-blocked, tcp443-only, symmetric-nat, nat.",
+)
+@click.option(
+    "--rtt", type=click.FloatRange(0, 5000), default=0.0, help="With --network: added RTT, ms."
+)
+@click.option(
+    "--jitter",
+    type=click.FloatRange(0, 1000),
+    default=0.0,
+    help="With --network: jitter each way, ms.",
+)
+@click.option(
+    "--loss", type=click.FloatRange(0, 100), default=0.0, help="With --network: loss each way, %."
+)
 @probe_options
 def demo(
+    network: str | None,
+    rtt: float,
+    jitter: float,
+    loss: float,
     deadline: float,
     udp_timeout: float,
     timeout: float,
@@ -301,7 +404,21 @@ def demo(
     output: str | None,
     verbose: int,
 ) -> None:
-    """Start a local lab on loopback (real coturn, a throwaway CA) and diagnose it."""
+    """Start a local lab (real coturn, a throwaway CA) and diagnose it.
+
+    By default the lab is on loopback. With --network (root), it is a lab of network namespaces:
+    the diagnosis runs from a client behind the chosen firewall profile, across a router adding
+    the given delay, jitter and loss, to a TURN server with its own DNS name. Support staff can
+    reproduce a customer's network this way, e.g. --network udp-blocked --rtt 80 --loss 2.
+    """
+    if network is not None:
+        passthrough = [
+            "--deadline", str(deadline), "--udp-timeout", str(udp_timeout), "--timeout", str(timeout),
+            "--quality-duration", str(quality_duration), "--quality-interval", str(quality_interval),
+            *(["--json"] if as_json else []), *(["--output", output] if output else []),
+            *(["-" + "v" * verbose] if verbose else []),
+        ]  # fmt: skip
+        sys.exit(_demo_in_network(network, rtt, jitter, loss, passthrough))
     import secrets
     import tempfile
 
@@ -377,3 +494,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(EXIT_UNKNOWN)
     sys.exit(0)
+
+
+def _demo_in_network(
+    profile: str, rtt: float, jitter: float, loss: float, passthrough: list[str]
+) -> int:
+    """The diagnosis from inside the namespace lab; returns lkice's own exit status there."""
+    from lkice.lab.coturn import LabError
+    from lkice.lab.netlab import PROFILES, Impairment, NetLab, prerequisites
+
+    if profile not in PROFILES:
+        raise UsageError(f"--network {profile!r}: unknown profile (one of {', '.join(PROFILES)})")
+    missing = prerequisites()
+    if missing:
+        raise UsageError("--network needs the namespace lab: " + "; ".join(missing))
+    way = Impairment(delay_ms=rtt / 2, jitter_ms=jitter, loss=loss / 100)
+    try:
+        with NetLab(regions=("eu",), profile=profile) as lab:
+            lab.set_impairment("eu", upstream=way, downstream=way)
+            host = lab.turn_host("eu")
+            click.echo(
+                f"lkice demo: namespace lab, firewall profile {profile}, +{rtt:g} ms RTT, "
+                f"±{jitter:g} ms jitter, {loss:g} % loss each way; TURN server {host}\n",
+                err=True,
+            )
+            argv = [
+                "python3", "-m", "lkice", "run",
+                f"stun:{host}:3478", f"turn:{host}:3478?transport=udp", f"turn:{host}:3478?transport=tcp",
+                f"turns:{host}:5349?transport=tcp", f"turns:{host}:443?transport=tcp",
+                *lab.turn_args(), *passthrough,
+            ]  # fmt: skip
+            proc = lab.run_in_client(argv, timeout=600)
+    except LabError as exc:
+        raise UsageError(f"cannot start the namespace lab: {exc}") from None
+    click.echo(proc.stdout, nl=False)
+    click.echo(proc.stderr, nl=False, err=True)
+    return proc.returncode

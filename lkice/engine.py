@@ -11,11 +11,12 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from lkice.credentials import TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.path import ProbeSettings, probe_path
 from lkice.probe.resolve import Resolution, resolve
@@ -49,6 +50,7 @@ class _Run:
         self.paths: list[PathResult] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.on_path_done = on_path_done
+        self.credentials: dict[str, TurnCredentials] = {}
         self._resolutions: dict[str, asyncio.Task[Resolution]] = {}
 
     def _resolve(self, host: str) -> asyncio.Task[Resolution]:
@@ -108,7 +110,11 @@ class _Run:
         follow: bool,
     ) -> None:
         try:
-            await probe_path(uri, transport, address, result, self.settings.probe, follow)
+            probe = self.settings.probe
+            override = self.credentials.get(str(uri))
+            if override is not None:
+                probe = replace(probe, credentials=override)
+            await probe_path(uri, transport, address, result, probe, follow)
         except Redirect as redirect:
             alt = redirect.alternate
             followed = PathResult(
@@ -190,11 +196,14 @@ async def run(
     uris: Sequence[IceUri],
     settings: EngineSettings,
     *,
+    credentials: Mapping[str, TurnCredentials] | None = None,
     stop: asyncio.Event | None = None,
     on_path_done: ProgressCallback | None = None,
 ) -> Report:
-    """Probe every URI x resolved address x transport concurrently. ``stop`` (set on Ctrl-C)
-    ends the run early with a partial report."""
+    """Probe every URI x resolved address x transport concurrently. ``credentials`` maps a URI
+    (its canonical text) to its own credentials, as a LiveKit JoinResponse hands them out; the
+    others use ``settings.probe.credentials``. ``stop`` (set on Ctrl-C) ends the run early with a
+    partial report."""
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     monitor = LoopMonitor() if settings.probe.train is not None else None
@@ -202,6 +211,7 @@ async def run(
         monitor.start()
         settings = replace(settings, probe=replace(settings.probe, monitor=monitor))
     state = _Run(settings, on_path_done)
+    state.credentials = dict(credentials or {})
     try:
         for uri in uris:
             state.spawn(state.target(uri))

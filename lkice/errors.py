@@ -33,6 +33,12 @@ class ErrorKind(str, enum.Enum):
     PROTOCOL = "protocol"
     DEADLINE = "deadline"
     INTERRUPTED = "interrupted"
+    # LiveKit signaling
+    TOKEN_REJECTED = "token_rejected"  # noqa: S105 (an error kind, not a secret)
+    NOT_LIVEKIT = "not_livekit"
+    PROXY = "proxy"
+    WEBSOCKET_REJECTED = "websocket_rejected"
+    JOIN_TIMEOUT = "join_timeout"
 
 
 class Phase(str, enum.Enum):
@@ -46,6 +52,10 @@ class Phase(str, enum.Enum):
     ALLOCATE = "allocate"
     QUALITY = "quality"
     DEALLOCATE = "deallocate"
+    # LiveKit signaling
+    VALIDATE = "validate"
+    WEBSOCKET = "websocket"
+    JOIN = "join"
 
 
 class UsageError(Exception):

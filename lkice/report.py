@@ -94,6 +94,42 @@ class PathResult:
         return data
 
 
+SIGNAL_TIMING_KEYS = ("dns", "connect", "tls", "validate", "websocket", "join")
+
+
+@dataclass
+class SignalResult:
+    """LiveKit signaling, step by step, on one connection: DNS, TCP, TLS, GET /rtc/validate, the
+    WebSocket upgrade, and the JoinResponse."""
+
+    url: str
+    ok: bool = False
+    error: ErrorInfo | None = None
+    address: str | None = None
+    timings_ms: dict[str, float | None] = field(
+        default_factory=lambda: dict.fromkeys(SIGNAL_TIMING_KEYS)
+    )
+    tls: TlsInfo | None = None
+    server: dict[str, Any] | None = None  # version, edition, region, node_id, protocol
+    room: str | None = None
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)  # urls; never credentials
+    force_relay: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    phase: str | None = field(default=None, repr=False, compare=False)
+
+    def fail(self, exc: ProbeError) -> None:
+        self.ok = False
+        self.error = ErrorInfo(
+            exc.kind.value, exc.message, exc.phase.value if exc.phase else self.phase
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["phase"]
+        data["timings_ms"] = {k: _round(v) for k, v in self.timings_ms.items()}
+        return data
+
+
 @dataclass
 class Report:
     started_at: datetime
@@ -105,6 +141,7 @@ class Report:
     interrupted: bool = False
     # The agent's own event-loop stalls during the trains (see probe/train.py LoopMonitor).
     loop_stalls: dict[str, Any] | None = None
+    signal: SignalResult | None = None  # LiveKit targets only
 
     def to_dict(self) -> dict[str, Any]:
         ok = sum(1 for p in self.paths if p.ok)
@@ -123,6 +160,7 @@ class Report:
             },
             "settings": self.settings,
             "targets": self.targets,
+            "signal": None if self.signal is None else self.signal.to_dict(),
             "verdict": self.verdict,
             "summary": {"paths": len(self.paths), "ok": ok, "failed": len(self.paths) - ok},
             "paths": [p.to_dict() for p in self.paths],

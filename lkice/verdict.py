@@ -10,7 +10,7 @@ import enum
 from collections.abc import Sequence
 
 from lkice.errors import ErrorKind
-from lkice.report import PathResult
+from lkice.report import PathResult, Report
 
 
 class ExitStatus(enum.IntEnum):
@@ -50,3 +50,31 @@ def exit_status(verdict: Verdict, interrupted: bool = False) -> ExitStatus:
         Verdict.DEGRADED: ExitStatus.WARNING,
         Verdict.FAILED: ExitStatus.CRITICAL,
     }[verdict]
+
+
+# Signaling failures that mean "fix the configuration" (UNKNOWN), not "the network is broken".
+CONFIGURATION_ERRORS = frozenset({"token_rejected"})
+
+
+def livekit_verdict(report: Report) -> Verdict:
+    """With a LiveKit target, nothing works if signaling does not; with signaling alone and no
+    ICE server to measure, the deployment is reachable but its media paths are unproven."""
+    signal = report.signal
+    if signal is None:
+        return decide(report.paths)
+    if not signal.ok:
+        return Verdict.FAILED
+    if not report.paths:
+        return Verdict.DEGRADED
+    return decide(report.paths)
+
+
+def report_exit_status(report: Report) -> ExitStatus:
+    signal = report.signal
+    if (
+        signal is not None
+        and signal.error is not None
+        and signal.error.kind in CONFIGURATION_ERRORS
+    ):
+        return ExitStatus.UNKNOWN
+    return exit_status(Verdict(report.verdict), report.interrupted)

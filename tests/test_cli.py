@@ -48,7 +48,7 @@ def lkice(
         (["run", "stun:127.0.0.1", "--nameserver", "dns.example"], "expected IP or IP:PORT"),
         (["run", "stun:127.0.0.1", "--bogus"], "No such option"),
         (["run", "stun:127.0.0.1", "--deadline", "soon"], "Invalid value"),
-        (["run"], "Missing argument"),
+        (["run"], "nothing to probe"),
         (["frobnicate"], "No such command"),
     ],
 )

@@ -3,6 +3,9 @@ blocking. Needs root (namespaces, nftables, TUN); CI runs as root."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,3 +121,32 @@ def test_no_loss_means_no_head_of_line_stalls(lab: NetLab) -> None:
             assert q["hol"]["detected"] is False, (transport, name, q)
             assert q["late"] == 0
     assert paths["udp"]["quality"]["loss"] == 0
+
+
+def test_demo_reproduces_a_customer_network() -> None:
+    """What support staff run: the full diagnosis from behind a UDP-blocking firewall."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lkice", "demo", "--network", "udp-blocked", "--rtt", "20",
+         "--quality-duration", "0", "--udp-timeout", "1", "--json"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # WARNING: degraded
+    report = json.loads(result.stdout)
+    validate_report(report)
+    assert report["verdict"] == "degraded"
+    for path in report["paths"]:
+        if path["transport"] == "udp":
+            assert path["error"]["kind"] == "udp_no_response"
+        else:
+            assert path["ok"], path["error"]
+            assert path["timings_ms"]["connect"] >= 20  # the injected RTT is really there
+
+
+def test_demo_rejects_an_unknown_profile() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lkice", "demo", "--network", "carrier-pigeon"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "unknown profile" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -194,13 +194,8 @@ class Coturn:
         return " | ".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            terminate(self.process)
         self.process = None
         if self._dir is not None:
             self._dir.cleanup()
@@ -216,6 +211,17 @@ class Coturn:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def terminate(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds; reaps it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(grace)
 
 
 def _tcp_open(ip: str, port: int) -> bool:

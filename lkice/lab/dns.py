@@ -11,7 +11,7 @@ from types import TracebackType
 import dns.exception
 import dns.resolver
 
-from lkice.lab.coturn import LabError, free_port, netns_argv, wait_in_netns
+from lkice.lab.coturn import LabError, free_port, netns_argv, terminate, wait_in_netns
 
 INSTALL_HINT = "dnsmasq is not installed: install it with 'sudo apt-get install dnsmasq-base'"
 
@@ -128,13 +128,7 @@ class Dnsmasq:
 
     def stop(self) -> None:
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(5)
+            terminate(self.process)
             if self.process.stderr is not None:
                 self.process.stderr.close()
         self.process = None

@@ -24,10 +24,10 @@ from lkice.probe.channel import (
     StreamChannel,
     UdpChannel,
     attach_stream,
-    connect_tcp,
     elapsed_ms,
     open_udp,
 )
+from lkice.probe.tcp import connect_tcp
 from lkice.probe.train import LoopMonitor, Train, TrainResult, TrainSettings
 from lkice.probe.turn import Allocation, Redirect, allocate, create_permission, release
 from lkice.quality import Sample, summarize

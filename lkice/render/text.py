@@ -22,6 +22,8 @@ def render(report: dict[str, Any]) -> str:
     if report.get("interrupted"):
         head += "  [INTERRUPTED: partial report]"
     lines = [head, ""]
+    if report.get("signal"):
+        lines += [*_signal(report["signal"]), ""]
     lines.append(
         f"{'kind':<4} {'server':<21} {'via':<3} {'result':<15} "
         f"{'conn':>6} {'tls':>6} {'bind':>6} {'alloc':>6}"
@@ -42,13 +44,29 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _signal(signal: dict[str, Any]) -> list[str]:
+    out = [f"LiveKit signaling: {signal['url']}  {'ok' if signal['ok'] else 'FAILED'}"]
+    server = signal.get("server") or {}
+    if server:
+        facts = [f"{k} {v}" for k, v in server.items() if v]
+        out.append("  server: " + ", ".join(facts))
+    steps = [f"{k} {_ms(v)}" for k, v in signal["timings_ms"].items() if v is not None]
+    if steps:
+        out.append("  " + "  ".join(steps) + " (ms)")
+    if signal["error"] is not None:
+        out.append(f"x {signal['error']['message']}")
+    for entry in signal.get("ice_servers", []):
+        auth = " (with credentials)" if entry["credentials"] else ""
+        out.append(f"  ICE server: {', '.join(entry['urls'])}{auth}")
+    if signal.get("force_relay"):
+        out.append("  the server asks clients to force relay (TURN)")
+    out += [f"  note: {n}" for n in signal.get("notes", [])]
+    return out
+
+
 def _quality(paths: list[dict[str, Any]]) -> list[str]:
     rows = [(p, p["kind"], p["server"], p["quality"]) for p in paths if p.get("quality")]
-    rows += [
-        (p, "echo", f"relay {p['relayed_address'] or ''}", p["relay_quality"])
-        for p in paths
-        if p.get("relay_quality")
-    ]
+    rows += [(p, "echo", p["server"], p["relay_quality"]) for p in paths if p.get("relay_quality")]
     if not rows:
         return []
     out = [

@@ -1,0 +1,124 @@
+"""LiveKit targets (pure): URL parsing, diagnostic tokens, and what a token says about itself.
+
+The API secret is used only here, to sign a short-lived token for a unique diagnostic identity
+and room; it never leaves the machine and never appears in any output.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from lkice.credentials import Secret
+from lkice.errors import UsageError
+
+__all__ = ["LiveKitUrl", "diagnostic_token", "is_livekit_url", "parse_livekit_url", "token_expiry"]
+
+_SCHEMES = {"wss": (True, 443), "https": (True, 443), "ws": (False, 80), "http": (False, 80)}
+
+
+@dataclass(frozen=True)
+class LiveKitUrl:
+    given: str
+    host: str
+    port: int
+    secure: bool
+    prefix: str  # path before /rtc, without a trailing slash (deployments behind a path)
+
+    @property
+    def server(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        scheme = "wss" if self.secure else "ws"
+        default = 443 if self.secure else 80
+        port = "" if self.port == default else f":{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}{port}{self.prefix}"
+
+
+def is_livekit_url(text: str) -> bool:
+    return text.strip().lower().split(":", 1)[0] in _SCHEMES
+
+
+def parse_livekit_url(text: str) -> LiveKitUrl:
+    raw = text.strip()
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"{raw!r} is not a valid LiveKit URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise UsageError(
+            f"{raw!r}: a LiveKit URL starts with wss:// (or https://, ws://, http://), "
+            "e.g. wss://myproject.livekit.cloud"
+        )
+    if not parts.hostname:
+        raise UsageError(f"{raw!r}: no host in the LiveKit URL")
+    if parts.username or parts.password:
+        raise UsageError(
+            f"{raw!r}: credentials do not belong in the URL; use --api-key/--api-secret"
+        )
+    secure, default_port = _SCHEMES[scheme]
+    prefix = parts.path.rstrip("/")
+    if prefix.endswith("/rtc"):
+        prefix = prefix[: -len("/rtc")]
+    return LiveKitUrl(raw, parts.hostname.lower(), port or default_port, secure, prefix)
+
+
+def diagnostic_token(
+    api_key: str, api_secret: Secret, ttl: timedelta = timedelta(minutes=10)
+) -> Secret:
+    """A short-lived token for a unique identity in a unique room, so the diagnosis never joins a
+    real meeting or collides with another run."""
+    from livekit import api  # lazy: only LiveKit targets need it
+
+    suffix = secrets.token_hex(4)
+    grants = api.VideoGrants(
+        room_join=True,
+        room=f"lkice-diag-{suffix}",
+        can_publish=True,
+        can_publish_data=True,
+        can_subscribe=True,
+    )
+    token = (
+        api.AccessToken(api_key, api_secret.reveal())
+        .with_identity(f"lkice-{suffix}")
+        .with_name("lkice diagnostic")
+        .with_grants(grants)
+        .with_ttl(ttl)
+        .to_jwt()
+    )
+    return Secret(token)
+
+
+def token_expiry(token: Secret) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying (only the server can verify); None if
+    the token is not a readable JWT or has no expiry."""
+    try:
+        payload = token.reveal().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def check_token_fresh(token: Secret, now: float | None = None) -> None:
+    """Refuse an expired token before contacting anyone: the server would only say so later."""
+    exp = token_expiry(token)
+    now = time.time() if now is None else now
+    if exp is not None and exp <= now:
+        ago = int(now - exp)
+        raise UsageError(
+            f"the token expired {ago // 60} min {ago % 60} s ago: mint a new one, or give "
+            "--api-key/--api-secret and lkice mints a short-lived one itself"
+        )
