@@ -45,7 +45,7 @@ class Cell:
     failures: list[str] = field(default_factory=list)
 
 
-def one_run(lab: NetLab, duration: float) -> dict[str, Any] | None:
+def one_run(lab: NetLab, duration: float) -> tuple[dict[str, Any] | None, str]:
     host = lab.turn_host(REGION)
     run = lab.lkice(
         f"turn:{host}:3478?transport=udp",
@@ -56,7 +56,7 @@ def one_run(lab: NetLab, duration: float) -> dict[str, Any] | None:
         str(duration),
         timeout=duration + 60,
     )
-    return run.report
+    return run.report, run.stderr
 
 
 def measure_cell(lab: NetLab, cell: Cell, runs: int, duration: float, overhead_ms: float) -> None:
@@ -64,10 +64,10 @@ def measure_cell(lab: NetLab, cell: Cell, runs: int, duration: float, overhead_m
     lab.set_impairment(REGION, upstream=imp, downstream=imp)
     for _ in range(runs):
         before = lab.ground_truth().regions[REGION]
-        report = one_run(lab, duration)
+        report, stderr = one_run(lab, duration)
         after = lab.ground_truth().regions[REGION]
         if report is None:
-            cell.failures.append("no report")
+            cell.failures.append(f"no report: {' '.join(stderr.split())[-300:]}")
             continue
         for path in report["paths"]:
             transport = path["transport"]
