@@ -11,8 +11,14 @@ talk to the Internet, so this module
   (aioice skips its own gathering once it has started; that flag is private to aioice, which the
   project pins to 0.13.x for exactly this kind of reliance);
 - drops remote candidates whose address is not inside the allowed networks (mDNS ``.local``
-  names included: resolving them would send multicast), so connectivity checks only go where
-  the lab lives.
+  names included: resolving them would send multicast) and leaves checks arriving from outside
+  them unanswered (no peer-reflexive candidate is learnt there), so the lab only ever sends
+  where the lab lives;
+- uses max-bundle (see :class:`SfuTransport`).
+
+:class:`IceTcpListener` adds what aiortc lacks: RFC 6544 passive ICE/TCP on one shared port, as
+LiveKit's TCP 7881, by presenting each accepted TCP connection to aioice as one more
+``StunProtocol`` whose datagrams are RFC 4571 frames.
 
 Candidates travel like LiveKit's: the SDP is sent without ``a=candidate`` lines and every
 candidate goes separately as a ``trickle`` (JSON of an RTCIceCandidateInit, as pion marshals it).
@@ -28,8 +34,18 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aioice import stun
+from aioice.candidate import Candidate, candidate_foundation
+from aioice.ice import Connection, StunProtocol
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceGatherer
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
@@ -37,6 +53,7 @@ __all__ = [
     "LOSSY_LABEL",
     "RELIABLE_LABEL",
     "CandidateInit",
+    "IceTcpListener",
     "IpNetwork",
     "SfuTransport",
     "candidate_allowed",
@@ -99,17 +116,42 @@ def candidate_allowed(candidate: RTCIceCandidate, networks: Sequence[IpNetwork])
     return any(address in network for network in networks)
 
 
-async def _gather_on(gatherer: RTCIceGatherer, addresses: Sequence[str]) -> None:
+async def _gather_on(
+    gatherer: RTCIceGatherer,
+    addresses: Sequence[str],
+    networks: Sequence[IpNetwork],
+    ice_tcp: IceTcpListener | None = None,
+) -> None:
     """Host candidates on ``addresses`` only, before aiortc's own gathering would run on every
-    interface (and skip loopback). Relies on aioice 0.13's Connection internals."""
+    interface (and skip loopback); and connectivity checks from outside ``networks`` dropped
+    unanswered, so a peer-reflexive address outside the lab is never answered nor checked.
+    Relies on aioice 0.13's Connection internals (the project pins aioice to 0.13.x)."""
     connection = gatherer._connection
     if connection._local_candidates_start:
         return
+    answer = connection.request_received
+
+    def request_received(
+        message: stun.Message, addr: tuple[str, int], protocol: StunProtocol
+    ) -> None:
+        try:
+            source = ipaddress.ip_address(addr[0])
+        except ValueError:
+            return
+        if any(source in network for network in networks):
+            answer(message, addr, protocol)
+        else:
+            log.debug("dropping a connectivity check from outside the lab: %s", addr[0])
+
+    connection.request_received = request_received  # type: ignore[method-assign]
     connection._local_candidates_start = True
     for component in sorted(connection._components):
         connection._local_candidates += await connection.get_component_candidates(
             component=component, addresses=list(addresses)
         )
+    if ice_tcp is not None:
+        # Also what makes aiortc start ICE when there is no UDP candidate at all.
+        connection._local_candidates.append(ice_tcp.register(connection))
     connection._local_candidates_end = True
 
 
@@ -174,11 +216,18 @@ class SfuTransport:
         peer_networks: Sequence[IpNetwork],
         on_data: Callable[[str, bytes], None] | None = None,
         on_state: Callable[[str], None] | None = None,
+        ice_tcp: IceTcpListener | None = None,
     ) -> None:
         self.target = target
+        self.ice_tcp = ice_tcp
         self.ice_addresses = list(ice_addresses)
         self.peer_networks = list(peer_networks)
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # max-bundle, as LiveKit's clients use: with aiortc's default (balanced), a BUNDLE offer
+        # whose first m-line is audio leaves the 2nd and 3rd video transceivers on a closed
+        # transport (the v1 client offers 3 audio + 3 video recvonly sections).
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
         self._on_data = on_data
         self._on_state = on_state
         self._early: list[RTCIceCandidate] = []
@@ -210,11 +259,10 @@ class SfuTransport:
 
     async def create_offer(self) -> tuple[str, list[CandidateInit]]:
         """Subscriber side: create the SFU's data channels and offer them."""
-        self._open_channel(RELIABLE_LABEL, ordered=True)
-        self._open_channel(LOSSY_LABEL, ordered=False, max_retransmits=0)
+        self.open_sfu_channels()
         offer = await self.pc.createOffer()
         for gatherer in _gatherers(self.pc):
-            await _gather_on(gatherer, self.ice_addresses)
+            await _gather_on(gatherer, self.ice_addresses, self.peer_networks, self.ice_tcp)
         await self.pc.setLocalDescription(offer)
         return split_candidates(self.pc.localDescription.sdp)
 
@@ -227,7 +275,7 @@ class SfuTransport:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self._remote_description_set()
         for gatherer in _gatherers(self.pc):
-            await _gather_on(gatherer, self.ice_addresses)
+            await _gather_on(gatherer, self.ice_addresses, self.peer_networks, self.ice_tcp)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return split_candidates(self.pc.localDescription.sdp)
@@ -266,10 +314,15 @@ class SfuTransport:
 
     # -- data -------------------------------------------------------------------------------
 
+    def open_sfu_channels(self) -> None:
+        """The SFU's own ``_reliable`` (ordered) and ``_lossy`` (unordered, no retransmits)
+        channels, on which it forwards other participants' packets."""
+        if not self.channels:
+            self._open_channel(RELIABLE_LABEL, ordered=True)
+            self._open_channel(LOSSY_LABEL, ordered=False, max_retransmits=0)
+
     def _open_channel(self, label: str, ordered: bool, max_retransmits: int | None = None) -> None:
-        channel = self.pc.createDataChannel(
-            label, ordered=ordered, maxRetransmits=max_retransmits
-        )
+        channel = self.pc.createDataChannel(label, ordered=ordered, maxRetransmits=max_retransmits)
         self.channels[label] = channel
         self._pending[label] = deque(maxlen=PENDING_LIMIT)
 
@@ -291,16 +344,21 @@ class SfuTransport:
             self._pending[label].append(payload)
         return True
 
-    def selected_remote_candidate_types(self) -> list[str]:
-        """Type (host, srflx, prflx, relay) of the remote candidate of each nominated pair:
-        lets a test prove the path went through TURN. Reads aioice internals."""
-        types: list[str] = []
+    def selected_pairs(self) -> list[tuple[str, str]]:
+        """(local transport, remote candidate type) of each nominated pair, e.g.
+        ``("udp", "relay")`` when the client came through TURN, ``("tcp", "prflx")`` over
+        ICE/TCP (an active TCP candidate's port is 9, so the peer is learnt as prflx).
+        Reads aioice internals."""
+        pairs: list[tuple[str, str]] = []
         for gatherer in _gatherers(self.pc):
             for pair in gatherer._connection._nominated.values():
-                types.append(pair.remote_candidate.type)
-        return types
+                pairs.append((pair.local_candidate.transport, pair.remote_candidate.type))
+        return pairs
 
     async def close(self) -> None:
+        if self.ice_tcp is not None:
+            for gatherer in _gatherers(self.pc):
+                await self.ice_tcp.unregister(gatherer._connection)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pc.close(), timeout=5.0)
 
@@ -308,3 +366,179 @@ class SfuTransport:
 def local_candidate_line(candidate: RTCIceCandidate) -> str:
     """``candidate:...`` for an aiortc candidate (used by tests and the ICE-TCP listener)."""
     return "candidate:" + candidate_to_sdp(candidate)
+
+
+# -- ICE/TCP (RFC 6544), passive, like LiveKit's TCP 7881 ------------------------------------------
+
+# libwebrtc's type preference for TCP host candidates, and RFC 6544's local preference for a
+# passive one (direction 4, other 8191): below every UDP host candidate, as with LiveKit.
+_TCP_TYPE_PREFERENCE = 90
+_TCP_PASSIVE_LOCAL_PREFERENCE = (4 << 13) + 8191
+MAX_FRAME = 0xFFFF
+
+
+class IceTcpListener:
+    """One TCP port shared by every session, as LiveKit's ``rtc.tcp_port``: each accepted
+    connection is matched to a session by the USERNAME of its first STUN Binding request
+    (``serverUfrag:clientUfrag``), then carries that session's ICE checks and DTLS/SCTP in
+    RFC 4571 frames (16-bit length, then the packet). Connections from outside
+    ``networks``, or whose first frame is not such a request, are closed."""
+
+    def __init__(self, host: str, port: int, networks: Sequence[IpNetwork]) -> None:
+        self.host = host
+        self.port = port
+        self.networks = list(networks)
+        self._server: asyncio.Server | None = None
+        self._sessions: dict[str, tuple[Connection, Candidate]] = {}
+        self._streams: dict[str, list[_IceTcpStream]] = {}
+        self._pending: set[_IceTcpFramer] = set()
+        self.accepted = 0
+
+    async def start(self) -> IceTcpListener:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _IceTcpFramer(self), self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        for framer in list(self._pending):
+            framer.abort()
+        for ufrag in list(self._streams):
+            for stream in self._streams.pop(ufrag):
+                await stream.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def register(self, connection: Connection) -> Candidate:
+        """The passive candidate for ``connection``; its checks will be routed to it."""
+        component = min(connection._components)
+        candidate = Candidate(
+            foundation=candidate_foundation("host", "tcp", self.host),
+            component=component,
+            transport="tcp",
+            priority=(_TCP_TYPE_PREFERENCE << 24)
+            + (_TCP_PASSIVE_LOCAL_PREFERENCE << 8)
+            + (256 - component),
+            host=self.host,
+            port=self.port,
+            type="host",
+            tcptype="passive",
+        )
+        self._sessions[connection.local_username] = (connection, candidate)
+        return candidate
+
+    async def unregister(self, connection: Connection) -> None:
+        self._sessions.pop(connection.local_username, None)
+        for stream in self._streams.pop(connection.local_username, []):
+            await stream.close()
+
+    def allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def attach(self, framer: _IceTcpFramer, message: stun.Message) -> _IceTcpStream | None:
+        """Bind an accepted connection to the session its first check names."""
+        username = message.attributes.get("USERNAME")
+        if not isinstance(username, str) or ":" not in username:
+            return None
+        found = self._sessions.get(username.split(":", 1)[0])
+        if found is None:
+            return None
+        connection, candidate = found
+        stream = _IceTcpStream(connection, candidate, framer)
+        self._streams.setdefault(connection.local_username, []).append(stream)
+        self.accepted += 1
+        return stream
+
+
+class _IceTcpFramer(asyncio.Protocol):
+    """RFC 4571 framing on one accepted TCP connection."""
+
+    def __init__(self, listener: IceTcpListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.buffer = bytearray()
+        self.stream: _IceTcpStream | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        if not self.listener.allowed(self.peer[0]):
+            log.debug("refusing an ICE/TCP connection from outside the lab: %s", self.peer[0])
+            self.transport.abort()
+            return
+        self.listener._pending.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            size = int.from_bytes(self.buffer[:2], "big")
+            if len(self.buffer) < 2 + size:
+                return
+            frame = bytes(self.buffer[2 : 2 + size])
+            del self.buffer[: 2 + size]
+            self.frame_received(frame)
+
+    def frame_received(self, frame: bytes) -> None:
+        if self.stream is None:
+            try:
+                message = stun.parse_message(frame)
+            except ValueError:
+                self.abort()
+                return
+            self.stream = self.listener.attach(self, message)
+            self.listener._pending.discard(self)
+            if self.stream is None:
+                self.abort()
+                return
+        self.stream.datagram_received(frame, self.peer)
+
+    def write(self, packet: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if len(packet) > MAX_FRAME:
+                return
+            self.transport.write(len(packet).to_bytes(2, "big") + packet)
+
+    def abort(self) -> None:
+        self.listener._pending.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener._pending.discard(self)
+        if self.stream is not None:
+            self.stream.receiver.protocol_lost(self.stream)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _IceTcpStream(StunProtocol):
+    """What aioice sees of one ICE/TCP connection: a StunProtocol whose local candidate is
+    the passive TCP one and whose datagrams are RFC 4571 frames. aioice learns the peer as a
+    peer-reflexive candidate from its first check and answers and checks back on it."""
+
+    def __init__(self, receiver: Connection, candidate: Candidate, framer: _IceTcpFramer) -> None:
+        super().__init__(receiver)
+        self.local_candidate = candidate
+        self.framer = framer
+
+    async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.framer.write(data)
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        self.framer.write(bytes(message))
+
+    async def close(self) -> None:
+        self.framer.abort()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.framer.closed), timeout=2.0)

@@ -24,6 +24,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [head, ""]
     if report.get("signal"):
         lines += [*_signal(report["signal"]), ""]
+    if not paths:
+        return "\n".join(lines) + "\n"
     lines.append(
         f"{'kind':<4} {'server':<21} {'via':<3} {'result':<15} "
         f"{'conn':>6} {'tls':>6} {'bind':>6} {'alloc':>6}"

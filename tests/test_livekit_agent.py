@@ -1,0 +1,121 @@
+"""``lkice run`` against the lab LiveKit server (protocol-faithful stand-in) and real coturn:
+signaling step by step, the join's ICE servers probed with their own credentials, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lkice.lab.livekit import IceServer, LabLiveKit
+from tests.conftest import TurnLab, needs_coturn, validate_report
+
+pytestmark = needs_coturn
+
+API_KEY = "APIlkicetest"
+
+
+def lkice(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "lkice", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=full,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def api_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="module")
+def livekit(coturn: TurnLab, api_secret: str) -> Iterator[LabLiveKit]:
+    ice = [
+        IceServer(
+            [
+                f"turn:127.0.0.1:{coturn.port}?transport=udp",
+                f"turn:127.0.0.1:{coturn.port}?transport=tcp",
+            ],
+            coturn.user,
+            coturn.password,
+        ),
+        IceServer([f"stun:127.0.0.1:{coturn.port}"], "", ""),
+    ]
+    with LabLiveKit(api_key=API_KEY, api_secret=api_secret, ice_servers=ice, region="lab-eu") as lk:
+        yield lk
+
+
+def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(result.stdout)
+    validate_report(data)
+    return data
+
+
+def test_full_livekit_diagnosis(livekit: LabLiveKit, coturn: TurnLab, api_secret: str) -> None:
+    result = lkice(
+        livekit.url, "--json", "--quality-duration", "1",
+        env={"LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": api_secret},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = report_of(result)
+    signal = report["signal"]
+    assert signal["ok"] is True
+    assert signal["error"] is None
+    for step in ("connect", "validate", "websocket", "join"):
+        assert signal["timings_ms"][step] is not None, step
+    assert signal["timings_ms"]["tls"] is None  # ws://, no TLS
+    assert signal["server"]["region"] == "lab-eu"
+    assert signal["server"]["version"]
+    assert signal["room"].startswith("lkice-diag-")
+    assert {"credentials": True, "urls": [f"turn:127.0.0.1:{coturn.port}?transport=udp",
+            f"turn:127.0.0.1:{coturn.port}?transport=tcp"]} in signal["ice_servers"]  # fmt: skip
+    # The join's ICE servers were probed, TURN with the credentials the server handed out.
+    kinds = sorted((p["kind"], p["transport"]) for p in report["paths"])
+    assert kinds == [("stun", "udp"), ("turn", "tcp"), ("turn", "udp")]
+    assert all(p["ok"] for p in report["paths"])
+    assert report["verdict"] == "ok"
+    assert report["targets"][0] == livekit.url
+    output = result.stdout + result.stderr
+    assert api_secret not in output
+    assert coturn.password not in output
+
+
+def test_token_signed_with_the_wrong_secret_gives_the_servers_reason(livekit: LabLiveKit) -> None:
+    wrong = "wrong-" + secrets.token_urlsafe(32)
+    result = lkice(livekit.url, "--api-key", API_KEY, "--api-secret", wrong, "--json")
+    assert result.returncode == 3  # a configuration problem, not a network one
+    signal = report_of(result)["signal"]
+    assert signal["error"]["kind"] == "token_rejected"
+    assert signal["error"]["message"].startswith("token rejected by server: ")
+    assert "signature" in signal["error"]["message"]  # the server's own reason
+    assert wrong not in result.stdout + result.stderr
+    human = lkice(livekit.url, "--api-key", API_KEY, "--api-secret", wrong)
+    assert "x token rejected by server" in human.stdout
+    assert "Traceback" not in human.stderr
+
+
+def test_unknown_api_key_is_rejected(livekit: LabLiveKit, api_secret: str) -> None:
+    result = lkice(livekit.url, "--api-key", "APInobody", "--api-secret", api_secret, "--json")
+    assert result.returncode == 3
+    assert report_of(result)["signal"]["error"]["kind"] == "token_rejected"
+
+
+def test_a_join_without_turn_is_a_finding_not_a_crash(api_secret: str) -> None:
+    with LabLiveKit(api_key=API_KEY, api_secret=api_secret, ice_servers=[]) as lk:
+        result = lkice(lk.url, "--api-key", API_KEY, "--api-secret", api_secret, "--json")
+    report = report_of(result)
+    assert result.returncode == 1  # degraded: signaling works, no media path could be proven
+    assert report["signal"]["ok"] is True
+    assert report["paths"] == []
+    assert any("no TURN server" in n for n in report["signal"]["notes"])
