@@ -422,12 +422,14 @@ def demo(
     import secrets
     import tempfile
 
-    from lkice.credentials import Secret, TurnCredentials
+    from lkice.credentials import Secret
     from lkice.engine import EngineSettings
     from lkice.lab.coturn import Coturn, CoturnConfig, LabError
+    from lkice.lab.livekit import IceServer, LabLiveKit
     from lkice.lab.pki import make_pki
+    from lkice.livekit import diagnostic_token, parse_livekit_url
     from lkice.probe.path import ProbeSettings
-    from lkice.uri import parse_ice_uri
+    from lkice.probe.signal import SignalSettings
 
     _setup_logging(verbose)
     train = _train(quality_duration, quality_interval)
@@ -438,30 +440,50 @@ def demo(
             server = Coturn(CoturnConfig(users={user: password}, pki=pki)).start()
         except LabError as exc:
             raise UsageError(f"cannot start the demo lab: {exc}") from None
+        livekit_server = None
         try:
-            uris = [
-                parse_ice_uri(f"stun:127.0.0.1:{server.port}"),
-                parse_ice_uri(f"turn:127.0.0.1:{server.port}?transport=udp"),
-                parse_ice_uri(f"turn:127.0.0.1:{server.port}?transport=tcp"),
-                parse_ice_uri(f"turns:127.0.0.1:{server.tls_port}?transport=tcp"),
+            # The lab LiveKit hands out the lab's coturn, as a deployment hands out its TURN.
+            ice = [
+                IceServer([f"stun:127.0.0.1:{server.port}"], "", ""),
+                IceServer(
+                    [
+                        f"turn:127.0.0.1:{server.port}?transport=udp",
+                        f"turn:127.0.0.1:{server.port}?transport=tcp",
+                        f"turns:127.0.0.1:{server.tls_port}?transport=tcp",
+                    ],
+                    user,
+                    password,
+                ),
             ]
+            api_secret = Secret(secrets.token_urlsafe(32))
+            livekit_server = LabLiveKit(
+                api_key="APIlkicedemo",
+                api_secret=api_secret.reveal(),
+                ice_servers=ice,
+                region="lab",
+            )
+            livekit_server.start_in_thread()
             if not as_json:
                 click.echo(
-                    f"lkice demo: coturn on 127.0.0.1 (UDP/TCP {server.port}, TLS {server.tls_port}), "
-                    "throwaway CA\n"
+                    f"lkice demo: lab LiveKit at {livekit_server.url}, coturn on 127.0.0.1 "
+                    f"(UDP/TCP {server.port}, TLS {server.tls_port}), throwaway CA\n"
                 )
+            tls = _tls_context([str(pki.ca_file)], insecure=False)
+            job = _LiveKitJob(
+                parse_livekit_url(livekit_server.url),
+                diagnostic_token("APIlkicedemo", api_secret),
+                SignalSettings(timeout=timeout, tls_context=tls),
+            )
             settings = EngineSettings(
                 probe=ProbeSettings(
-                    udp_timeout=udp_timeout,
-                    timeout=timeout,
-                    credentials=TurnCredentials(Secret(user), Secret(password)),
-                    tls_context=_tls_context([str(pki.ca_file)], insecure=False),
-                    train=train,
+                    udp_timeout=udp_timeout, timeout=timeout, tls_context=tls, train=train
                 ),
                 deadline=_deadline(deadline, train),
             )
-            report = asyncio.run(_run_engine(uris, settings))
+            report = asyncio.run(_run_engine([], settings, job))
         finally:
+            if livekit_server is not None:
+                livekit_server.stop_thread()
             server.stop()
     _emit(report, as_json, output)
     sys.exit(_finish(report))

@@ -3,7 +3,11 @@ helpers. (The lab LiveKit server's own tests cover a real join.)"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -174,3 +178,71 @@ async def test_a_proxy_demanding_credentials_is_named(impostor: tuple[str, dict[
     assert result.error is not None
     assert result.error.kind == "proxy"
     assert "407" in result.error.message
+
+
+async def _join_glued_to_upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A server that answers /rtc/validate, then sends the 101 and its join in one write, as a
+    fast LiveKit server can: the join must not be lost with the handshake's bytes."""
+    from livekit.protocol import models, rtc
+
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"/rtc/validate" in head
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess")
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's, not a secret
+        accept = base64.b64encode(hashlib.sha1(key + guid).digest())  # noqa: S324 (RFC 6455)
+        join = rtc.SignalResponse(
+            join=rtc.JoinResponse(server_info=models.ServerInfo(version="9.9.9", region="glued"))
+        ).SerializeToString()
+        assert len(join) < 126
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + bytes([0x82, len(join)]) + join
+        )
+        await writer.drain()
+        await reader.read(1024)  # the client's leave and close
+    finally:
+        writer.close()
+
+
+async def test_a_join_sent_with_the_upgrade_is_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, websockets' included, at its most verbose
+    server = await asyncio.start_server(_join_glued_to_upgrade, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    token = diagnostic_token("APIkey", Secret("s" * 32))
+    async with server:
+        result, _ = await probe_signal(
+            parse_livekit_url(f"ws://127.0.0.1:{port}"),
+            token,
+            SignalSettings(timeout=2, join_timeout=2),
+        )
+    assert result.ok, result.error
+    assert result.server is not None
+    assert result.server["region"] == "glued"
+    assert token.reveal() not in caplog.text
+
+
+def test_websockets_would_log_the_token_without_lkices_guard(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The control for the test above: websockets' own logger, at DEBUG, writes the
+    Authorization header. lkice's WebSocket protocol uses a logger pinned above DEBUG."""
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    caplog.set_level(logging.DEBUG)
+    control = ClientProtocol(
+        parse_uri("ws://lk.example.invalid/rtc"), logger=logging.getLogger("websockets.client")
+    )
+    request = control.connect()
+    request.headers["Authorization"] = "Bearer control-token-123"
+    control.send_request(request)
+    assert "control-token-123" in caplog.text

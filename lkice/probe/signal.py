@@ -11,6 +11,7 @@ The token travels in the ``Authorization`` header, never in a URL a proxy might 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ from lkice.uri import IceUri, parse_ice_uri
 __all__ = ["IceServer", "SignalSettings", "probe_signal"]
 
 PROTOCOL_VERSION = 16
+
+# websockets logs request headers at DEBUG, the Authorization header (the token) included: its
+# protocol gets a logger of its own that never emits DEBUG, whatever the application configures.
+_WS_LOG = logging.getLogger("lkice.probe.signal.websocket")
+_WS_LOG.setLevel(logging.INFO)
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024
 
@@ -185,28 +191,33 @@ async def _upgrade(
     writer: asyncio.StreamWriter,
     token: Secret,
     timeout: float,
-) -> ClientProtocol:
-    protocol = ClientProtocol(parse_uri(f"{url.ws_url}/rtc?{_query()}"), max_size=4 * 1024 * 1024)
+) -> tuple[ClientProtocol, list[Any]]:
+    """The upgrade; returns the protocol and the events that came in the same reads as the 101
+    (a LiveKit server sends its join right behind it)."""
+    protocol = ClientProtocol(
+        parse_uri(f"{url.ws_url}/rtc?{_query()}"), max_size=4 * 1024 * 1024, logger=_WS_LOG
+    )
     request = protocol.connect()
     request.headers["Authorization"] = f"Bearer {token.reveal()}"
     request.headers["User-Agent"] = f"lkice/{__version__}"
     protocol.send_request(request)
     writer.write(b"".join(protocol.data_to_send()))
 
-    async def handshake() -> None:
+    async def handshake() -> list[Any]:
         while True:
             data = await reader.read(65536)
             if not data:
                 protocol.receive_eof()
             else:
                 protocol.receive_data(data)
-            for event in protocol.events_received():
+            events = protocol.events_received()
+            for i, event in enumerate(events):
                 if isinstance(event, Response):
-                    return
+                    return events[i + 1 :]
             if not data:
                 raise ConnectionError("connection closed during the WebSocket upgrade")
 
-    await asyncio.wait_for(handshake(), timeout)
+    early = await asyncio.wait_for(handshake(), timeout)
     exc = protocol.handshake_exc
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
@@ -222,13 +233,16 @@ async def _upgrade(
         raise ProbeError(
             ErrorKind.WEBSOCKET_REJECTED, f"WebSocket upgrade failed: {exc}", Phase.WEBSOCKET
         )
-    return protocol
+    return protocol, early
 
 
-async def _first_message(protocol: ClientProtocol, reader: asyncio.StreamReader) -> bytes:
+async def _first_message(
+    protocol: ClientProtocol, reader: asyncio.StreamReader, early: list[Any]
+) -> bytes:
     parts: list[bytes] = []
+    pending = early
     while True:
-        for event in protocol.events_received():
+        for event in pending:
             if isinstance(event, Frame) and event.opcode in (
                 Opcode.BINARY,
                 Opcode.TEXT,
@@ -245,6 +259,7 @@ async def _first_message(protocol: ClientProtocol, reader: asyncio.StreamReader)
         if not data:
             raise ConnectionError("the server closed the connection before sending the join")
         protocol.receive_data(data)
+        pending = protocol.events_received()
 
 
 def _summarize_join(join: Any, result: SignalResult) -> list[IceServer]:
@@ -338,13 +353,15 @@ async def probe_signal(
 
         result.phase = Phase.WEBSOCKET.value
         start = time.perf_counter()
-        protocol = await _upgrade(url, reader, writer, token, settings.timeout)
+        protocol, early = await _upgrade(url, reader, writer, token, settings.timeout)
         result.timings_ms["websocket"] = elapsed_ms(start)
 
         result.phase = Phase.JOIN.value
         start = time.perf_counter()
         try:
-            data = await asyncio.wait_for(_first_message(protocol, reader), settings.join_timeout)
+            data = await asyncio.wait_for(
+                _first_message(protocol, reader, early), settings.join_timeout
+            )
         except asyncio.TimeoutError:
             raise ProbeError(
                 ErrorKind.JOIN_TIMEOUT,
