@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from lkice.credentials import Secret, TurnCredentials
     from lkice.engine import EngineSettings
     from lkice.livekit import LiveKitUrl
-    from lkice.probe.signal import SignalSettings
+    from lkice.probe.signal import IceServer, SignalSettings
     from lkice.probe.train import TrainSettings
-    from lkice.report import Report
+    from lkice.report import Report, SignalResult
     from lkice.uri import IceUri
 
 EXIT_UNKNOWN = 3
@@ -123,18 +123,60 @@ async def _run_engine(
         from lkice.verdict import livekit_verdict
 
         signal_result, servers = await probe_signal(livekit.url, livekit.token, livekit.settings)
+        main_region = (signal_result.server or {}).get("region") or livekit.url.host
+        region_of = {str(s.uri): main_region for s in servers}
+        regions: list[dict[str, object]] | None = None
+        if signal_result.ok:
+            regions, region_servers = await _probe_regions(livekit, signal_result)
+            for name, found in region_servers:
+                servers += found
+                for s in found:
+                    region_of.setdefault(str(s.uri), name)
         advertised = list(dict.fromkeys(s.uri for s in servers))
         credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
         report = await engine.run(
             [*advertised, *uris], settings, credentials=credentials, stop=stop
         )
+        for path in report.paths:
+            path.region = region_of.get(path.uri)
         report.signal = signal_result
+        report.regions = regions
         report.targets.insert(0, livekit.url.given)
         report.verdict = livekit_verdict(report).value
         return report
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _probe_regions(
+    livekit: _LiveKitJob, signal_result: SignalResult
+) -> tuple[list[dict[str, object]] | None, list[tuple[str, list[IceServer]]]]:
+    """LiveKit Cloud: every region's signaling at once, and the ICE servers each one offers."""
+    from lkice.livekit import parse_livekit_url
+    from lkice.probe.signal import fetch_regions, probe_signal
+
+    regions, why = await fetch_regions(livekit.url, livekit.token, livekit.settings)
+    if regions is None:
+        if why:
+            signal_result.notes.append(why)
+        return None, []
+    probed = await asyncio.gather(
+        *(probe_signal(parse_livekit_url(r.url), livekit.token, livekit.settings) for r in regions)
+    )
+    summary: list[dict[str, object]] = []
+    found: list[tuple[str, list[IceServer]]] = []
+    for region, (result, servers) in zip(regions, probed, strict=True):
+        summary.append(
+            {
+                "region": region.name,
+                "url": region.url,
+                "distance": region.distance,
+                "signal": result.to_dict(),
+            }
+        )
+        found.append((region.name, servers))
+    return summary, found
 
 
 def _emit(report: Report, as_json: bool, output: str | None) -> None:

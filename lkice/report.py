@@ -76,6 +76,7 @@ class PathResult:
     # the TURN relay (see probe/path.py).
     quality: dict[str, Any] | None = None
     relay_quality: dict[str, Any] | None = None
+    region: str | None = None  # LiveKit targets: the region whose join offered this server
 
     notes: list[str] = field(default_factory=list)
     # Not reported: the phase in progress, so an interrupted probe can say where it stopped.
@@ -142,6 +143,8 @@ class Report:
     # The agent's own event-loop stalls during the trains (see probe/train.py LoopMonitor).
     loop_stalls: dict[str, Any] | None = None
     signal: SignalResult | None = None  # LiveKit targets only
+    # LiveKit Cloud: each region from /settings/regions with its own signaling result.
+    regions: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         ok = sum(1 for p in self.paths if p.ok)
@@ -161,6 +164,7 @@ class Report:
             "settings": self.settings,
             "targets": self.targets,
             "signal": None if self.signal is None else self.signal.to_dict(),
+            "regions": self.regions,
             "verdict": self.verdict,
             "summary": {"paths": len(self.paths), "ok": ok, "failed": len(self.paths) - ok},
             "paths": [p.to_dict() for p in self.paths],

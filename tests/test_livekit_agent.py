@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from lkice.lab.livekit import IceServer, LabLiveKit
+from lkice.lab.coturn import Coturn, CoturnConfig
+from lkice.lab.livekit import IceServer, LabLiveKit, LabRegion
 from tests.conftest import TurnLab, needs_coturn, validate_report
 
 pytestmark = needs_coturn
@@ -119,3 +120,61 @@ def test_a_join_without_turn_is_a_finding_not_a_crash(api_secret: str) -> None:
     assert report["signal"]["ok"] is True
     assert report["paths"] == []
     assert any("no TURN server" in n for n in report["signal"]["notes"])
+
+
+def test_cloud_regions_are_discovered_and_each_probed(coturn: TurnLab, api_secret: str) -> None:
+    """LiveKit Cloud: /settings/regions lists the regions; each one's signaling and the TURN
+    servers its join offers are probed in the same run, tagged with the region."""
+    with Coturn(CoturnConfig(users={"us-user": "us-pass"})) as us_turn:
+        eu_ice = [
+            IceServer([f"turn:127.0.0.1:{coturn.port}?transport=udp"], coturn.user, coturn.password)
+        ]
+        us_ice = [IceServer([f"turn:127.0.0.1:{us_turn.port}?transport=udp"], "us-user", "us-pass")]
+        with (
+            LabLiveKit(
+                api_key=API_KEY, api_secret=api_secret, ice_servers=eu_ice, region="eu"
+            ) as eu,
+            LabLiveKit(
+                api_key=API_KEY, api_secret=api_secret, ice_servers=us_ice, region="us"
+            ) as us,
+        ):
+            regions = [LabRegion("eu", eu.url, 120), LabRegion("us", us.url, 7400)]
+            with LabLiveKit(
+                api_key=API_KEY,
+                api_secret=api_secret,
+                ice_servers=eu_ice,
+                region="eu",
+                regions=regions,
+            ) as cloud:
+                result = lkice(
+                    cloud.url, "--api-key", API_KEY, "--api-secret", api_secret, "--json",
+                    "--quality-duration", "0",
+                )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = report_of(result)
+    found = {r["region"]: r for r in report["regions"]}
+    assert set(found) == {"eu", "us"}
+    assert found["us"]["distance"] == 7400
+    assert all(r["signal"]["ok"] for r in found.values())
+    assert found["us"]["signal"]["server"]["region"] == "us"
+    by_region = {p["region"]: p for p in report["paths"]}
+    assert set(by_region) == {"eu", "us"}
+    assert by_region["us"]["server"] == f"127.0.0.1:{us_turn.port}"
+    assert all(p["ok"] for p in report["paths"])  # each region's TURN with its own credentials
+    assert "us-pass" not in result.stdout + result.stderr
+
+
+def test_self_hosted_server_has_no_region_list(livekit: LabLiveKit, api_secret: str) -> None:
+    result = lkice(
+        livekit.url,
+        "--api-key",
+        API_KEY,
+        "--api-secret",
+        api_secret,
+        "--json",
+        "--quality-duration",
+        "0",
+    )
+    report = report_of(result)
+    assert report["regions"] is None
+    assert any("self-hosted" in n for n in report["signal"]["notes"])

@@ -11,6 +11,7 @@ The token travels in the ``Authorization`` header, never in a URL a proxy might 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -35,7 +36,7 @@ from lkice.report import SignalResult
 from lkice.stun import format_address
 from lkice.uri import IceUri, parse_ice_uri
 
-__all__ = ["IceServer", "SignalSettings", "probe_signal"]
+__all__ = ["IceServer", "Region", "SignalSettings", "fetch_regions", "probe_signal"]
 
 PROTOCOL_VERSION = 16
 
@@ -403,3 +404,64 @@ async def probe_signal(
         if writer is not None:
             writer.close()
     return result, servers
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    url: str
+    distance: int | None
+
+
+async def fetch_regions(
+    url: LiveKitUrl, token: Secret, settings: SignalSettings
+) -> tuple[list[Region] | None, str | None]:
+    """LiveKit Cloud's ``GET /settings/regions``: (regions, None), or (None, why not). The
+    open-source server has no such endpoint (404): its regions come from the user."""
+    from lkice.livekit import parse_livekit_url
+
+    scratch = SignalResult(url=url.given)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        resolution = await resolve(
+            url.host, timeout=settings.timeout, nameserver=settings.nameserver
+        )
+        reader, writer = await _open(url, scratch, settings, (resolution.addresses[0], url.port))
+        status, _, body = await _Http(reader, writer).get(
+            f"{url.prefix}/settings/regions", url.host, token, settings.timeout
+        )
+    except (
+        ProbeError,
+        ValueError,
+        ConnectionError,
+        asyncio.IncompleteReadError,
+        asyncio.TimeoutError,
+        OSError,
+    ) as exc:
+        return None, f"region discovery failed: {getattr(exc, 'message', exc)}"
+    finally:
+        if writer is not None:
+            writer.close()
+    if status == 404:
+        return (
+            None,
+            "no /settings/regions (a self-hosted server): give regions explicitly to compare them",
+        )
+    if status != 200:
+        return None, f"/settings/regions answered HTTP {status}"
+    try:
+        entries = json.loads(body).get("regions", [])
+        regions = []
+        for entry in entries:
+            parse_livekit_url(str(entry["url"]))  # refuse what cannot be probed
+            distance = entry.get("distance")
+            regions.append(
+                Region(
+                    str(entry["region"]),
+                    str(entry["url"]),
+                    int(distance) if distance is not None else None,
+                )
+            )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"/settings/regions sent something unreadable ({exc.__class__.__name__})"
+    return regions, None
