@@ -76,10 +76,12 @@ import concurrent.futures
 import contextlib
 import gzip
 import ipaddress
+import json
 import logging
 import secrets
 import socket
 import string
+import sys
 import threading
 import time
 import zlib
@@ -1047,3 +1049,37 @@ class LabLiveKit:
         log.info("%s joined room %s (%s)", params.identity, params.room, "v1" if v1 else "v0")
         await session.run()
         return ws
+
+
+def main() -> int:
+    """``python3 -m lkice.lab.livekit``: serve until stdin closes, e.g. inside a lab namespace.
+
+    The configuration comes as one JSON line on stdin (``api_key``, ``api_secret``, ``host``,
+    ``port``, ``region``, ``ice_servers`` as ``[{"urls": [...], "username": .., "credential":
+    ..}]``), so the API secret and TURN credentials never appear in a process list. Answers
+    ``ready <url>`` on stdout once listening."""
+    config = json.loads(sys.stdin.readline())
+    ice = [
+        IceServer(list(e["urls"]), str(e.get("username", "")), str(e.get("credential", "")))
+        for e in config.get("ice_servers", [])
+    ]
+
+    async def serve() -> None:
+        async with LabLiveKit(
+            api_key=str(config["api_key"]),
+            api_secret=str(config["api_secret"]),
+            ice_servers=ice,
+            host=str(config["host"]),
+            port=int(config.get("port", 0)),
+            region=str(config.get("region", "lab")),
+        ) as lk:
+            print(f"ready {lk.url}", flush=True)
+            # Until the owner closes stdin: the lab's way of saying stop.
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -674,6 +674,7 @@ class NetLab:
         self._work: tempfile.TemporaryDirectory[str] | None = None
         self._router: _Helper | None = None
         self._echo: dict[str, _Helper] = {}
+        self._livekit: dict[str, _Helper] = {}
         self._coturn: dict[str, Coturn] = {}
         self._dns: Dnsmasq | None = None
         self._ca_file: Path | None = None
@@ -751,6 +752,56 @@ class NetLab:
     def region_net(self, region: str) -> str:
         return f"198.19.{self._index(region)}.0/24"
 
+    def signal_ip(self, region: str) -> str:
+        """The region's LiveKit signaling address (its own, so it can take port 443 too)."""
+        return f"198.19.{self._index(region)}.4"
+
+    def livekit_host(self, region: str) -> str:
+        self._index(region)
+        return f"lk.{region}.{DOMAIN}"
+
+    def start_livekit(self, region: str, api_key: str, api_secret: str, port: int = 443) -> str:
+        """Run the lab LiveKit server (``lkice.lab.livekit``) in ``region``'s namespace on its
+        signaling address, handing out the region's coturn as a deployment hands out its TURN:
+        TURN/UDP and TURN/TCP on 3478, TURN/TLS on 443. Returns the URL to give lkice
+        (``ws://lk.<region>.lab.test:<port>``); stopped with the lab."""
+        if region in self._livekit:
+            raise LabError(f"a LiveKit server already runs in {region}")
+        assert self._work is not None
+        host = self.turn_host(region)
+        helper = _Helper(
+            f"LiveKit in {region}",
+            self.region_ns(region),
+            ["python3", "-m", "lkice.lab.livekit"],
+            Path(self._work.name) / f"livekit-{region}.log",
+        )
+        self._livekit[region] = helper
+        config = {
+            "api_key": api_key,
+            "api_secret": api_secret,
+            "host": self.signal_ip(region),
+            "port": port,
+            "region": region,
+            "ice_servers": [
+                {
+                    "urls": [
+                        f"turn:{host}:{TURN_PORT}?transport=udp",
+                        f"turn:{host}:{TURN_PORT}?transport=tcp",
+                        f"turns:{host}:{TURN_TLS_ALT_PORT}?transport=tcp",
+                    ],
+                    "username": self.turn_user,
+                    "credential": self.turn_password,
+                }
+            ],
+        }
+        assert helper.process.stdin is not None
+        helper.process.stdin.write((json.dumps(config) + "\n").encode())
+        helper.process.stdin.flush()
+        line = helper.read_line(20.0)
+        if not line.startswith("ready "):
+            raise LabError(f"LiveKit in {region} said {line!r}: {helper.log_tail()}")
+        return f"ws://{self.livekit_host(region)}:{port}"
+
     def turn_host(self, region: str) -> str:
         self._index(region)
         return f"turn.{region}.{DOMAIN}"
@@ -825,13 +876,15 @@ class NetLab:
                 # swept; start-up is bounded, so this wait is too.
                 for thread in self._threads:
                     thread.join(self.ready_timeout + 10.0)
-                helpers = [*self._echo.values()] + ([self._router] if self._router else [])
+                helpers = [*self._echo.values(), *self._livekit.values()]
+                helpers += [self._router] if self._router else []
                 for helper in helpers:
                     try:
                         helper.stop()
                     except (OSError, subprocess.SubprocessError) as exc:
                         problems.append(f"stopping {helper.name}: {exc}")
                 self._echo.clear()
+                self._livekit.clear()
                 self._router = None
                 for server in [*self._coturn.values()]:
                     try:
@@ -879,13 +932,17 @@ class NetLab:
             self._addr(self.router_ns, f"{p}rr{i}", f"198.19.{i}.1/24")
             self._addr(ns, f"{p}sv{i}", f"{self.server_ip(region)}/24")
             self._addr(ns, f"{p}sv{i}", f"{self.alternate_ip(region)}/24")
+            self._addr(ns, f"{p}sv{i}", f"{self.signal_ip(region)}/24")
             self._ip(ns, "route", "add", LAB_NET, "via", f"198.19.{i}.1")
         self._write_resolv_conf()
         self._apply_profile(self._profile)
         self._start_router(work)
         self._nft(self.router_ns, self._impairment_table())
         self._dns = Dnsmasq(
-            {self.turn_host(r): [self.server_ip(r)] for r in self.regions},
+            {
+                **{self.turn_host(r): [self.server_ip(r)] for r in self.regions},
+                **{self.livekit_host(r): [self.signal_ip(r)] for r in self.regions},
+            },
             domain=DOMAIN,
             listen_ip=FW_LAN_IP,
             port=53,
