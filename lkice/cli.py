@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lkice.livekit import LiveKitUrl
     from lkice.probe.signal import IceServer, SignalSettings
     from lkice.probe.train import TrainSettings
-    from lkice.report import Report, SignalResult
+    from lkice.report import PathResult, Report, SignalResult
     from lkice.uri import IceUri
 
 EXIT_UNKNOWN = 3
@@ -134,11 +134,16 @@ async def _run_engine(
                     region_of.setdefault(str(s.uri), name)
         advertised = list(dict.fromkeys(s.uri for s in servers))
         credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
-        report = await engine.run(
-            [*advertised, *uris], settings, credentials=credentials, stop=stop
+        main_servers = [s for s in servers if region_of.get(str(s.uri)) == main_region]
+        report, sfu_paths = await asyncio.gather(
+            engine.run([*advertised, *uris], settings, credentials=credentials, stop=stop),
+            _sfu_paths(livekit, signal_result, main_servers, settings),
         )
         for path in report.paths:
             path.region = region_of.get(path.uri)
+        for path in sfu_paths:
+            path.region = main_region
+        report.paths.extend(sfu_paths)
         report.signal = signal_result
         report.regions = regions
         report.targets.insert(0, livekit.url.given)
@@ -147,6 +152,34 @@ async def _run_engine(
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _sfu_paths(
+    livekit: _LiveKitJob,
+    signal_result: SignalResult,
+    servers: list[IceServer],
+    settings: EngineSettings,
+) -> list[PathResult]:
+    """Media paths through the SFU (direct, and forced through each TURN URL), when lkice can
+    seat two participants of its own; otherwise the report says why they were not tested."""
+    if not signal_result.ok:
+        return []
+    if livekit.api_key is None or livekit.api_secret is None:
+        signal_result.notes.append(
+            "media paths through the SFU not tested: they need --api-key/--api-secret (two "
+            "participants of lkice's own in one room), not a single --token"
+        )
+        return []
+    from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
+
+    train = settings.probe.train
+    sfu = SfuSettings(
+        duration=max(1.0, train.duration) if train is not None else 1.0,
+        tls_context=livekit.settings.tls_context,
+        custom_ca=livekit.custom_ca,
+    )
+    make_token = room_token_factory(livekit.api_key, livekit.api_secret)
+    return await probe_sfu_paths(livekit.url, make_token, servers, sfu)
 
 
 async def _probe_regions(
@@ -274,6 +307,11 @@ class _LiveKitJob:
     url: LiveKitUrl
     token: Secret
     settings: SignalSettings
+    # With the API key and secret, lkice can seat two participants of its own in one room and
+    # test the media paths through the SFU; a given token is one participant only.
+    api_key: str | None = None
+    api_secret: Secret | None = None
+    custom_ca: bool = False  # --ca-file given
 
 
 def _livekit_job(
@@ -306,9 +344,10 @@ def _livekit_job(
             "one) or --token (LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_TOKEN in the environment)"
         )
     check_token_fresh(secret)
-    return _LiveKitJob(
-        url, secret, SignalSettings(timeout=timeout, tls_context=tls, nameserver=nameserver)
-    )
+    signal_settings = SignalSettings(timeout=timeout, tls_context=tls, nameserver=nameserver)
+    if token is None and api_key and api_secret:
+        return _LiveKitJob(url, secret, signal_settings, api_key, Secret(api_secret))
+    return _LiveKitJob(url, secret, signal_settings)
 
 
 @cli.command()
@@ -391,6 +430,8 @@ def run(
             raise UsageError(f"--nameserver {nameserver!r}: expected IP or IP:PORT") from None
     tls = _tls_context(ca_file, insecure)
     livekit = _livekit_job(targets, api_key, api_secret, token, timeout, tls, ns)
+    if livekit is not None and ca_file:
+        livekit = replace(livekit, custom_ca=True)
     parsed = [parse_ice_uri(u) for u in targets]
     has_own_turn = any(u.kind == "turn" for u in parsed)
     settings = EngineSettings(
@@ -515,6 +556,9 @@ def demo(
                 parse_livekit_url(livekit_server.url),
                 diagnostic_token("APIlkicedemo", api_secret),
                 SignalSettings(timeout=timeout, tls_context=tls),
+                "APIlkicedemo",
+                api_secret,
+                custom_ca=True,  # the lab's throwaway CA
             )
             settings = EngineSettings(
                 probe=ProbeSettings(

@@ -39,6 +39,8 @@ class ErrorKind(str, enum.Enum):
     PROXY = "proxy"
     WEBSOCKET_REJECTED = "websocket_rejected"
     JOIN_TIMEOUT = "join_timeout"
+    # A path this agent's own stack cannot exercise: neither a success nor a failure.
+    NOT_TESTED = "not_tested"
 
 
 class Phase(str, enum.Enum):

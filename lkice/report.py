@@ -77,6 +77,9 @@ class PathResult:
     quality: dict[str, Any] | None = None
     relay_quality: dict[str, Any] | None = None
     region: str | None = None  # LiveKit targets: the region whose join offered this server
+    relay: str | None = (
+        None  # kind "sfu": the TURN URI the session was forced through; None: direct
+    )
 
     notes: list[str] = field(default_factory=list)
     # Not reported: the phase in progress, so an interrupted probe can say where it stopped.

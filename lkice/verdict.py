@@ -34,7 +34,9 @@ def _settled_by_redirect(path: PathResult, paths: Sequence[PathResult]) -> bool:
 
 
 def decide(paths: Sequence[PathResult]) -> Verdict:
-    """ok: every path works; degraded: some transports fail (or only TCP/TLS works); failed: none."""
+    """ok: every path works; degraded: some transports fail (or only TCP/TLS works); failed: none.
+    Paths the agent could not test (``not_tested``) count neither way."""
+    paths = [p for p in paths if p.error is None or p.error.kind != ErrorKind.NOT_TESTED.value]
     if not any(p.ok for p in paths):
         return Verdict.FAILED
     if all(p.ok or _settled_by_redirect(p, paths) for p in paths):

@@ -70,19 +70,25 @@ def test_help_and_version_exit_0() -> None:
 @needs_coturn
 def test_demo_runs_the_full_diagnosis(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    result = lkice("demo", "--json", "--output", str(out))
+    result = lkice("demo", "--json", "--output", str(out), "--quality-duration", "1")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     validate_report(report)
     assert report == json.loads(out.read_text())
     assert report["verdict"] == "ok"
+    assert report["signal"]["ok"] is True  # the lab LiveKit's signaling, step by step
     assert {(p["kind"], p["transport"]) for p in report["paths"]} == {
         ("stun", "udp"),
         ("turn", "udp"),
         ("turn", "tcp"),
         ("turn", "tls"),
+        ("sfu", "udp"),  # direct to the SFU, and through TURN/UDP
+        ("sfu", "tcp"),
+        ("sfu", "tls"),  # reported not_tested: aiortc cannot trust the lab's throwaway CA
     }
-    human = lkice("demo")
+    sfu = [p for p in report["paths"] if p["kind"] == "sfu"]
+    assert sum(p["ok"] for p in sfu) == 3
+    human = lkice("demo", "--quality-duration", "1")
     assert human.returncode == 0
     assert "Verdict: OK" in human.stdout
 

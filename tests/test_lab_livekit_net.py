@@ -37,10 +37,15 @@ def diagnose(profile: str) -> tuple[int, dict[str, Any], str]:
 
 
 def outcome(report: dict[str, Any]) -> dict[str, str]:
-    return {
-        p["uri"].split(":")[0] + "/" + p["transport"]: "ok" if p["ok"] else p["error"]["kind"]
-        for p in report["paths"]
-    }
+    """``kind:scheme/transport`` -> ok or the error kind; SFU paths by their relay (or direct)."""
+    out: dict[str, str] = {}
+    for p in report["paths"]:
+        if p["kind"] == "sfu":
+            via = (p["relay"] or "direct").split(":")[0]
+        else:
+            via = p["uri"].split(":")[0]
+        out[f"{p['kind']}:{via}/{p['transport']}"] = "ok" if p["ok"] else p["error"]["kind"]
+    return out
 
 
 def test_udp_blocked_livekit() -> None:
@@ -50,7 +55,17 @@ def test_udp_blocked_livekit() -> None:
     assert signal["ok"] is True
     assert signal["timings_ms"]["dns"] is not None  # lk.eu.lab.test through the lab's DNS
     assert signal["server"]["region"] == "eu"
-    assert outcome(report) == {"turn/udp": "udp_no_response", "turn/tcp": "ok", "turns/tls": "ok"}
+    assert outcome(report) == {
+        "turn:turn/udp": "udp_no_response",
+        "turn:turn/tcp": "ok",
+        "turn:turns/tls": "ok",
+        # Media through the SFU: not direct (UDP), not via TURN/UDP, but via TURN/TCP.
+        "sfu:direct/udp": "connect_timeout",
+        "sfu:turn/udp": "udp_no_response",
+        "sfu:turn/tcp": "ok",
+        # aiortc trusts only the system's CAs for turns:; the lab's CA is not one of them.
+        "sfu:turns/tls": "not_tested",
+    }
 
 
 def test_tcp443_only_livekit() -> None:
@@ -59,7 +74,11 @@ def test_tcp443_only_livekit() -> None:
     assert url.endswith(":443")
     assert report["signal"]["ok"] is True  # signaling on 443 gets through
     assert outcome(report) == {
-        "turn/udp": "udp_no_response",
-        "turn/tcp": "connect_timeout",
-        "turns/tls": "ok",
+        "turn:turn/udp": "udp_no_response",
+        "turn:turn/tcp": "connect_timeout",
+        "turn:turns/tls": "ok",  # TURN/TLS on 443 is the only way through
+        "sfu:direct/udp": "connect_timeout",
+        "sfu:turn/udp": "udp_no_response",
+        "sfu:turn/tcp": "tcp_no_response",
+        "sfu:turns/tls": "not_tested",
     }

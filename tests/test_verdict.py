@@ -66,3 +66,9 @@ def test_followed_redirect_is_not_a_failure() -> None:
 def test_exit_status(verdict: Verdict, interrupted: bool, status: ExitStatus) -> None:
     assert exit_status(verdict, interrupted) is status
     assert int(status) == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[status.name]
+
+
+def test_paths_the_agent_cannot_test_count_neither_way() -> None:
+    untested = path("tls", False, ErrorKind.NOT_TESTED)
+    assert decide([path("udp", True), untested]) is Verdict.OK
+    assert decide([path("udp", False), untested]) is Verdict.FAILED

@@ -1072,6 +1072,7 @@ def main() -> int:
             host=str(config["host"]),
             port=int(config.get("port", 0)),
             region=str(config.get("region", "lab")),
+            peer_networks=config.get("peer_networks"),
         ) as lk:
             print(f"ready {lk.url}", flush=True)
             # Until the owner closes stdin: the lab's way of saying stop.

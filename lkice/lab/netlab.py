@@ -782,6 +782,9 @@ class NetLab:
             "host": self.signal_ip(region),
             "port": port,
             "region": region,
+            # ICE checks come from the client's network, through the firewall (and from the
+            # region's own coturn for relayed paths): the whole lab range.
+            "peer_networks": ["198.18.0.0/15"],
             "ice_servers": [
                 {
                     "urls": [

@@ -1,0 +1,835 @@
+"""Full WebRTC sessions to the LiveKit SFU, one per path: the direct path (host candidates only,
+no STUN/TURN) and, for each TURN URI the server hands out, a forced-relay path through it.
+
+Each path joins the room twice over signaling (``/rtc``, protocol v0: the server offers the
+*subscriber* PeerConnection, the agent offers the *publisher* one with ``_reliable`` and
+``_lossy`` data channels; candidates trickle both ways), and times, from the start of
+negotiation, ICE connected and DTLS connected. Then participant A sends a small
+``DataPacket`` on ``_lossy`` every ``interval`` for ``duration`` seconds, participant B echoes
+each back through the SFU, and A's arrival times give the round trip A -> SFU -> B -> SFU -> A
+(both participants on the same path, so the path is crossed four times).
+
+aiortc underneath: one TURN URL per PeerConnection (the reason for one session per path);
+``turns:`` verifies with the system trust store only, ``turns:?transport=udp`` (DTLS to TURN)
+is not supported, and a failed TURN allocation is swallowed by aioice (no relay candidate, no
+error), so when a relay path gathers nothing the allocation is retried once, directly, to say
+why. aiortc is imported lazily: it imports PyAV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import secrets
+import ssl
+import struct
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from lkice import __version__
+from lkice.credentials import Secret
+from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.livekit import LiveKitUrl
+from lkice.probe.signal import IceServer
+from lkice.quality import Sample, summarize
+from lkice.report import PathResult
+
+if TYPE_CHECKING:
+    from aiortc import RTCDataChannel, RTCPeerConnection
+    from livekit.protocol import models, rtc
+
+__all__ = ["SfuSettings", "probe_sfu_paths", "room_token_factory"]
+
+log = logging.getLogger(__name__)
+# websockets logs request headers (the token) at DEBUG: a logger that never emits DEBUG.
+_WS_LOG = logging.getLogger("lkice.probe.sfu.websocket")
+_WS_LOG.setLevel(logging.INFO)
+
+PROTOCOL_VERSION = 16
+RELIABLE_LABEL = "_reliable"
+LOSSY_LABEL = "_lossy"
+ECHO_TOPIC = "lkice-echo"
+_ECHO = struct.Struct("!4sI")  # tag, sequence number
+SUPPORTED_RELAY = {("turn", "udp"), ("turn", "tcp"), ("turns", "tcp")}
+
+
+@dataclass(frozen=True)
+class SfuSettings:
+    duration: float = 3.0  # seconds of echo train
+    interval: float = 0.02  # seconds between packets
+    join_timeout: float = 10.0  # WebSocket upgrade + JoinResponse
+    ice_timeout: float = 10.0  # negotiation start -> ICE and DTLS connected, both PCs
+    channel_timeout: float = 5.0  # DTLS connected -> every data channel open
+    echo_grace: float = 1.0  # after the last send, how long late echoes are awaited
+    tls_context: ssl.SSLContext | None = None  # wss:// signaling
+    # The user added trust anchors (--ca-file). aiortc checks turns: certificates against the
+    # system store only, so a verification failure then says nothing about the network.
+    custom_ca: bool = False
+
+
+def room_token_factory(
+    api_key: str, api_secret: Secret, room: str | None = None, ttl_s: int = 600
+) -> Callable[[str], Secret]:
+    """``make_token(identity)``: short-lived tokens for one diagnostic room (a fresh unique one
+    unless ``room`` is given), as :func:`lkice.livekit.diagnostic_token` mints them."""
+    from datetime import timedelta
+
+    from livekit import api  # lazy
+
+    name = room or f"lkice-diag-{secrets.token_hex(4)}"
+
+    def make_token(identity: str) -> Secret:
+        grants = api.VideoGrants(
+            room_join=True,
+            room=name,
+            can_publish=True,
+            can_publish_data=True,
+            can_subscribe=True,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyJWT's short-key warning: noise here
+            token = (
+                api.AccessToken(api_key, api_secret.reveal())
+                .with_identity(identity)
+                .with_name("lkice diagnostic")
+                .with_grants(grants)
+                .with_ttl(timedelta(seconds=ttl_s))
+                .to_jwt()
+            )
+        return Secret(token)
+
+    return make_token
+
+
+@dataclass
+class _Path:
+    result: PathResult
+    server: IceServer | None  # None: the direct path
+    uri: str | None = None  # the URI as given to aiortc (transport made explicit)
+
+
+def _relay_uri(server: IceServer) -> tuple[str | None, str]:
+    """(URI for aiortc or None if aiortc cannot use it, client-leg transport for the report)."""
+    uri = server.uri
+    if uri.secure:
+        transport = uri.transport or "tcp"
+        leg = "tls" if transport == "tcp" else "udp"  # turns:?transport=udp: DTLS, untested
+    else:
+        transport = uri.transport or "udp"
+        leg = transport
+    if (uri.scheme, transport) not in SUPPORTED_RELAY:
+        return None, leg
+    if ":" in uri.host:
+        return None, leg  # aiortc's URI parser fails on IPv6 literals
+    return f"{uri.scheme}:{uri.server}?transport={transport}", leg
+
+
+async def probe_sfu_paths(
+    url: LiveKitUrl,
+    make_token: Callable[[str], Secret],
+    ice_servers: Sequence[IceServer],
+    settings: SfuSettings,
+) -> list[PathResult]:
+    """One full session per path, all paths at once (each has its own participants, so they
+    share nothing but the room). Never raises for a path failure."""
+    paths = [_Path(PathResult(server=url.server, transport="udp", kind="sfu", uri=url.given), None)]
+    for server in ice_servers:
+        if server.uri.kind != "turn":
+            continue
+        uri, leg = _relay_uri(server)
+        result = PathResult(server=url.server, transport=leg, kind="sfu", uri=str(server.uri))
+        paths.append(_Path(result, server, uri))
+    for path in paths:
+        path.result.timings_ms.update({"ice": None, "dtls": None})
+        path.result.relay = None if path.server is None else str(path.server.uri)
+    with _loopback_gathering(url.host):
+        await asyncio.gather(*(_one(url, make_token, path, settings) for path in paths))
+    return [path.result for path in paths]
+
+
+@contextlib.contextmanager
+def _loopback_gathering(host: str) -> Iterator[None]:
+    """aioice never gathers loopback candidates; an SFU on loopback (a lab on this machine) is
+    reachable only from loopback, so for it, and only for it, loopback is what is gathered."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        yield
+        return
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    try:
+        yield
+    finally:
+        aioice.ice.get_host_addresses = original
+
+
+async def _one(
+    url: LiveKitUrl, make_token: Callable[[str], Secret], path: _Path, settings: SfuSettings
+) -> None:
+    """One path, or the reason it cannot be tested with this agent's WebRTC stack."""
+    if path.server is not None and path.uri is None:
+        path.result.fail(
+            ProbeError(
+                ErrorKind.NOT_TESTED,
+                f"not tested: the agent's WebRTC stack (aiortc) cannot use {path.server.uri}"
+                " (it supports turn: over UDP or TCP and turns: over TCP, IPv4 or names)",
+                Phase.ALLOCATE,
+            )
+        )
+    elif path.server is not None and path.server.credentials is None:
+        path.result.fail(
+            ProbeError(
+                ErrorKind.AUTH_REJECTED,
+                "not tested: the server gave no credentials for this TURN server",
+                Phase.ALLOCATE,
+            )
+        )
+    else:
+        await _probe_path(url, make_token, path, settings)
+
+
+async def _probe_path(
+    url: LiveKitUrl, make_token: Callable[[str], Secret], path: _Path, settings: SfuSettings
+) -> None:
+    from aiortc import RTCConfiguration, RTCIceServer
+    from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
+
+    result = path.result
+    if path.server is None or path.uri is None:
+        config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        what = "direct (host candidates only, no STUN or TURN)"
+    else:
+        creds = path.server.credentials
+        assert creds is not None
+        config = RTCConfiguration(
+            iceServers=[
+                RTCIceServer(
+                    urls=[path.uri],
+                    username=creds.username.reveal(),
+                    credential=creds.password.reveal(),
+                )
+            ],
+            iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+            bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+        )
+        what = f"relay only, through {path.server.uri}"
+    suffix = secrets.token_hex(3)
+    a = _Participant(url, f"lkice-sfu-{suffix}-a", make_token, config, settings, path)
+    b = _Participant(url, f"lkice-sfu-{suffix}-b", make_token, config, settings, path)
+    try:
+        # Sequential joins: A's timings are the path's; B only carries the echo.
+        await a.connect()
+        result.timings_ms["ice"] = a.ice_ms
+        result.timings_ms["dtls"] = a.dtls_ms
+        result.address = a.remote_address
+        result.relayed_address = a.relayed_address
+        await b.connect()
+        result.phase = Phase.QUALITY
+        await asyncio.wait_for(
+            asyncio.gather(a.channels_ready(), b.channels_ready()), settings.channel_timeout
+        )
+        samples = await _echo_train(a, b, settings)
+        quality = summarize(samples, stream=False, interval=settings.interval)
+        result.quality = quality.to_dict()
+        if quality.received == 0:
+            raise ProbeError(
+                ErrorKind.CONNECTION_CLOSED,
+                f"no data packet came back through the SFU ({quality.samples} sent)",
+                Phase.QUALITY,
+            )
+        result.ok = True
+        result.phase = None
+    except ProbeError as exc:
+        result.fail(exc)
+    except asyncio.TimeoutError:
+        result.fail(
+            ProbeError(
+                ErrorKind.CONNECTION_CLOSED,
+                f"the SFU's data channels did not open within {settings.channel_timeout:g} s",
+                result.phase,
+            )
+        )
+    except (OSError, ValueError, RuntimeError, AttributeError, KeyError) as exc:
+        # aiortc/aioice failing in a way they do not document: a path result, not a crash.
+        log.debug("SFU path %s failed", result.uri, exc_info=True)
+        result.fail(
+            ProbeError(
+                ErrorKind.PROTOCOL,
+                f"the WebRTC session failed: {type(exc).__name__}: {exc}",
+                result.phase,
+            )
+        )
+    finally:
+        await asyncio.gather(a.close(), b.close())
+    result.notes.append(
+        f"full WebRTC session to the SFU, {what}: signaling on /rtc (v0), ICE and DTLS timed "
+        "from the start of negotiation on the first participant's publisher and subscriber "
+        "PeerConnections, data-channel round trip A -> SFU -> B -> SFU -> A on the lossy "
+        "channel; no audio or video was sent, ICE/TCP to the SFU was not tried"
+    )
+
+
+async def _echo_train(a: _Participant, b: _Participant, settings: SfuSettings) -> list[Sample]:
+
+    tag = secrets.token_bytes(4)
+    sent: dict[int, float] = {}
+    received: dict[int, float] = {}
+    done = asyncio.Event()
+    count = max(1, round(settings.duration / settings.interval))
+
+    def on_a(packet: models.DataPacket) -> None:
+        now = time.perf_counter()
+        try:
+            got_tag, seq = _ECHO.unpack(packet.user.payload)
+        except struct.error:
+            return
+        if got_tag == tag and seq in sent and seq not in received:
+            received[seq] = now
+            if len(received) == count:
+                done.set()
+
+    def on_b(packet: models.DataPacket) -> None:
+        if packet.user.topic == ECHO_TOPIC and packet.participant_identity == a.identity:
+            b.send_user(packet.user.payload, a.identity)
+
+    a.on_data = on_a
+    b.on_data = on_b
+    start = time.perf_counter()
+    for seq in range(count):
+        delay = start + seq * settings.interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[seq] = time.perf_counter()
+        a.send_user(_ECHO.pack(tag, seq), b.identity)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(done.wait(), settings.echo_grace)
+    return [Sample(seq, sent[seq], received.get(seq)) for seq in range(count)]
+
+
+def _split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
+    """The SDP without candidate lines, and the candidates as RTCIceCandidateInit dicts
+    (LiveKit carries candidates in trickle messages only)."""
+    kept: list[str] = []
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    index, mid = -1, None
+    pending: list[str] = []
+
+    def flush() -> None:
+        for value in pending:
+            if value not in seen:
+                seen.add(value)
+                found.append({"candidate": value, "sdpMid": mid, "sdpMLineIndex": index})
+        pending.clear()
+
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            flush()
+            index, mid = index + 1, None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        if line.startswith("a=candidate:"):
+            pending.append(line[len("a=") :])
+        elif line != "a=end-of-candidates":
+            kept.append(line)
+    flush()
+    return "\r\n".join(kept) + "\r\n", found
+
+
+@dataclass
+class _PcState:
+    ice_at: float | None = None
+    dtls_at: float | None = None
+    failed: str | None = None
+    remote_set: bool = False
+    early: list[Any] = field(default_factory=list)
+
+
+class _Participant:
+    """One participant of the agent: a signal WebSocket and two PeerConnections."""
+
+    def __init__(
+        self,
+        url: LiveKitUrl,
+        identity: str,
+        make_token: Callable[[str], Secret],
+        config: Any,
+        settings: SfuSettings,
+        path: _Path,
+    ) -> None:
+        self.url = url
+        self.identity = identity
+        self.make_token = make_token
+        self.config = config
+        self.settings = settings
+        self.path = path
+        self.ws: Any = None
+        self.publisher: RTCPeerConnection | None = None
+        self.subscriber: RTCPeerConnection | None = None
+        self.states: dict[int, _PcState] = {0: _PcState(), 1: _PcState()}  # SignalTarget
+        self.out_channels: dict[str, RTCDataChannel] = {}
+        self.in_channels: dict[str, RTCDataChannel] = {}
+        self.on_data: Callable[[models.DataPacket], None] | None = None
+        self.remote_address: str | None = None
+        self.relayed_address: str | None = None  # our relay candidate (relay paths)
+        self.ice_ms: float | None = None
+        self.dtls_ms: float | None = None
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._start = 0.0
+        self._signal_error: ProbeError | None = None
+
+    # -- signaling --------------------------------------------------------------------------
+
+    async def _open(self) -> rtc.JoinResponse:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+        query = urlencode(
+            {
+                "auto_subscribe": "1",
+                "protocol": PROTOCOL_VERSION,
+                "sdk": "python",
+                "version": f"lkice-{__version__}",
+            }
+        )
+        token = self.make_token(self.identity)
+        ssl_arg: ssl.SSLContext | bool | None = None
+        if self.url.secure:
+            ssl_arg = self.settings.tls_context or True
+        self.path.result.phase = Phase.WEBSOCKET
+        try:
+            self.ws = await connect(
+                f"{self.url.ws_url}/rtc?{query}",
+                additional_headers={"Authorization": f"Bearer {token.reveal()}"},
+                user_agent_header=f"lkice/{__version__}",
+                open_timeout=self.settings.join_timeout,
+                ping_interval=None,
+                max_size=4 * 1024 * 1024,
+                logger=_WS_LOG,
+                ssl=ssl_arg,
+                proxy=None,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            body = " ".join(exc.response.body.decode("utf-8", errors="replace").split())[:200]
+            kind = (
+                ErrorKind.TOKEN_REJECTED if status in (401, 403) else ErrorKind.WEBSOCKET_REJECTED
+            )
+            raise ProbeError(
+                kind, f"WebSocket upgrade refused (HTTP {status}): {body}", Phase.WEBSOCKET
+            ) from exc
+        except InvalidHandshake as exc:
+            raise ProbeError(
+                ErrorKind.WEBSOCKET_REJECTED, f"WebSocket upgrade failed: {exc}", Phase.WEBSOCKET
+            ) from exc
+        peer = self.ws.remote_address
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+            self.remote_address = f"{host}:{peer[1]}"
+        self.path.result.phase = Phase.JOIN
+        try:
+            data = await asyncio.wait_for(self.ws.recv(), self.settings.join_timeout)
+        except asyncio.TimeoutError:
+            raise ProbeError(
+                ErrorKind.JOIN_TIMEOUT,
+                f"no JoinResponse within {self.settings.join_timeout:g} s after the upgrade",
+                Phase.JOIN,
+            ) from None
+        response = self._parse(data)
+        if response.WhichOneof("message") != "join":
+            raise ProbeError(
+                ErrorKind.PROTOCOL,
+                f"the first signal message is {response.WhichOneof('message')!r}, not a join",
+                Phase.JOIN,
+            )
+        return response.join
+
+    @staticmethod
+    def _parse(data: Any) -> rtc.SignalResponse:
+        from google.protobuf import json_format
+        from livekit.protocol import rtc
+
+        response = rtc.SignalResponse()
+        try:
+            if isinstance(data, str):
+                json_format.Parse(data, response, ignore_unknown_fields=True)
+            else:
+                response.ParseFromString(data)
+        except Exception as exc:  # protobuf's DecodeError, json_format.ParseError
+            raise ProbeError(
+                ErrorKind.PROTOCOL, "a signal message is not a LiveKit SignalResponse", Phase.JOIN
+            ) from exc
+        return response
+
+    async def _send(self, request: rtc.SignalRequest) -> None:
+        await self.ws.send(request.SerializeToString())
+
+    async def _read_loop(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                response = self._parse(await self.ws.recv())
+                await self._handle(response)
+        except ConnectionClosed:
+            self._signal_error = ProbeError(
+                ErrorKind.CONNECTION_CLOSED, "the server closed the signal connection", None
+            )
+        except ProbeError as exc:
+            self._signal_error = exc
+        except Exception as exc:  # aiortc's errors on a bad SDP, for instance
+            self._signal_error = ProbeError(
+                ErrorKind.PROTOCOL, f"negotiation failed: {type(exc).__name__}: {exc}", None
+            )
+        finally:
+            self._changed.set()
+
+    async def _handle(self, response: rtc.SignalResponse) -> None:
+        from aiortc import RTCSessionDescription
+        from livekit.protocol import rtc
+
+        kind = response.WhichOneof("message")
+        if kind == "offer":
+            assert self.subscriber is not None
+            pc = self.subscriber
+            await pc.setRemoteDescription(RTCSessionDescription(response.offer.sdp, "offer"))
+            await self._remote_set(rtc.SUBSCRIBER)
+            await pc.setLocalDescription(await pc.createAnswer())
+            sdp, candidates = _split_candidates(pc.localDescription.sdp)
+            await self._send(
+                rtc.SignalRequest(
+                    answer=rtc.SessionDescription(type="answer", sdp=sdp, id=response.offer.id)
+                )
+            )
+            await self._trickle(candidates, rtc.SUBSCRIBER)
+        elif kind == "answer":
+            assert self.publisher is not None
+            await self.publisher.setRemoteDescription(
+                RTCSessionDescription(response.answer.sdp, "answer")
+            )
+            await self._remote_set(rtc.PUBLISHER)
+        elif kind == "trickle":
+            await self._add_candidate(response.trickle)
+        elif kind == "leave":
+            raise ProbeError(
+                ErrorKind.CONNECTION_CLOSED,
+                f"the server asked the participant to leave (reason {response.leave.reason})",
+                None,
+            )
+
+    async def _trickle(self, candidates: list[dict[str, Any]], target: int) -> None:
+        from livekit.protocol import rtc
+
+        for init in candidates:
+            await self._send(
+                rtc.SignalRequest(
+                    trickle=rtc.TrickleRequest(
+                        candidateInit=json.dumps(init),
+                        target=target,  # type: ignore[arg-type]
+                    )
+                )
+            )
+
+    async def _add_candidate(self, trickle: rtc.TrickleRequest) -> None:
+        from aiortc.sdp import candidate_from_sdp
+
+        try:
+            init = json.loads(trickle.candidateInit)
+            value = str(init["candidate"]).removeprefix("a=").removeprefix("candidate:")
+        except (ValueError, KeyError, TypeError):
+            return
+        if not value:
+            return  # end of candidates
+        try:
+            candidate = candidate_from_sdp(value)
+        except (ValueError, IndexError):
+            return
+        mid, index = init.get("sdpMid"), init.get("sdpMLineIndex")
+        candidate.sdpMid = mid if isinstance(mid, str) else None
+        candidate.sdpMLineIndex = index if isinstance(index, int) else None
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        target = int(trickle.target)
+        pc = self.subscriber if target == 1 else self.publisher
+        state = self.states[1 if target == 1 else 0]
+        if pc is None:
+            return
+        if state.remote_set:
+            await pc.addIceCandidate(candidate)
+        else:
+            state.early.append(candidate)
+
+    async def _remote_set(self, target: int) -> None:
+        pc = self.subscriber if target == 1 else self.publisher
+        assert pc is not None
+        state = self.states[target]
+        state.remote_set = True
+        early, state.early = state.early, []
+        for candidate in early:
+            await pc.addIceCandidate(candidate)
+
+    async def _ping_loop(self, interval: float) -> None:
+        from livekit.protocol import rtc
+
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(interval)
+                now = int(time.time() * 1000)
+                await self._send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=now)))
+
+    # -- PeerConnections --------------------------------------------------------------------
+
+    def _watch(self, pc: RTCPeerConnection, target: int) -> None:
+        state = self.states[target]
+
+        def ice_changed() -> None:
+            value = pc.iceConnectionState
+            if value in ("connected", "completed") and state.ice_at is None:
+                state.ice_at = time.perf_counter()
+            elif value == "failed":
+                state.failed = state.failed or "ice"
+            self._changed.set()
+
+        def connection_changed() -> None:
+            value = pc.connectionState
+            if value == "connected" and state.dtls_at is None:
+                state.dtls_at = time.perf_counter()
+            elif value == "failed":
+                state.failed = state.failed or ("dtls" if state.ice_at is not None else "ice")
+            self._changed.set()
+
+        pc.on("iceconnectionstatechange", ice_changed)
+        pc.on("connectionstatechange", connection_changed)
+
+    async def connect(self) -> None:
+        """Join, negotiate both PeerConnections, wait for ICE and DTLS on both."""
+        from aiortc import RTCPeerConnection
+        from livekit.protocol import rtc
+
+        result = self.path.result
+        try:
+            join = await self._open()
+        except (OSError, asyncio.TimeoutError) as exc:
+            what = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({exc})"
+            raise ProbeError(
+                ErrorKind.CONNECTION_CLOSED, f"signaling {what}", result.phase
+            ) from exc
+        self._start = time.perf_counter()
+        self.publisher = RTCPeerConnection(self.config)
+        self.subscriber = RTCPeerConnection(self.config)
+        self._watch(self.publisher, rtc.PUBLISHER)
+        self._watch(self.subscriber, rtc.SUBSCRIBER)
+        self.subscriber.on("datachannel", self._incoming_channel)
+        self.out_channels[RELIABLE_LABEL] = self.publisher.createDataChannel(
+            RELIABLE_LABEL, ordered=True
+        )
+        self.out_channels[LOSSY_LABEL] = self.publisher.createDataChannel(
+            LOSSY_LABEL, ordered=False, maxRetransmits=0
+        )
+        self._reader = asyncio.create_task(self._read_loop())
+        self._pinger = asyncio.create_task(self._ping_loop(float(join.ping_interval or 5)))
+        result.phase = Phase.ALLOCATE if self.path.server is not None else Phase.CONNECT
+        await self.publisher.setLocalDescription(await self.publisher.createOffer())
+        sdp, candidates = _split_candidates(self.publisher.localDescription.sdp)
+        if not candidates:
+            raise await self._no_candidates()
+        for init in candidates:
+            fields = str(init["candidate"]).split()
+            if len(fields) >= 8 and fields[7] == "relay" and self.relayed_address is None:
+                host = f"[{fields[4]}]" if ":" in fields[4] else fields[4]
+                self.relayed_address = f"{host}:{fields[5]}"
+        await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=sdp)))
+        await self._trickle(candidates, rtc.PUBLISHER)
+        result.phase = Phase.CONNECT
+        deadline = self._start + self.settings.ice_timeout
+        while True:
+            states = list(self.states.values())
+            if self._signal_error is not None:
+                raise self._signal_error
+            failed = next((s.failed for s in states if s.failed), None)
+            if failed == "ice":
+                raise ProbeError(
+                    ErrorKind.CONNECT_TIMEOUT,
+                    "ICE failed: no candidate pair to the SFU answered its connectivity checks",
+                    Phase.CONNECT,
+                )
+            if failed == "dtls":
+                raise ProbeError(
+                    ErrorKind.TLS_HANDSHAKE,
+                    "DTLS with the SFU failed after ICE connected",
+                    Phase.TLS,
+                )
+            if all(s.ice_at is not None for s in states):
+                result.phase = Phase.TLS
+            if all(s.dtls_at is not None for s in states):
+                break
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                stage = "DTLS" if result.phase is Phase.TLS else "ICE"
+                raise ProbeError(
+                    ErrorKind.CONNECT_TIMEOUT,
+                    f"{stage} to the SFU not connected within {self.settings.ice_timeout:g} s",
+                    result.phase,
+                )
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        self.ice_ms = (max(s.ice_at or 0.0 for s in states) - self._start) * 1000.0
+        self.dtls_ms = (max(s.dtls_at or 0.0 for s in states) - self._start) * 1000.0
+
+    async def _no_candidates(self) -> ProbeError:
+        """No local candidate: on a relay path the TURN allocation failed inside aioice, which
+        keeps the reason to itself; one more Allocate, directly, says what it was."""
+        server = self.path.server
+        if server is None:
+            return ProbeError(
+                ErrorKind.NETWORK_UNREACHABLE,
+                "no usable local address for ICE (no host candidate gathered)",
+                Phase.CONNECT,
+            )
+        from aioice import stun
+        from aioice.turn import create_turn_endpoint
+
+        creds = server.credentials
+        assert creds is not None
+        uri = server.uri
+        transport = "tcp" if uri.secure else (uri.transport or "udp")
+        no_response = ErrorKind.UDP_NO_RESPONSE if transport == "udp" else ErrorKind.TCP_NO_RESPONSE
+        prefix = f"no relay candidate from {uri}"
+        try:
+            endpoint, _ = await asyncio.wait_for(
+                create_turn_endpoint(
+                    asyncio.DatagramProtocol,
+                    server_addr=(uri.host, uri.port),
+                    username=creds.username.reveal(),
+                    password=creds.password.reveal(),
+                    ssl=uri.secure,
+                    transport=transport,
+                ),
+                5.0,
+            )
+        except stun.TransactionFailed as exc:
+            code, reason = exc.response.attributes.get("ERROR-CODE", (0, ""))
+            kinds = {
+                401: ErrorKind.AUTH_REJECTED,
+                403: ErrorKind.FORBIDDEN,
+                486: ErrorKind.QUOTA,
+                508: ErrorKind.CAPACITY,
+            }
+            return ProbeError(
+                kinds.get(code, ErrorKind.PROTOCOL),
+                f"{prefix}: Allocate rejected with {code} {reason}".rstrip(),
+                Phase.ALLOCATE,
+            )
+        except (stun.TransactionTimeout, asyncio.TimeoutError):
+            return ProbeError(
+                no_response, f"{prefix}: the TURN server did not answer", Phase.ALLOCATE
+            )
+        except ssl.SSLError as exc:
+            if isinstance(exc, ssl.SSLCertVerificationError) and self.settings.custom_ca:
+                return ProbeError(
+                    ErrorKind.NOT_TESTED,
+                    f"{prefix}: not tested: the agent's WebRTC stack (aiortc) trusts only the "
+                    "system's CAs for turns:, and this certificate needs the --ca-file CA "
+                    "(the TURN/TLS path itself is measured above)",
+                    Phase.TLS,
+                )
+            return ProbeError(
+                ErrorKind.TLS_VERIFY
+                if isinstance(exc, ssl.SSLCertVerificationError)
+                else ErrorKind.TLS_HANDSHAKE,
+                f"{prefix}: TLS to the TURN server failed ({exc.__class__.__name__})",
+                Phase.TLS,
+            )
+        except ConnectionRefusedError:
+            return ProbeError(
+                ErrorKind.CONNECT_REFUSED, f"{prefix}: connection refused", Phase.CONNECT
+            )
+        except OSError as exc:
+            return ProbeError(ErrorKind.CONNECTION_CLOSED, f"{prefix}: {exc}", Phase.CONNECT)
+        endpoint.close()
+        return ProbeError(
+            ErrorKind.PROTOCOL,
+            f"{prefix}: aiortc gathered none, yet a direct Allocate succeeded",
+            Phase.ALLOCATE,
+        )
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _incoming_channel(self, channel: RTCDataChannel) -> None:
+        from livekit.protocol import models
+
+        self.in_channels[channel.label] = channel
+        self._changed.set()
+
+        def message(payload: bytes | str) -> None:
+            if not isinstance(payload, bytes) or self.on_data is None:
+                return
+            packet = models.DataPacket()
+            try:
+                packet.ParseFromString(payload)
+            except Exception:  # DecodeError
+                return
+            if packet.HasField("user"):
+                self.on_data(packet)
+
+        channel.on("message", message)
+
+    async def channels_ready(self) -> None:
+        """Our publisher channels open and the SFU's ``_lossy`` channel to us arrived."""
+        while not (
+            all(c.readyState == "open" for c in self.out_channels.values())
+            and LOSSY_LABEL in self.in_channels
+        ):
+            if self._signal_error is not None:
+                raise self._signal_error
+            await asyncio.sleep(0.02)
+
+    def send_user(self, payload: bytes, destination: str) -> None:
+        from livekit.protocol import models
+
+        packet = models.DataPacket(
+            kind=models.DataPacket.LOSSY,
+            destination_identities=[destination],
+            user=models.UserPacket(
+                payload=payload, topic=ECHO_TOPIC, destination_identities=[destination]
+            ),
+        )
+        channel = self.out_channels.get(LOSSY_LABEL)
+        if channel is not None and channel.readyState == "open":
+            channel.send(packet.SerializeToString())
+
+    async def close(self) -> None:
+        from livekit.protocol import rtc
+
+        for task in (self._pinger, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._send(rtc.SignalRequest(leave=rtc.LeaveRequest(can_reconnect=False))),
+                    1.0,
+                )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 2.0)
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pc.close(), 5.0)

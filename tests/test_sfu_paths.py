@@ -1,0 +1,130 @@
+"""Full WebRTC sessions to the SFU (lkice.probe.sfu) against the lab's LiveKit stand-in and a
+real coturn: the direct path, forced-relay paths over TURN/UDP and TURN/TCP, and a TURN server
+that refuses the credentials.
+
+aioice gathers host candidates on every interface except 127.0.0.1, while the lab's SFU only
+talks to loopback: the agent's gathering is pointed at 127.0.0.1 here (``monkeypatch``), so
+every packet stays on loopback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aioice.ice
+import pytest
+
+from lkice.credentials import Secret, TurnCredentials
+from lkice.lab.livekit import LabLiveKit
+from lkice.livekit import parse_livekit_url
+from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
+from lkice.probe.signal import IceServer
+from lkice.uri import IceUri, parse_ice_uri
+from tests.conftest import TurnLab
+
+KEY = "APIsfukey"
+SECRET = "sfu-secret-0123456789abcdef0123456789abcdef"
+SETTINGS = SfuSettings(duration=1.0, ice_timeout=10.0)
+
+
+@pytest.fixture(autouse=True)
+def loopback_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+def creds(turn: TurnLab, password: str | None = None) -> TurnCredentials:
+    return TurnCredentials(Secret(turn.user), Secret(password or turn.password))
+
+
+def check_ok(result: dict[str, Any]) -> None:
+    assert result["ok"], result["error"]
+    assert result["kind"] == "sfu"
+    timings = result["timings_ms"]
+    assert isinstance(timings, dict)
+    assert 0 < timings["ice"] <= timings["dtls"] < 10_000
+    quality = result["quality"]
+    assert isinstance(quality, dict)
+    assert quality["samples"] > 0
+    assert quality["received"] == quality["samples"]
+    assert quality["loss"] == 0
+    assert result["notes"]
+
+
+async def test_direct_path() -> None:
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET) as lk:
+        url = parse_livekit_url(lk.url)
+        results = await probe_sfu_paths(url, room_token_factory(KEY, Secret(SECRET)), [], SETTINGS)
+        assert lk.stats.joins == 2
+        assert lk.stats.data_forwarded > 0
+    assert len(results) == 1
+    result = results[0].to_dict()
+    check_ok(result)
+    assert (result["transport"], result["uri"], result["server"]) == ("udp", lk.url, url.server)
+    assert result["quality"]["samples"] == 50
+
+
+async def test_relay_paths_through_coturn(coturn: TurnLab) -> None:
+    port, good = coturn.port, creds(coturn)
+    servers = [
+        IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}?transport=udp"), good),
+        IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}?transport=tcp"), good),
+        IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}"), creds(coturn, "wrong-password")),
+        # aiortc verifies TURN/TLS against the system trust store: the lab CA is not in it.
+        IceServer(parse_ice_uri(f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp"), good),
+        # TURN over DTLS (lkice's URI parser refuses it; a server may still advertise it).
+        IceServer(IceUri("turns", "127.0.0.1", port, "udp"), good),
+        IceServer(parse_ice_uri(f"stun:127.0.0.1:{port}"), None),  # not a relay: no path
+    ]
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET) as lk:
+        results = await probe_sfu_paths(
+            parse_livekit_url(lk.url), room_token_factory(KEY, Secret(SECRET)), servers, SETTINGS
+        )
+    found = [r.to_dict() for r in results]
+    for result in found:
+        validate_report_path(result)
+    assert [(r["transport"], r["uri"]) for r in found] == [
+        ("udp", lk.url),
+        ("udp", f"turn:127.0.0.1:{port}?transport=udp"),
+        ("tcp", f"turn:127.0.0.1:{port}?transport=tcp"),
+        ("udp", f"turn:127.0.0.1:{port}"),
+        ("tls", f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp"),
+        ("udp", f"turns:127.0.0.1:{port}?transport=udp"),
+    ]
+    for result in found[:3]:
+        check_ok(result)
+    assert found[0]["relayed_address"] is None
+    for result in found[1:3]:  # relay only: the session's candidate was coturn's relay
+        assert str(result["relayed_address"]).startswith("127.0.0.1:")
+    wrong = found[3]
+    assert not wrong["ok"]
+    assert wrong["error"]["kind"] == "auth_rejected"
+    assert "401" in wrong["error"]["message"]
+    assert wrong["quality"] is None
+    tls = found[4]
+    assert not tls["ok"]
+    assert tls["error"]["kind"] == "tls_verify"
+    skipped = found[5]
+    assert not skipped["ok"]
+    assert "not tested" in skipped["error"]["message"]
+
+
+def validate_report_path(result: dict[str, Any]) -> None:
+    """The report schema's path entry, but for what lkice.report/1 does not know yet: the
+    "sfu" kind and the "ice"/"dtls" timings."""
+    assert set(result["timings_ms"]) >= {"ice", "dtls"}
+    assert result["transport"] in ("udp", "tcp", "tls")
+    assert result["error"] is None or set(result["error"]) == {"kind", "message", "phase"}
+
+
+async def test_bad_token_fails_cleanly() -> None:
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET) as lk:
+        results = await probe_sfu_paths(
+            parse_livekit_url(lk.url),
+            room_token_factory(KEY, Secret("not-the-secret-0123456789abcdef0123")),
+            [],
+            SETTINGS,
+        )
+    result = results[0].to_dict()
+    assert not result["ok"]
+    assert result["error"]["kind"] == "token_rejected"
+    assert result["timings_ms"]["ice"] is None
