@@ -175,6 +175,9 @@ async def _sfu_paths(
     train = settings.probe.train
     sfu = SfuSettings(
         duration=max(1.0, train.duration) if train is not None else 1.0,
+        # ICE gets the same bound as every other step (--timeout): a blocked path must not
+        # hold the verdict back longer than a refused connect would.
+        ice_timeout=settings.probe.timeout,
         tls_context=livekit.settings.tls_context,
         custom_ca=livekit.custom_ca,
     )
