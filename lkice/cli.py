@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lkice.livekit import LiveKitUrl
     from lkice.probe.signal import IceServer, SignalSettings
     from lkice.probe.train import TrainSettings
-    from lkice.report import PathResult, Report, SignalResult
+    from lkice.report import ErrorInfo, PathResult, Report, SignalResult
     from lkice.uri import IceUri
 
 EXIT_UNKNOWN = 3
@@ -135,9 +135,16 @@ async def _run_engine(
         advertised = list(dict.fromkeys(s.uri for s in servers))
         credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
         main_servers = [s for s in servers if region_of.get(str(s.uri)) == main_region]
+        finished = _EngineAnswers()
         report, sfu_paths = await asyncio.gather(
-            engine.run([*advertised, *uris], settings, credentials=credentials, stop=stop),
-            _sfu_paths(livekit, signal_result, main_servers, settings),
+            engine.run(
+                [*advertised, *uris],
+                settings,
+                credentials=credentials,
+                stop=stop,
+                on_path_done=finished.add,
+            ),
+            _sfu_paths(livekit, signal_result, main_servers, settings, finished),
         )
         for path in report.paths:
             path.region = region_of.get(path.uri)
@@ -159,6 +166,7 @@ async def _sfu_paths(
     signal_result: SignalResult,
     servers: list[IceServer],
     settings: EngineSettings,
+    finished: _EngineAnswers,
 ) -> list[PathResult]:
     """Media paths through the SFU (direct, and forced through each TURN URL), when lkice can
     seat two participants of its own; otherwise the report says why they were not tested."""
@@ -178,11 +186,38 @@ async def _sfu_paths(
         # ICE gets the same bound as every other step (--timeout): a blocked path must not
         # hold the verdict back longer than a refused connect would.
         ice_timeout=settings.probe.timeout,
+        known=lambda uri: finished.error(uri, settings.probe.timeout + 1.0),
         tls_context=livekit.settings.tls_context,
         custom_ca=livekit.custom_ca,
     )
     make_token = room_token_factory(livekit.api_key, livekit.api_secret)
     return await probe_sfu_paths(livekit.url, make_token, servers, sfu)
+
+
+class _EngineAnswers:
+    """What the STUN/TURN engine has found so far, by URI, as paths finish: the SFU probe asks
+    it why a relay path got no candidate instead of asking the TURN server a second time."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, list[PathResult]] = {}
+        self._events: dict[str, asyncio.Event] = {}
+
+    def _event(self, uri: str) -> asyncio.Event:
+        return self._events.setdefault(uri, asyncio.Event())
+
+    def add(self, path: PathResult) -> None:
+        self.paths.setdefault(path.uri, []).append(path)
+        self._event(path.uri).set()
+
+    async def error(self, uri: str, within: float) -> ErrorInfo | None:
+        """The engine's error for ``uri`` once it has an answer (its steps are bounded, so this
+        wait is too); None if the answer is a success or none came ``within`` seconds."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._event(uri).wait(), within)
+        paths = self.paths.get(uri, [])
+        if not paths or any(p.ok for p in paths):
+            return None
+        return paths[0].error
 
 
 async def _probe_regions(

@@ -28,7 +28,7 @@ import ssl
 import struct
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -39,7 +39,7 @@ from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.livekit import LiveKitUrl
 from lkice.probe.signal import IceServer
 from lkice.quality import Sample, summarize
-from lkice.report import PathResult
+from lkice.report import ErrorInfo, PathResult
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
@@ -72,6 +72,10 @@ class SfuSettings:
     # The user added trust anchors (--ca-file). aiortc checks turns: certificates against the
     # system store only, so a verification failure then says nothing about the network.
     custom_ca: bool = False
+    # What the STUN/TURN engine, running at the same time, already found for a TURN URI (its
+    # error, or None): reused to explain a relay path with no candidate, instead of asking the
+    # TURN server a second time and waiting for it again.
+    known: Callable[[str], Awaitable[ErrorInfo | None]] | None = None
 
 
 def room_token_factory(
@@ -710,6 +714,13 @@ class _Participant:
         transport = "tcp" if uri.secure else (uri.transport or "udp")
         no_response = ErrorKind.UDP_NO_RESPONSE if transport == "udp" else ErrorKind.TCP_NO_RESPONSE
         prefix = f"no relay candidate from {uri}"
+        found = await self.settings.known(str(uri)) if self.settings.known is not None else None
+        if found is not None:
+            return ProbeError(
+                ErrorKind(found.kind),
+                f"{prefix}: {found.message} (found by the TURN probe of the same server)",
+                Phase(found.phase) if found.phase else Phase.ALLOCATE,
+            )
         try:
             endpoint, _ = await asyncio.wait_for(
                 create_turn_endpoint(
