@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from lkice import __version__
+from lkice import stun as codec
 from lkice.credentials import Secret
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.livekit import LiveKitUrl
@@ -734,16 +735,10 @@ class _Participant:
                 5.0,
             )
         except stun.TransactionFailed as exc:
-            code, reason = exc.response.attributes.get("ERROR-CODE", (0, ""))
-            kinds = {
-                401: ErrorKind.AUTH_REJECTED,
-                403: ErrorKind.FORBIDDEN,
-                486: ErrorKind.QUOTA,
-                508: ErrorKind.CAPACITY,
-            }
+            rejected = codec.error_for_response(exc.response, Phase.ALLOCATE)
             return ProbeError(
-                kinds.get(code, ErrorKind.PROTOCOL),
-                f"{prefix}: Allocate rejected with {code} {reason}".rstrip(),
+                rejected.kind,
+                f"{prefix}: Allocate rejected with {rejected.message}",
                 Phase.ALLOCATE,
             )
         except (stun.TransactionTimeout, asyncio.TimeoutError):

@@ -13,6 +13,11 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
+def _clip(text: str, width: int) -> str:
+    """Fit a column: a cut is marked with '~' so it is never mistaken for the whole value."""
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
 def render(report: dict[str, Any]) -> str:
     paths: list[dict[str, Any]] = report["paths"]
     summary = report["summary"]
@@ -33,7 +38,7 @@ def render(report: dict[str, Any]) -> str:
     for p in paths:
         t = p["timings_ms"]
         result = "ok" if p["ok"] else p["error"]["kind"]
-        server = p["server"] if len(p["server"]) <= 21 else p["server"][:20] + "~"
+        server = _clip(p["server"], 21)
         cells = " ".join(f"{_ms(t.get(key)):>6}" for key, _ in _PHASES)
         lines.append(f"{p['kind']:<4} {server:<21} {p['transport']:<3} {result[:15]:<15} {cells}")
     lines.append(f"{'':<47}(milliseconds)")
@@ -85,7 +90,7 @@ def _quality(paths: list[dict[str, Any]]) -> list[str]:
             stall = f"{hol['stalls']}x{_ms(hol['max_stall_ms'])}"
         else:
             stall = "none"
-        server = where if len(where) <= 21 else where[:20] + "~"
+        server = _clip(where, 21)
         mos = "-" if q["mos"] is None else f"{q['mos']:.1f}"
         jitter = "-" if q["jitter_ms"] is None else f"{q['jitter_ms']:.1f}"
         out.append(
