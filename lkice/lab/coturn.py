@@ -221,7 +221,7 @@ def terminate(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
             process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(grace)
+            process.wait(5.0)  # SIGKILL cannot be refused: this only reaps
 
 
 def _tcp_open(ip: str, port: int) -> bool:

@@ -72,7 +72,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lkice.lab.coturn import Coturn, CoturnConfig, LabError, turnserver_path
+from lkice.lab.coturn import Coturn, CoturnConfig, LabError, terminate, turnserver_path
 from lkice.lab.dns import Dnsmasq, dnsmasq_path
 from lkice.lab.pki import LabPki
 
@@ -610,12 +610,7 @@ class _Helper:
         try:
             proc.wait(2)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            terminate(proc, grace=3)
         if proc.stdout is not None:
             proc.stdout.close()
 
