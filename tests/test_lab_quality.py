@@ -30,11 +30,8 @@ def lab() -> Iterator[NetLab]:
 
 
 def measure(lab: NetLab, duration: float = 5.0) -> LkiceRun:
-    host = lab.turn_host(REGION)
     run = lab.lkice(
-        f"turn:{host}:3478?transport=udp",
-        f"turn:{host}:3478?transport=tcp",
-        f"turns:{host}:443?transport=tcp",
+        *lab.turn_uris(REGION),
         *lab.turn_args(),
         "--quality-duration",
         str(duration),

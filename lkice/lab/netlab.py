@@ -747,6 +747,15 @@ class NetLab:
     def region_net(self, region: str) -> str:
         return f"198.19.{self._index(region)}.0/24"
 
+    def turn_uris(self, region: str) -> list[str]:
+        """The region's TURN as a deployment advertises it: UDP and TCP on 3478, TLS on 443."""
+        host = self.turn_host(region)
+        return [
+            f"turn:{host}:{TURN_PORT}?transport=udp",
+            f"turn:{host}:{TURN_PORT}?transport=tcp",
+            f"turns:{host}:{TURN_TLS_ALT_PORT}?transport=tcp",
+        ]
+
     def signal_ip(self, region: str) -> str:
         """The region's LiveKit signaling address (its own, so it can take port 443 too)."""
         return f"198.19.{self._index(region)}.4"
@@ -763,7 +772,6 @@ class NetLab:
         if region in self._livekit:
             raise LabError(f"a LiveKit server already runs in {region}")
         assert self._work is not None
-        host = self.turn_host(region)
         helper = _Helper(
             f"LiveKit in {region}",
             self.region_ns(region),
@@ -782,11 +790,7 @@ class NetLab:
             "peer_networks": ["198.18.0.0/15"],
             "ice_servers": [
                 {
-                    "urls": [
-                        f"turn:{host}:{TURN_PORT}?transport=udp",
-                        f"turn:{host}:{TURN_PORT}?transport=tcp",
-                        f"turns:{host}:{TURN_TLS_ALT_PORT}?transport=tcp",
-                    ],
+                    "urls": self.turn_uris(region),
                     "username": self.turn_user,
                     "credential": self.turn_password,
                 }

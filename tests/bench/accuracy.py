@@ -46,11 +46,8 @@ class Cell:
 
 
 def one_run(lab: NetLab, duration: float) -> tuple[dict[str, Any] | None, str]:
-    host = lab.turn_host(REGION)
     run = lab.lkice(
-        f"turn:{host}:3478?transport=udp",
-        f"turn:{host}:3478?transport=tcp",
-        f"turns:{host}:443?transport=tcp",
+        *lab.turn_uris(REGION),
         *lab.turn_args(),
         "--quality-duration",
         str(duration),

@@ -33,12 +33,7 @@ def main() -> int:
     with NetLab(regions=("eu",)) as lab:
         way = Impairment(delay_ms=args.rtt / 2)
         lab.set_impairment("eu", upstream=way, downstream=way)
-        host = lab.turn_host("eu")
-        one = [
-            f"turn:{host}:3478?transport=udp",
-            f"turn:{host}:3478?transport=tcp",
-            f"turns:{host}:443?transport=tcp",
-        ]
+        one = lab.turn_uris("eu")
         print(f"engine scale, {args.rtt:g} ms RTT injected, {args.repeat} runs per size")
         print(f"{'endpoints':>9} {'paths':>6} {'ok':>5} {'median ms':>10} {'ratio':>6}  runs (ms)")
         base: float | None = None
