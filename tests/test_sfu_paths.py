@@ -9,6 +9,8 @@ every packet stays on loopback.
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
 from typing import Any
 
 import aioice.ice
@@ -16,6 +18,7 @@ import pytest
 
 from lkice.credentials import Secret, TurnCredentials
 from lkice.lab.livekit import LabLiveKit
+from lkice.lab.pki import LabPki
 from lkice.livekit import parse_livekit_url
 from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
 from lkice.probe.signal import IceServer
@@ -69,7 +72,7 @@ async def test_relay_paths_through_coturn(coturn: TurnLab) -> None:
         IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}?transport=udp"), good),
         IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}?transport=tcp"), good),
         IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}"), creds(coturn, "wrong-password")),
-        # aiortc verifies TURN/TLS against the system trust store: the lab CA is not in it.
+        # No --ca-file: aiortc verifies TURN/TLS against the system store, without the lab CA.
         IceServer(parse_ice_uri(f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp"), good),
         # TURN over DTLS (lkice's URI parser refuses it; a server may still advertise it).
         IceServer(IceUri("turns", "127.0.0.1", port, "udp"), good),
@@ -106,6 +109,23 @@ async def test_relay_paths_through_coturn(coturn: TurnLab) -> None:
     skipped = found[5]
     assert not skipped["ok"]
     assert "not tested" in skipped["error"]["message"]
+
+
+async def test_turns_relay_with_the_users_ca(coturn: TurnLab, pki: LabPki) -> None:
+    """With --ca-file, aiortc's TURN client checks turns: against the user's CA: the session
+    goes through TURN/TLS (above, without it, the same server fails verification)."""
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    settings = dataclasses.replace(SETTINGS, tls_context=context, custom_ca=True)
+    uri = f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp"
+    servers = [IceServer(parse_ice_uri(uri), creds(coturn))]
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET) as lk:
+        results = await probe_sfu_paths(
+            parse_livekit_url(lk.url), room_token_factory(KEY, Secret(SECRET)), servers, settings
+        )
+    relayed = results[1].to_dict()
+    assert (relayed["transport"], relayed["relay"]) == ("tls", uri)
+    check_ok(relayed)
+    assert str(relayed["relayed_address"]).startswith("127.0.0.1:")
 
 
 def validate_report_path(result: dict[str, Any]) -> None:

@@ -159,6 +159,28 @@ async def probe_sfu_paths(
     return [path.result for path in paths]
 
 
+def _trust_for_turns(pc: RTCPeerConnection, context: ssl.SSLContext | None) -> bool:
+    """Make ``pc`` check turns: certificates with ``context`` (the user's --ca-file/--insecure).
+
+    aiortc hands aioice ``turn_ssl=True``, which means the system store only; aioice passes the
+    value straight to ``loop.create_connection(ssl=...)``, so an SSLContext works in its place.
+    This reaches into aiortc's private state (checked against aiortc 1.16): when that is not
+    there, nothing changes and False says so. Call it after the ICE transports exist (a data
+    channel or a remote description) and before gathering (setLocalDescription)."""
+    if context is None:
+        return False
+    transports = getattr(pc, "_RTCPeerConnection__iceTransports", None)
+    if not transports:
+        return False
+    for transport in transports:
+        connection = getattr(transport.iceGatherer, "_connection", None)
+        if connection is None or not hasattr(connection, "turn_ssl"):
+            return False
+        if connection.turn_ssl is True:
+            connection.turn_ssl = context
+    return True
+
+
 @contextlib.contextmanager
 def _loopback_gathering(host: str) -> Iterator[None]:
     """aioice never gathers loopback candidates; an SFU on loopback (a lab on this machine) is
@@ -396,6 +418,9 @@ class _Participant:
         self._pinger: asyncio.Task[None] | None = None
         self._start = 0.0
         self._signal_error: ProbeError | None = None
+        # Whether turns: certificates are checked with the user's trust settings (see
+        # _trust_for_turns); when not, a verification failure says nothing about the network.
+        self.turns_trusted = False
 
     # -- signaling --------------------------------------------------------------------------
 
@@ -513,6 +538,7 @@ class _Participant:
             pc = self.subscriber
             await pc.setRemoteDescription(RTCSessionDescription(response.offer.sdp, "offer"))
             await self._remote_set(rtc.SUBSCRIBER)
+            _trust_for_turns(pc, self.settings.tls_context)
             await pc.setLocalDescription(await pc.createAnswer())
             sdp, candidates = _split_candidates(pc.localDescription.sdp)
             await self._send(
@@ -648,6 +674,7 @@ class _Participant:
         self._reader = asyncio.create_task(self._read_loop())
         self._pinger = asyncio.create_task(self._ping_loop(float(join.ping_interval or 5)))
         result.phase = Phase.ALLOCATE if self.path.server is not None else Phase.CONNECT
+        self.turns_trusted = _trust_for_turns(self.publisher, self.settings.tls_context)
         await self.publisher.setLocalDescription(await self.publisher.createOffer())
         sdp, candidates = _split_candidates(self.publisher.localDescription.sdp)
         if not candidates:
@@ -729,7 +756,7 @@ class _Participant:
                     server_addr=(uri.host, uri.port),
                     username=creds.username.reveal(),
                     password=creds.password.reveal(),
-                    ssl=uri.secure,
+                    ssl=(self.settings.tls_context or True) if uri.secure else None,
                     transport=transport,
                 ),
                 5.0,
@@ -746,7 +773,11 @@ class _Participant:
                 no_response, f"{prefix}: the TURN server did not answer", Phase.ALLOCATE
             )
         except ssl.SSLError as exc:
-            if isinstance(exc, ssl.SSLCertVerificationError) and self.settings.custom_ca:
+            if (
+                isinstance(exc, ssl.SSLCertVerificationError)
+                and self.settings.custom_ca
+                and not self.turns_trusted
+            ):
                 return ProbeError(
                     ErrorKind.NOT_TESTED,
                     f"{prefix}: not tested: the agent's WebRTC stack (aiortc) trusts only the "
