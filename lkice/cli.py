@@ -582,6 +582,7 @@ def demo(
                 api_secret=api_secret.reveal(),
                 ice_servers=ice,
                 region="lab",
+                ice_tcp_port=0,  # ICE/TCP as LiveKit's 7881, on a free port
             )
             livekit_server.start_in_thread()
             if not as_json:

@@ -83,11 +83,12 @@ def test_demo_runs_the_full_diagnosis(tmp_path: Path) -> None:
         ("turn", "tcp"),
         ("turn", "tls"),
         ("sfu", "udp"),  # direct to the SFU, and through TURN/UDP
-        ("sfu", "tcp"),
+        ("sfu", "tcp"),  # through TURN/TCP, and ICE/TCP to the SFU's passive candidate
         ("sfu", "tls"),  # through turns: with the lab's CA handed to aiortc's TURN client
     }
     sfu = [p for p in report["paths"] if p["kind"] == "sfu"]
-    assert sum(p["ok"] for p in sfu) == 4
+    assert sum(p["ok"] for p in sfu) == 5
+    assert sum(p["kind"] == "sfu" and p["relay"] is None for p in report["paths"]) == 2
     human = lkice("demo", "--quality-duration", "1")
     assert human.returncode == 0
     assert "Verdict: OK" in human.stdout

@@ -61,6 +61,7 @@ def test_udp_blocked_livekit() -> None:
         "turn:turns/tls": "ok",
         # Media through the SFU: not direct (UDP), not via TURN/UDP, but via TURN/TCP.
         "sfu:direct/udp": "connect_timeout",
+        "sfu:direct/tcp": "ok",  # ICE/TCP: the SFU's 7881 answers the session's STUN check
         "sfu:turn/udp": "udp_no_response",
         "sfu:turn/tcp": "ok",
         # turns: with the lab's CA handed to aiortc's TURN client (--ca-file)
@@ -78,6 +79,7 @@ def test_tcp443_only_livekit() -> None:
         "turn:turn/tcp": "connect_timeout",
         "turn:turns/tls": "ok",  # TURN/TLS on 443 is the only way through
         "sfu:direct/udp": "connect_timeout",
+        "sfu:direct/tcp": "connect_timeout",  # ICE/TCP 7881 filtered too
         "sfu:turn/udp": "udp_no_response",
         "sfu:turn/tcp": "connect_timeout",  # the engine's finding for the same TURN URI
         "sfu:turns/tls": "ok",  # media through TURN/TLS on 443: the path that stutters

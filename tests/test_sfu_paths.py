@@ -17,9 +17,11 @@ import aioice.ice
 import pytest
 
 from lkice.credentials import Secret, TurnCredentials
+from lkice.errors import ErrorKind, ProbeError
 from lkice.lab.livekit import LabLiveKit
 from lkice.lab.pki import LabPki
 from lkice.livekit import parse_livekit_url
+from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials
 from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
 from lkice.probe.signal import IceServer
 from lkice.uri import IceUri, parse_ice_uri
@@ -109,6 +111,67 @@ async def test_relay_paths_through_coturn(coturn: TurnLab) -> None:
     skipped = found[5]
     assert not skipped["ok"]
     assert "not tested" in skipped["error"]["message"]
+
+
+async def test_ice_tcp_candidate_answers_the_sessions_check() -> None:
+    """The SFU offers UDP and a passive TCP candidate (LiveKit's 7881): the direct session is
+    made over UDP, and the TCP candidate answers a STUN check carrying the session's ICE
+    credentials; it is reported as its own path, saying what was not tested."""
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET, ice_tcp_port=0) as lk:
+        results = await probe_sfu_paths(
+            parse_livekit_url(lk.url), room_token_factory(KEY, Secret(SECRET)), [], SETTINGS
+        )
+        assert lk.ice_tcp is not None
+        assert lk.ice_tcp.accepted == 1  # the check reached the SFU's session
+        port = lk.ice_tcp_port
+    assert len(results) == 2
+    direct, tcp = (r.to_dict() for r in results)
+    check_ok(direct)
+    assert "1 ICE/TCP candidate(s)" in direct["notes"][0]
+    assert tcp["ok"], tcp["error"]
+    assert (tcp["kind"], tcp["transport"], tcp["relay"]) == ("sfu", "tcp", None)
+    assert tcp["server"] == f"127.0.0.1:{port}"
+    assert tcp["timings_ms"]["connect"] > 0
+    assert tcp["timings_ms"]["binding"] > 0
+    assert tcp["timings_ms"]["ice"] is None  # no ICE session over TCP: aiortc has no ICE-TCP
+    assert str(tcp["mapped_address"]).startswith("127.0.0.1:")
+    assert "were not tested" in tcp["notes"][0]
+
+
+async def test_ice_tcp_only_when_udp_is_unusable() -> None:
+    """An SFU that offers only ICE/TCP: the direct (UDP) session fails, the TCP check works."""
+    settings = dataclasses.replace(SETTINGS, ice_timeout=3.0)
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET, ice_tcp_port=0, ice_udp=False) as lk:
+        results = await probe_sfu_paths(
+            parse_livekit_url(lk.url), room_token_factory(KEY, Secret(SECRET)), [], settings
+        )
+    direct, tcp = (r.to_dict() for r in results)
+    assert not direct["ok"]
+    assert direct["error"]["kind"] == "connect_timeout"
+    assert tcp["ok"], tcp["error"]
+
+
+async def test_ice_tcp_check_with_foreign_credentials_is_refused() -> None:
+    """A check whose ufrag is not a session of this SFU is dropped, as LiveKit's TCP mux does:
+    never reported as a working path."""
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET, ice_tcp_port=0) as lk:
+        assert lk.ice_tcp_port is not None
+        bogus = IceCredentials("ourufrag", "ourpassword0123456789", "nosuchufrag", "x" * 22)
+        with pytest.raises(ProbeError) as caught:
+            await check_ice_tcp(
+                ("127.0.0.1", lk.ice_tcp_port), bogus, controlling=True, timeout=2.0
+            )
+    assert caught.value.kind in (ErrorKind.CONNECTION_CLOSED, ErrorKind.TCP_NO_RESPONSE)
+    assert "ICE/TCP 127.0.0.1:" in caught.value.message
+
+
+def test_ice_credentials_from_sdp() -> None:
+    local = "v=0\r\na=ice-ufrag:LOC\r\na=ice-pwd:locpwd\r\n"
+    remote = "v=0\r\na=ice-ufrag:REM\r\na=ice-pwd:rempwd\r\na=ice-ufrag:SECOND\r\n"
+    creds = ice_credentials(local, remote)
+    assert creds == IceCredentials("LOC", "locpwd", "REM", "rempwd")
+    assert "pwd" not in repr(creds)
+    assert ice_credentials(local, "v=0\r\n") is None
 
 
 async def test_turns_relay_with_the_users_ca(coturn: TurnLab, pki: LabPki) -> None:

@@ -1073,6 +1073,7 @@ def main() -> int:
             port=int(config.get("port", 0)),
             region=str(config.get("region", "lab")),
             peer_networks=config.get("peer_networks"),
+            ice_tcp_port=config.get("ice_tcp_port"),
         ) as lk:
             print(f"ready {lk.url}", flush=True)
             # Until the owner closes stdin: the lab's way of saying stop.

@@ -764,10 +764,18 @@ class NetLab:
         self._index(region)
         return f"lk.{region}.{DOMAIN}"
 
-    def start_livekit(self, region: str, api_key: str, api_secret: str, port: int = 443) -> str:
+    def start_livekit(
+        self,
+        region: str,
+        api_key: str,
+        api_secret: str,
+        port: int = 443,
+        ice_tcp_port: int | None = 7881,
+    ) -> str:
         """Run the lab LiveKit server (``lkice.lab.livekit``) in ``region``'s namespace on its
         signaling address, handing out the region's coturn as a deployment hands out its TURN:
-        TURN/UDP and TURN/TCP on 3478, TURN/TLS on 443. Returns the URL to give lkice
+        TURN/UDP and TURN/TCP on 3478, TURN/TLS on 443; its SFU offers ICE/TCP on
+        ``ice_tcp_port`` (LiveKit's default 7881; None: off). Returns the URL to give lkice
         (``ws://lk.<region>.lab.test:<port>``); stopped with the lab."""
         if region in self._livekit:
             raise LabError(f"a LiveKit server already runs in {region}")
@@ -788,6 +796,7 @@ class NetLab:
             # ICE checks come from the client's network, through the firewall (and from the
             # region's own coturn for relayed paths): the whole lab range.
             "peer_networks": ["198.18.0.0/15"],
+            "ice_tcp_port": ice_tcp_port,
             "ice_servers": [
                 {
                     "urls": self.turn_uris(region),

@@ -10,10 +10,13 @@ each back through the SFU, and A's arrival times give the round trip A -> SFU ->
 (both participants on the same path, so the path is crossed four times).
 
 aiortc underneath: one TURN URL per PeerConnection (the reason for one session per path);
-``turns:`` verifies with the system trust store only, ``turns:?transport=udp`` (DTLS to TURN)
-is not supported, and a failed TURN allocation is swallowed by aioice (no relay candidate, no
-error), so when a relay path gathers nothing the allocation is retried once, directly, to say
-why. aiortc is imported lazily: it imports PyAV.
+``turns:`` is verified with the user's trust settings only by handing aiortc's TURN client an
+SSLContext (see ``_trust_for_turns``), ``turns:?transport=udp`` (DTLS to TURN) is not
+supported, and a failed TURN allocation is swallowed by aioice (no relay candidate, no error),
+so when a relay path gathers nothing the allocation is retried once, directly, to say why.
+aiortc has no ICE-TCP: the SFU's passive TCP candidates seen in the direct session get one
+STUN connectivity check each with that session's ICE credentials (``probe/icetcp.py``), each
+reported as its own "sfu"/"tcp" path. aiortc is imported lazily: it imports PyAV.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from lkice import stun as codec
 from lkice.credentials import Secret
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.livekit import LiveKitUrl
+from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials
 from lkice.probe.signal import IceServer
 from lkice.quality import Sample, summarize
 from lkice.report import ErrorInfo, PathResult
 
 if TYPE_CHECKING:
-    from aiortc import RTCDataChannel, RTCPeerConnection
+    from aiortc import RTCDataChannel, RTCIceCandidate, RTCPeerConnection
     from livekit.protocol import models, rtc
 
 __all__ = ["SfuSettings", "probe_sfu_paths", "room_token_factory"]
@@ -69,6 +73,7 @@ class SfuSettings:
     ice_timeout: float = 10.0  # negotiation start -> ICE and DTLS connected, both PCs
     channel_timeout: float = 5.0  # DTLS connected -> every data channel open
     echo_grace: float = 1.0  # after the last send, how long late echoes are awaited
+    ice_tcp_timeout: float = 5.0  # ICE/TCP check: TCP connect, then the answer, each
     tls_context: ssl.SSLContext | None = None  # wss:// signaling
     # The user added trust anchors (--ca-file). aiortc checks turns: certificates against the
     # system store only, so a verification failure then says nothing about the network.
@@ -118,6 +123,68 @@ class _Path:
     result: PathResult
     server: IceServer | None  # None: the direct path
     uri: str | None = None  # the URI as given to aiortc (transport made explicit)
+    ice_tcp: _IceTcp | None = None  # the direct path: checks of the SFU's TCP candidates
+
+
+class _IceTcp:
+    """ICE/TCP checks (probe/icetcp.py) of the SFU's passive TCP candidates that one direct
+    session learns; each is its own path in the report."""
+
+    MAX_CANDIDATES = 2  # LiveKit offers one per interface; two covers IPv4 + IPv6
+
+    def __init__(self, url: LiveKitUrl, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.results: list[PathResult] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seen: set[tuple[str, int]] = set()
+
+    def offer(self, address: tuple[str, int], credentials: IceCredentials | None) -> None:
+        if address in self._seen or len(self._seen) >= self.MAX_CANDIDATES:
+            return
+        self._seen.add(address)
+        label = codec.format_address(address)
+        result = PathResult(
+            server=label, transport="tcp", kind="sfu", uri=self.url.given, address=label
+        )
+        result.timings_ms.update({"ice": None, "dtls": None})
+        result.notes.append(
+            "ICE/TCP (RFC 6544) to the SFU's passive TCP candidate: one STUN connectivity check "
+            "with the direct session's ICE credentials; DTLS and data over ICE/TCP were not "
+            "tested (the agent's WebRTC stack, aiortc, has no ICE-TCP)"
+        )
+        self.results.append(result)
+        self._tasks.append(asyncio.create_task(self._check(address, credentials, result)))
+
+    async def _check(
+        self, address: tuple[str, int], credentials: IceCredentials | None, result: PathResult
+    ) -> None:
+        if credentials is None:
+            result.fail(
+                ProbeError(
+                    ErrorKind.PROTOCOL,
+                    "the SFU's answer carried no ICE ufrag/password to check ICE/TCP with",
+                    Phase.BINDING,
+                )
+            )
+            return
+        result.phase = Phase.CONNECT
+        try:
+            answer = await check_ice_tcp(
+                address, credentials, controlling=True, timeout=self.timeout
+            )
+        except ProbeError as exc:
+            result.fail(exc)
+            return
+        result.timings_ms["connect"] = answer.connect_ms
+        result.timings_ms["binding"] = answer.binding_ms
+        result.mapped_address = answer.mapped_address
+        result.ok = True
+        result.phase = None
+
+    async def wait(self) -> None:
+        """Bounded: each check gives up after ``timeout`` (connect, then answer)."""
+        await asyncio.gather(*self._tasks)
 
 
 def _relay_uri(server: IceServer) -> tuple[str | None, str]:
@@ -144,7 +211,9 @@ async def probe_sfu_paths(
 ) -> list[PathResult]:
     """One full session per path, all paths at once (each has its own participants, so they
     share nothing but the room). Never raises for a path failure."""
-    paths = [_Path(PathResult(server=url.server, transport="udp", kind="sfu", uri=url.given), None)]
+    direct = _Path(PathResult(server=url.server, transport="udp", kind="sfu", uri=url.given), None)
+    direct.ice_tcp = _IceTcp(url, settings.ice_tcp_timeout)
+    paths = [direct]
     for server in ice_servers:
         if server.uri.kind != "turn":
             continue
@@ -156,7 +225,7 @@ async def probe_sfu_paths(
         path.result.relay = None if path.server is None else str(path.server.uri)
     with _loopback_gathering(url.host):
         await asyncio.gather(*(_one(url, make_token, path, settings) for path in paths))
-    return [path.result for path in paths]
+    return [direct.result, *direct.ice_tcp.results, *(path.result for path in paths[1:])]
 
 
 def _trust_for_turns(pc: RTCPeerConnection, context: ssl.SSLContext | None) -> bool:
@@ -255,6 +324,7 @@ async def _probe_path(
     suffix = secrets.token_hex(3)
     a = _Participant(url, f"lkice-sfu-{suffix}-a", make_token, config, settings, path)
     b = _Participant(url, f"lkice-sfu-{suffix}-b", make_token, config, settings, path)
+    a.ice_tcp = path.ice_tcp
     try:
         # Sequential joins: A's timings are the path's; B only carries the echo.
         await a.connect()
@@ -299,13 +369,24 @@ async def _probe_path(
             )
         )
     finally:
+        if path.ice_tcp is not None:
+            await path.ice_tcp.wait()  # before leaving: the checks use this session's ufrag
         await asyncio.gather(a.close(), b.close())
-    result.notes.append(
+    note = (
         f"full WebRTC session to the SFU, {what}: signaling on /rtc (v0), ICE and DTLS timed "
         "from the start of negotiation on the first participant's publisher and subscriber "
         "PeerConnections, data-channel round trip A -> SFU -> B -> SFU -> A on the lossy "
-        "channel; no audio or video was sent, ICE/TCP to the SFU was not tried"
+        "channel; no audio or video was sent"
     )
+    if path.ice_tcp is not None:
+        found = len(path.ice_tcp.results)
+        note += (
+            f"; the SFU offered {found} ICE/TCP candidate(s), each checked as its own path"
+            if found
+            else "; the SFU offered no ICE/TCP candidate (LiveKit's rtc.tcp_port, 7881 by "
+            "default, is off or not advertised)"
+        )
+    result.notes.append(note)
 
 
 async def _echo_train(a: _Participant, b: _Participant, settings: SfuSettings) -> list[Sample]:
@@ -421,6 +502,7 @@ class _Participant:
         # Whether turns: certificates are checked with the user's trust settings (see
         # _trust_for_turns); when not, a verification failure says nothing about the network.
         self.turns_trusted = False
+        self.ice_tcp: _IceTcp | None = None  # set on the direct path's first participant
 
     # -- signaling --------------------------------------------------------------------------
 
@@ -530,6 +612,7 @@ class _Participant:
 
     async def _handle(self, response: rtc.SignalResponse) -> None:
         from aiortc import RTCSessionDescription
+        from aiortc.sdp import candidate_from_sdp
         from livekit.protocol import rtc
 
         kind = response.WhichOneof("message")
@@ -552,6 +635,10 @@ class _Participant:
             await self.publisher.setRemoteDescription(
                 RTCSessionDescription(response.answer.sdp, "answer")
             )
+            for line in response.answer.sdp.splitlines():
+                if line.startswith("a=candidate:"):
+                    with contextlib.suppress(ValueError, IndexError):
+                        self._check_tcp(candidate_from_sdp(line.removeprefix("a=candidate:")))
             await self._remote_set(rtc.PUBLISHER)
         elif kind == "trickle":
             await self._add_candidate(response.trickle)
@@ -601,8 +688,21 @@ class _Participant:
             return
         if state.remote_set:
             await pc.addIceCandidate(candidate)
+            if target != 1:
+                self._check_tcp(candidate)
         else:
             state.early.append(candidate)
+
+    def _check_tcp(self, candidate: RTCIceCandidate) -> None:
+        """An SFU candidate for the publisher PeerConnection: a passive TCP one gets an ICE/TCP
+        check, with the session's credentials (known once the SFU's answer is in)."""
+        if self.ice_tcp is None or self.publisher is None:
+            return
+        if candidate.protocol.lower() != "tcp" or candidate.tcpType != "passive":
+            return
+        # Only called once the SFU's answer is set, so both descriptions exist.
+        local, remote = self.publisher.localDescription, self.publisher.remoteDescription
+        self.ice_tcp.offer((candidate.ip, candidate.port), ice_credentials(local.sdp, remote.sdp))
 
     async def _remote_set(self, target: int) -> None:
         pc = self.subscriber if target == 1 else self.publisher
@@ -612,6 +712,8 @@ class _Participant:
         early, state.early = state.early, []
         for candidate in early:
             await pc.addIceCandidate(candidate)
+            if target != 1:
+                self._check_tcp(candidate)
 
     async def _ping_loop(self, interval: float) -> None:
         from livekit.protocol import rtc
