@@ -18,6 +18,7 @@ from typing import Any
 
 from lkice.credentials import TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.probe.nat import FILTER_TIMEOUT, NatBehaviour, discover_nat
 from lkice.probe.path import ProbeSettings, probe_path
 from lkice.probe.resolve import Resolution, resolve
 from lkice.probe.train import LoopMonitor
@@ -38,6 +39,9 @@ class EngineSettings:
     deadline: float = 20.0
     dns_timeout: float = 5.0
     nameserver: tuple[str, int] | None = None
+    # RFC 5780 NAT behaviour discovery against the first STUN/TURN server reachable over UDP
+    # (it needs OTHER-ADDRESS; see probe/nat.py); runs beside the paths.
+    nat_discovery: bool = True
 
 
 def _family(ip: str) -> str:
@@ -52,6 +56,9 @@ class _Run:
         self.on_path_done = on_path_done
         self.credentials: dict[str, TurnCredentials] = {}
         self._resolutions: dict[str, asyncio.Task[Resolution]] = {}
+        self.nat: NatBehaviour | None = None
+        self.nat_task: asyncio.Future[NatBehaviour] | None = None
+        self._nat_started = not settings.nat_discovery
 
     def _resolve(self, host: str) -> asyncio.Task[Resolution]:
         # One lookup per host, shared by all its URIs and transports.
@@ -87,6 +94,19 @@ class _Run:
         )
         for path in placeholders:
             self.paths.remove(path)
+        if not self._nat_started and Transport.UDP in transports and resolution.addresses:
+            self._nat_started = True
+            address = (resolution.addresses[0], uri.port)
+            self.nat = NatBehaviour(server=format_address(address))
+            # Not one of self.tasks: it must not hold the run up; ended with the paths.
+            self.nat_task = asyncio.ensure_future(
+                discover_nat(
+                    address,
+                    self.settings.probe.udp_timeout,
+                    filter_timeout=min(self.settings.probe.udp_timeout, FILTER_TIMEOUT),
+                    result=self.nat,
+                )
+            )
         for ip in resolution.addresses:
             for transport in transports:
                 path = PathResult(
@@ -130,6 +150,11 @@ class _Run:
             self.paths.append(followed)
             self.spawn(self.path(uri, transport, alt, followed, False))
         self._done(result)
+
+    async def end_nat_discovery(self) -> None:
+        if self.nat_task is not None:
+            self.nat_task.cancel()
+            await asyncio.gather(self.nat_task, return_exceptions=True)
 
     def _done(self, path: PathResult) -> None:
         if self.on_path_done is not None:
@@ -220,6 +245,7 @@ async def run(
         if cut_short:
             await state.cancel_all(ErrorKind.INTERRUPTED if interrupted else ErrorKind.DEADLINE)
     finally:
+        await state.end_nat_discovery()
         if monitor is not None:
             await monitor.stop()
     state.reraise_bugs()
@@ -252,4 +278,5 @@ async def run(
         },
         interrupted=interrupted,
         loop_stalls=None if monitor is None else monitor.summary(),
+        nat=None if state.nat is None else state.nat.to_dict(),
     )

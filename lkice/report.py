@@ -148,6 +148,8 @@ class Report:
     signal: SignalResult | None = None  # LiveKit targets only
     # LiveKit Cloud: each region from /settings/regions with its own signaling result.
     regions: list[dict[str, Any]] | None = None
+    # RFC 5780 NAT behaviour (probe/nat.py NatBehaviour.to_dict()), when it was discovered.
+    nat: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         ok = sum(1 for p in self.paths if p.ok)
@@ -168,6 +170,7 @@ class Report:
             "targets": self.targets,
             "signal": None if self.signal is None else self.signal.to_dict(),
             "regions": self.regions,
+            "nat": self.nat,
             "verdict": self.verdict,
             "summary": {"paths": len(self.paths), "ok": ok, "failed": len(self.paths) - ok},
             "paths": [p.to_dict() for p in self.paths],
