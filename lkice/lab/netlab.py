@@ -104,6 +104,7 @@ ECHO_PORT = 7
 TURN_PORT = 3478
 TURN_TLS_PORT = 5349
 TURN_TLS_ALT_PORT = 443
+INTERCEPT_PORT = 8443  # the TLS-inspecting proxy's own port in the firewall namespace
 UPSTREAM = "upstream"
 DOWNSTREAM = "downstream"
 DIRECTIONS = (UPSTREAM, DOWNSTREAM)
@@ -663,6 +664,7 @@ class NetLab:
         self.token = token or self._fresh_token()
         self.ready_timeout = ready_timeout
         self._profile = profile
+        self._blocks: set[tuple[str, str]] = set()  # (region, protocol): see block_region
         self._impairments: dict[str, dict[str, Impairment]] = {
             r: dict.fromkeys(DIRECTIONS, NO_IMPAIRMENT) for r in regions
         }
@@ -670,6 +672,7 @@ class NetLab:
         self._router: _Helper | None = None
         self._echo: dict[str, _Helper] = {}
         self._livekit: dict[str, _Helper] = {}
+        self._interceptor: _Helper | None = None
         self._coturn: dict[str, Coturn] = {}
         self._dns: Dnsmasq | None = None
         self._ca_file: Path | None = None
@@ -813,6 +816,49 @@ class NetLab:
             raise LabError(f"LiveKit in {region} said {line!r}: {helper.log_tail()}")
         return f"ws://{self.livekit_host(region)}:{port}"
 
+    def intercept_tls(
+        self,
+        region: str,
+        port: int = TURN_TLS_ALT_PORT,
+        organization: str = "Contoso",
+        unit: str = "Contoso TLS Inspection CA",
+    ) -> str:
+        """Put a TLS-inspecting proxy (``lkice.lab.intercept``) in the firewall: the client's
+        TCP to ``region``'s TURN addresses on ``port`` is redirected to it, and it answers with
+        certificates from its own CA (``O=<organization>, OU=<unit>``), relaying to the real
+        server behind. Returns the proxy CA's name as a certificate issuer shows it."""
+        if self._interceptor is not None:
+            raise LabError("the lab already intercepts TLS")
+        self._require_running()
+        assert self._work is not None
+        helper = _Helper(
+            "TLS-inspecting proxy",
+            self.fw_ns,
+            ["python3", "-m", "lkice.lab.intercept"],
+            Path(self._work.name) / "intercept.log",
+        )
+        self._interceptor = helper
+        listen = (FW_LAN_IP, INTERCEPT_PORT)
+        config = {"host": listen[0], "port": listen[1], "organization": organization, "unit": unit}
+        assert helper.process.stdin is not None
+        helper.process.stdin.write((json.dumps(config) + "\n").encode())
+        helper.process.stdin.flush()
+        line = helper.read_line(20.0)
+        if line != "ready":
+            raise LabError(f"the TLS-inspecting proxy said {line!r}: {helper.log_tail()}")
+        targets = f"{{ {self.server_ip(region)}, {self.alternate_ip(region)} }}"
+        self._nft(
+            self.fw_ns,
+            "table ip lkintercept {\n"
+            "  chain prerouting {\n"
+            "    type nat hook prerouting priority dstnat; policy accept;\n"
+            f'    iifname "{self._p}fc" ip daddr {targets} tcp dport {port} '
+            f"dnat to {listen[0]}:{listen[1]}\n"
+            "  }\n"
+            "}\n",
+        )
+        return f"O={organization}, OU={unit}"
+
     def turn_host(self, region: str) -> str:
         self._index(region)
         return f"turn.{region}.{DOMAIN}"
@@ -889,6 +935,7 @@ class NetLab:
                     thread.join(self.ready_timeout + 10.0)
                 helpers = [*self._echo.values(), *self._livekit.values()]
                 helpers += [self._router] if self._router else []
+                helpers += [self._interceptor] if self._interceptor else []
                 for helper in helpers:
                     try:
                         helper.stop()
@@ -897,6 +944,7 @@ class NetLab:
                 self._echo.clear()
                 self._livekit.clear()
                 self._router = None
+                self._interceptor = None
                 for server in [*self._coturn.values()]:
                     try:
                         server.stop()
@@ -1090,7 +1138,12 @@ class NetLab:
     def _firewall_table(self, profile: Profile) -> str:
         p = self._p
         lan, wan = f"{p}fc", f"{p}fo"
-        egress = [s.replace("{drop}", _DROP_EGRESS) for s in profile.egress]
+        # Per-region blocks (block_region) come first: they narrow whatever the profile allows.
+        blocks = [
+            f"ip daddr {self.region_net(region)} meta l4proto {proto} {_DROP_EGRESS}"
+            for region, proto in sorted(self._blocks)
+        ]
+        egress = blocks + [s.replace("{drop}", _DROP_EGRESS) for s in profile.egress]
         ingress = (
             ["ct state established,related accept", _DROP_INGRESS]
             if profile.stateful
@@ -1127,6 +1180,16 @@ class NetLab:
     def _apply_profile(self, name: str) -> None:
         self._nft(self.fw_ns, self._firewall_table(PROFILES[name]))
         self._profile = name
+
+    def block_region(self, region: str, protocol: str = "udp") -> None:
+        """Drop ``protocol`` ("udp" or "tcp") from the client to one region only, on top of the
+        profile (e.g. the nearest region's UDP blocked while the others' is open)."""
+        if protocol not in ("udp", "tcp"):
+            raise ValueError(f"protocol must be udp or tcp, not {protocol!r}")
+        self._index(region)
+        self._require_running()
+        self._blocks.add((region, protocol))
+        self._apply_profile(self._profile)
 
     def set_profile(self, name: str) -> None:
         """Switch the firewall profile (atomically; its drop counters start from zero).
