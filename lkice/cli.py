@@ -101,7 +101,22 @@ def _credentials(
 
 
 async def _run_engine(
-    uris: Sequence[IceUri], settings: EngineSettings, livekit: _LiveKitJob | None = None
+    uris: Sequence[IceUri],
+    settings: EngineSettings,
+    livekit: _LiveKitJob | None = None,
+    region_of_uri: dict[str, str] | None = None,
+) -> Report:
+    """The whole diagnosis; ``region_of_uri`` tags the paths of STUN/TURN URIs given with
+    ``--region NAME=URI``."""
+    report = await _diagnose(uris, settings, livekit)
+    for path in report.paths:
+        if path.region is None and region_of_uri:
+            path.region = region_of_uri.get(path.uri)
+    return report
+
+
+async def _diagnose(
+    uris: Sequence[IceUri], settings: EngineSettings, livekit: _LiveKitJob | None
 ) -> Report:
     from lkice import engine
 
@@ -123,7 +138,10 @@ async def _run_engine(
         from lkice.verdict import livekit_verdict
 
         signal_result, servers = await probe_signal(livekit.url, livekit.token, livekit.settings)
-        main_region = (signal_result.server or {}).get("region") or livekit.url.host
+        given = [name for name, url in livekit.regions if url == livekit.url.given]
+        main_region = (
+            given[0] if given else (signal_result.server or {}).get("region") or livekit.url.host
+        )
         region_of = {str(s.uri): main_region for s in servers}
         regions: list[dict[str, object]] | None = None
         if signal_result.ok:
@@ -225,13 +243,18 @@ async def _probe_regions(
 ) -> tuple[list[dict[str, object]] | None, list[tuple[str, list[IceServer]]]]:
     """LiveKit Cloud: every region's signaling at once, and the ICE servers each one offers."""
     from lkice.livekit import parse_livekit_url
-    from lkice.probe.signal import fetch_regions, probe_signal
+    from lkice.probe.signal import Region, fetch_regions, probe_signal
 
-    regions, why = await fetch_regions(livekit.url, livekit.token, livekit.settings)
-    if regions is None:
-        if why:
-            signal_result.notes.append(why)
-        return None, []
+    regions: list[Region]
+    if livekit.regions:
+        regions = [Region(n, u, None) for n, u in livekit.regions]
+    else:
+        fetched, why = await fetch_regions(livekit.url, livekit.token, livekit.settings)
+        if fetched is None:
+            if why:
+                signal_result.notes.append(why)
+            return None, []
+        regions = fetched
     probed = await asyncio.gather(
         *(probe_signal(parse_livekit_url(r.url), livekit.token, livekit.settings) for r in regions)
     )
@@ -278,6 +301,45 @@ def _train(duration: float, interval_ms: float) -> TrainSettings | None:
 def _deadline(setup: float, train: TrainSettings | None) -> float:
     """The user's deadline bounds connection setup; the train's own length comes on top."""
     return setup if train is None else setup + train.duration + train.grace
+
+
+def _is_livekit(target: str) -> bool:
+    from lkice.livekit import is_livekit_url
+
+    return is_livekit_url(target)
+
+
+def _parse_regions(options: Sequence[str]) -> list[tuple[str, str]]:
+    """``--region NAME=URI`` values, checked: a usable name, once each, and a URI that parses."""
+    import re
+
+    from lkice.livekit import parse_livekit_url
+    from lkice.uri import parse_ice_uri
+
+    regions: list[tuple[str, str]] = []
+    for option in options:
+        name, sep, uri = option.partition("=")
+        name, uri = name.strip(), uri.strip()
+        if not sep or not name or not uri:
+            raise UsageError(
+                f"--region {option!r}: expected NAME=URI, e.g. eu=turn:turn.eu.example.com"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise UsageError(
+                f"--region {option!r}: a region name is letters, digits, '.', '_' or '-'"
+            )
+        if any(name == n for n, _ in regions):
+            raise UsageError(f"--region {name} is given twice")
+        # Parsed now, so a malformed URI is a usage error naming its --region.
+        try:
+            if _is_livekit(uri):
+                parse_livekit_url(uri)
+            else:
+                parse_ice_uri(uri)
+        except UsageError as exc:
+            raise UsageError(f"--region {name}: {exc}") from None
+        regions.append((name, uri))
+    return regions
 
 
 def _finish(report: Report) -> int:
@@ -350,6 +412,9 @@ class _LiveKitJob:
     api_key: str | None = None
     api_secret: Secret | None = None
     custom_ca: bool = False  # --ca-file given
+    # --region NAME=<LiveKit URL>: probed like LiveKit Cloud's /settings/regions (signaling and
+    # TURN per region); when given, /settings/regions is not asked.
+    regions: tuple[tuple[str, str], ...] = ()
 
 
 def _livekit_job(
@@ -420,6 +485,14 @@ def _livekit_job(
     "--nameserver",
     help="Resolve names with this DNS server (IP or IP:PORT) instead of the system's.",
 )
+@click.option(
+    "--region",
+    "region_options",
+    multiple=True,
+    metavar="NAME=URI",
+    help="A region to compare (repeatable): URI is a LiveKit URL (its signaling and TURN are "
+    "probed) or a STUN/TURN URI. All regions are probed at once and ranked.",
+)
 @probe_options
 def run(
     uris: tuple[str, ...],
@@ -433,6 +506,7 @@ def run(
     ca_file: tuple[str, ...],
     insecure: bool,
     nameserver: str | None,
+    region_options: tuple[str, ...],
     deadline: float,
     udp_timeout: float,
     timeout: float,
@@ -456,7 +530,16 @@ def run(
     from lkice.uri import parse_ice_uri
 
     _setup_logging(verbose)
+    regions = _parse_regions(region_options)
+    livekit_regions = [(name, uri) for name, uri in regions if _is_livekit(uri)]
+    region_of_uri = {}
+    for name, uri in regions:
+        if not _is_livekit(uri):
+            region_of_uri[str(parse_ice_uri(uri))] = name
     targets = list(uris) or ([os.environ["LIVEKIT_URL"]] if os.environ.get("LIVEKIT_URL") else [])
+    if livekit_regions and not any(_is_livekit(t) for t in targets):
+        targets.insert(0, livekit_regions[0][1])  # the first region's server is the one joined
+    targets += [uri for _, uri in regions if not _is_livekit(uri)]
     if not targets:
         raise UsageError("nothing to probe: give a LiveKit URL (or LIVEKIT_URL) or STUN/TURN URIs")
     train = _train(quality_duration, quality_interval)
@@ -470,6 +553,8 @@ def run(
     livekit = _livekit_job(targets, api_key, api_secret, token, timeout, tls, ns)
     if livekit is not None and ca_file:
         livekit = replace(livekit, custom_ca=True)
+    if livekit is not None and livekit_regions:
+        livekit = replace(livekit, regions=tuple(livekit_regions))
     parsed = [parse_ice_uri(u) for u in targets]
     has_own_turn = any(u.kind == "turn" for u in parsed)
     settings = EngineSettings(
@@ -486,7 +571,7 @@ def run(
         dns_timeout=min(timeout, deadline),
         nameserver=ns,
     )
-    report = asyncio.run(_run_engine(parsed, settings, livekit))
+    report = asyncio.run(_run_engine(parsed, settings, livekit, region_of_uri))
     _emit(report, as_json, output)
     sys.exit(_finish(report))
 
