@@ -1,10 +1,17 @@
-"""A plain-text summary for people: fits 80 columns, needs no colour."""
+"""The human view of a report: findings first, then what was measured. Fits 80 columns, needs no
+colour, and reads the same in a terminal, a ticket or an email (``lkice explain`` renders a
+pasted report with it)."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
+__all__ = ["render"]
+
+WIDTH = 80
 _PHASES = (("connect", "conn"), ("tls", "tls"), ("binding", "bind"), ("allocate", "alloc"))
+_SEVERITY = {"critical": "CRITICAL", "warning": "WARNING", "info": "info"}
 
 
 def _ms(value: float | None) -> str:
@@ -18,6 +25,17 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
+def _wrap(text: str, first: str, rest: str | None = None) -> list[str]:
+    return textwrap.wrap(
+        text,
+        WIDTH,
+        initial_indent=first,
+        subsequent_indent=rest if rest is not None else " " * len(first),
+        break_on_hyphens=False,
+        break_long_words=True,
+    ) or [first.rstrip()]
+
+
 def render(report: dict[str, Any]) -> str:
     paths: list[dict[str, Any]] = report["paths"]
     summary = report["summary"]
@@ -27,53 +45,135 @@ def render(report: dict[str, Any]) -> str:
     if report.get("interrupted"):
         head += "  [INTERRUPTED: partial report]"
     lines = [head, ""]
-    if report.get("signal"):
-        lines += [*_signal(report["signal"]), ""]
+    sections = [
+        _findings(report.get("findings") or []),
+        _recommendation(report.get("recommendation")),
+        _signal(report["signal"]) if report.get("signal") else [],
+        _nat(report.get("nat")),
+        _table([p for p in paths if p["kind"] != "sfu"]),
+        _quality([p for p in paths if p["kind"] != "sfu"]),
+        _sfu([p for p in paths if p["kind"] == "sfu"]),
+        _details(paths),
+    ]
+    for section in sections:
+        if section:
+            lines += [*section, ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _findings(findings: list[dict[str, Any]]) -> list[str]:
+    if not findings:
+        return []
+    out = ["What lkice found"]
+    for f in findings:
+        label = _SEVERITY.get(str(f.get("severity")), str(f.get("severity")))
+        out += _wrap(str(f.get("summary", "")), f"[{label}] ", "    ")
+        if f.get("impact"):
+            out += _wrap(str(f["impact"]), "    Effect: ", "      ")
+        if f.get("advice"):
+            out += _wrap(str(f["advice"]), "    What to do: ", "      ")
+        for evidence in (f.get("evidence") or [])[:4]:
+            out += _wrap(str(evidence), "    - ", "      ")
+        hidden = len(f.get("evidence") or []) - 4
+        if hidden > 0:
+            out.append(f"      (and {hidden} more measurements in the full report)")
+    return out
+
+
+def _recommendation(rec: dict[str, Any] | None) -> list[str]:
+    if not rec:
+        return []
+    where = rec.get("region") or "this deployment"
+    how = str(rec.get("transport") or "no transport").upper()
+    out = _wrap(
+        f"{where} over {how}" + (f" ({rec['server']})" if rec.get("server") else ""),
+        "Recommended: ",
+    )
+    if rec.get("reason"):
+        out += _wrap(str(rec["reason"]), "  ")
+    ranking = rec.get("ranking") or []
+    if len(ranking) > 1:
+        out.append(f"  {'#':>2} {'region':<16} {'best':<5} {'rtt':>7} {'jit':>6} {'loss':>6} MOS")
+        for i, r in enumerate(ranking, 1):
+            best = str(r.get("transport") or "none") if r.get("usable") else "none"
+            loss = "-" if r.get("loss") is None else f"{r['loss'] * 100:.1f}%"
+            mos = "-" if r.get("mos") is None else f"{r['mos']:.1f}"
+            out.append(
+                f"  {i:>2} {_clip(str(r.get('region')), 16):<16} {best:<5} "
+                f"{_ms(r.get('rtt_ms')):>7} {_ms(r.get('jitter_ms')):>6} {loss:>6} {mos}"
+            )
+    return out
+
+
+def _signal(signal: dict[str, Any]) -> list[str]:
+    out = _wrap(f"{signal['url']}  {'ok' if signal['ok'] else 'FAILED'}", "LiveKit signaling: ")
+    server = signal.get("server") or {}
+    if server:
+        facts = [f"{k} {v}" for k, v in server.items() if v]
+        out += _wrap(", ".join(facts), "  server: ", "    ")
+    steps = [f"{k} {_ms(v)}" for k, v in signal["timings_ms"].items() if v is not None]
+    if steps:
+        out.append("  " + "  ".join(steps) + " (ms)")
+    if signal["error"] is not None:
+        out += _wrap(str(signal["error"]["message"]), "x ", "  ")
+    for entry in signal.get("ice_servers", []):
+        auth = " (with credentials)" if entry["credentials"] else ""
+        out += _wrap(", ".join(entry["urls"]) + auth, "  ICE server: ", "    ")
+    if signal.get("force_relay"):
+        out.append("  the server asks clients to force relay (TURN)")
+    for note in signal.get("notes", []):
+        out += _wrap(str(note), "  note: ", "    ")
+    return out
+
+
+def _nat(nat: dict[str, Any] | None) -> list[str]:
+    if not nat or nat.get("nat") is None:
+        return []  # no answer to learn from: the paths above say why
+    behind = "behind NAT" if nat["nat"] else "no NAT seen"
+    text = (
+        f"{behind}; mapping {nat.get('mapping')}, filtering {nat.get('filtering')} "
+        f"(RFC 5780, against {nat.get('server')})"
+    )
+    return _wrap(text, "NAT: ", "  ")
+
+
+def _table(paths: list[dict[str, Any]]) -> list[str]:
     if not paths:
-        return "\n".join(lines) + "\n"
-    lines.append(
+        return []
+    out = [
         f"{'kind':<4} {'server':<21} {'via':<3} {'result':<15} "
         f"{'conn':>6} {'tls':>6} {'bind':>6} {'alloc':>6}"
-    )
+    ]
     for p in paths:
         t = p["timings_ms"]
         result = "ok" if p["ok"] else p["error"]["kind"]
         server = _clip(p["server"], 21)
         cells = " ".join(f"{_ms(t.get(key)):>6}" for key, _ in _PHASES)
-        lines.append(f"{p['kind']:<4} {server:<21} {p['transport']:<3} {result[:15]:<15} {cells}")
-    lines.append(f"{'':<47}(milliseconds)")
-    quality = _quality(paths)
-    if quality:
-        lines += ["", *quality]
-    details = _details(paths)
-    if details:
-        lines += ["", *details]
-    return "\n".join(lines) + "\n"
-
-
-def _signal(signal: dict[str, Any]) -> list[str]:
-    out = [f"LiveKit signaling: {signal['url']}  {'ok' if signal['ok'] else 'FAILED'}"]
-    server = signal.get("server") or {}
-    if server:
-        facts = [f"{k} {v}" for k, v in server.items() if v]
-        out.append("  server: " + ", ".join(facts))
-    steps = [f"{k} {_ms(v)}" for k, v in signal["timings_ms"].items() if v is not None]
-    if steps:
-        out.append("  " + "  ".join(steps) + " (ms)")
-    if signal["error"] is not None:
-        out.append(f"x {signal['error']['message']}")
-    for entry in signal.get("ice_servers", []):
-        auth = " (with credentials)" if entry["credentials"] else ""
-        out.append(f"  ICE server: {', '.join(entry['urls'])}{auth}")
-    if signal.get("force_relay"):
-        out.append("  the server asks clients to force relay (TURN)")
-    out += [f"  note: {n}" for n in signal.get("notes", [])]
+        out.append(f"{p['kind']:<4} {server:<21} {p['transport']:<3} {result[:15]:<15} {cells}")
+    out.append(f"{'':<47}(milliseconds)")
     return out
 
 
+def _quality_cells(q: dict[str, Any]) -> str:
+    rtt = q["rtt_ms"] or {}
+    hol = q["hol"]
+    if hol is None:
+        stall = "n/a"
+    elif hol["detected"]:
+        stall = f"{hol['stalls']}x{_ms(hol['max_stall_ms'])}"
+    else:
+        stall = "none"
+    mos = "-" if q["mos"] is None else f"{q['mos']:.1f}"
+    jitter = "-" if q["jitter_ms"] is None else f"{q['jitter_ms']:.1f}"
+    return (
+        f"{q['samples']:>4} {_ms(rtt.get('p50')):>6} {_ms(rtt.get('p95')):>6} {jitter:>5} "
+        f"{q['loss'] * 100:>4.1f}% {stall:>9} {mos:>4}"
+    )
+
+
 def _quality(paths: list[dict[str, Any]]) -> list[str]:
-    rows = [(p, p["kind"], p["server"], p["quality"]) for p in paths if p.get("quality")]
-    rows += [(p, "echo", p["server"], p["relay_quality"]) for p in paths if p.get("relay_quality")]
+    rows = [(p, p["kind"], p["quality"]) for p in paths if p.get("quality")]
+    rows += [(p, "echo", p["relay_quality"]) for p in paths if p.get("relay_quality")]
     if not rows:
         return []
     out = [
@@ -81,39 +181,75 @@ def _quality(paths: list[dict[str, Any]]) -> list[str]:
         f"{'kind':<4} {'server':<21} {'via':<3} {'n':>4} {'p50':>6} {'p95':>6} {'jit':>5} "
         f"{'loss':>5} {'stall':>9} {'MOS':>4}",
     ]
-    for p, kind, where, q in rows:
-        rtt = q["rtt_ms"] or {}
-        hol = q["hol"]
-        if hol is None:
-            stall = "n/a"
-        elif hol["detected"]:
-            stall = f"{hol['stalls']}x{_ms(hol['max_stall_ms'])}"
-        else:
-            stall = "none"
-        server = _clip(where, 21)
-        mos = "-" if q["mos"] is None else f"{q['mos']:.1f}"
-        jitter = "-" if q["jitter_ms"] is None else f"{q['jitter_ms']:.1f}"
+    for p, kind, q in rows:
         out.append(
-            f"{kind:<4} {server:<21} {p['transport']:<3} {q['samples']:>4} "
-            f"{_ms(rtt.get('p50')):>6} {_ms(rtt.get('p95')):>6} {jitter:>5} "
-            f"{q['loss'] * 100:>4.1f}% {stall:>9} {mos:>4}"
+            f"{kind:<4} {_clip(p['server'], 21):<21} {p['transport']:<3} {_quality_cells(q)}"
         )
     out.append("(ms; n probes sent; stall: head-of-line stalls x longest, TCP/TLS only;")
     out.append(" echo: data through the TURN relay and back, the path's transport both ways)")
     return out
 
 
+def _route(p: dict[str, Any]) -> str:
+    """How a media path reached the SFU, as a user would name it."""
+    relay = p.get("relay")
+    if relay:
+        scheme = str(relay).split(":", 1)[0]
+        return f"TURN/{p['transport'].upper()}" + (" (turns)" if scheme == "turns" else "")
+    if p["transport"] == "tcp":
+        return f"ICE/TCP {p['server']}"
+    return "direct UDP"
+
+
+def _sfu(paths: list[dict[str, Any]]) -> list[str]:
+    if not paths:
+        return []
+    out = [
+        "Media through the SFU (WebRTC sessions of lkice's own)",
+        f"{'route':<21} {'result':<15} {'ice':>6} {'dtls':>6}  data round trip",
+    ]
+    for p in paths:
+        t = p["timings_ms"]
+        result = "ok" if p["ok"] else p["error"]["kind"]
+        if p["quality"]:
+            q = p["quality"]
+            rtt = (q["rtt_ms"] or {}).get("p50")
+            data = f"p50 {_ms(rtt)}, loss {q['loss'] * 100:.1f}%, n {q['samples']}"
+        elif p["transport"] == "tcp" and not p.get("relay") and p["ok"]:
+            data = f"STUN check {_ms(t.get('binding'))} ms"
+        else:
+            data = "-"
+        out.append(
+            f"{_clip(_route(p), 21):<21} {result[:15]:<15} {_ms(t.get('ice')):>6} "
+            f"{_ms(t.get('dtls')):>6}  {data}"
+        )
+    out.append("(ms from the start of negotiation; data: A -> SFU -> B -> SFU -> A)")
+    # The sessions' method is the same on every route: said once, from the first path.
+    for note in paths[0].get("notes", [])[:1]:
+        out += _wrap(str(note), "  note: ", "    ")
+    return out
+
+
 def _details(paths: list[dict[str, Any]]) -> list[str]:
     out: list[str] = []
     for p in paths:
-        where = f"{p['server']} {p['transport']}"
+        where = f"{p['kind']} {p['server']} {p['transport']}"
         if p["address"] and p["address"] != p["server"]:
             where += f" ({p['address']})"
+        if p.get("relay"):
+            where += f" via {p['relay']}"
         if p["error"] is not None:
-            out.append(f"x {where}: {p['error']['message']}")
+            out += _wrap(f"{where}: {p['error']['message']}", "x ", "  ")
         elif p["relayed_address"]:
-            out.append(f"+ {where}: relay {p['relayed_address']}, mapped {p['mapped_address']}")
+            text = f"{where}: relay {p['relayed_address']}"
+            if p["mapped_address"]:
+                text += f", mapped {p['mapped_address']}"
+            out += _wrap(text, "+ ", "  ")
         elif p["mapped_address"]:
-            out.append(f"+ {where}: mapped {p['mapped_address']}")
-        out += [f"  note: {n}" for n in p.get("notes", [])]
+            out += _wrap(f"{where}: mapped {p['mapped_address']}", "+ ", "  ")
+        else:
+            out += _wrap(f"{where}: ok", "+ ", "  ")
+        if p["kind"] != "sfu":  # SFU sessions' notes: once, under their table
+            for note in p.get("notes", []):
+                out += _wrap(str(note), "  note: ", "    ")
     return out
