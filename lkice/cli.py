@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from lkice.livekit import LiveKitUrl
     from lkice.probe.signal import IceServer, SignalSettings
     from lkice.probe.train import TrainSettings
+    from lkice.render.progress import Progress
     from lkice.report import ErrorInfo, PathResult, Report, SignalResult
     from lkice.uri import IceUri
 
@@ -105,10 +106,17 @@ async def _run_engine(
     settings: EngineSettings,
     livekit: _LiveKitJob | None = None,
     region_of_uri: dict[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """The whole diagnosis; ``region_of_uri`` tags the paths of STUN/TURN URIs given with
     ``--region NAME=URI``."""
-    report = await _diagnose(uris, settings, livekit)
+    from lkice.render.progress import Progress
+
+    progress = progress or Progress()
+    try:
+        report = await _diagnose(uris, settings, livekit, progress)
+    finally:
+        progress.close()
     for path in report.paths:
         if path.region is None and region_of_uri:
             path.region = region_of_uri.get(path.uri)
@@ -116,7 +124,10 @@ async def _run_engine(
 
 
 async def _diagnose(
-    uris: Sequence[IceUri], settings: EngineSettings, livekit: _LiveKitJob | None
+    uris: Sequence[IceUri],
+    settings: EngineSettings,
+    livekit: _LiveKitJob | None,
+    progress: Progress,
 ) -> Report:
     from lkice import engine
 
@@ -133,10 +144,12 @@ async def _diagnose(
         loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
         if livekit is None:
-            return await engine.run(uris, settings, stop=stop)
+            progress.stage("probing STUN/TURN paths")
+            return await engine.run(uris, settings, stop=stop, on_path_done=progress.path_done)
         from lkice.probe.signal import probe_signal
         from lkice.verdict import livekit_verdict
 
+        progress.stage(f"LiveKit signaling to {livekit.url.host}")
         signal_result, servers = await probe_signal(livekit.url, livekit.token, livekit.settings)
         given = [name for name, url in livekit.regions if url == livekit.url.given]
         main_region = (
@@ -145,6 +158,7 @@ async def _diagnose(
         region_of = {str(s.uri): main_region for s in servers}
         regions: list[dict[str, object]] | None = None
         if signal_result.ok:
+            progress.stage("regions")
             regions, region_servers = await _probe_regions(livekit, signal_result)
             for name, found in region_servers:
                 servers += found
@@ -154,15 +168,21 @@ async def _diagnose(
         credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
         main_servers = [s for s in servers if region_of.get(str(s.uri)) == main_region]
         finished = _EngineAnswers()
+
+        def engine_path_done(path: PathResult) -> None:
+            finished.add(path)
+            progress.path_done(path)
+
+        progress.stage("ICE servers and media sessions through the SFU")
         report, sfu_paths = await asyncio.gather(
             engine.run(
                 [*advertised, *uris],
                 settings,
                 credentials=credentials,
                 stop=stop,
-                on_path_done=finished.add,
+                on_path_done=engine_path_done,
             ),
-            _sfu_paths(livekit, signal_result, main_servers, settings, finished),
+            _sfu_paths(livekit, signal_result, main_servers, settings, finished, progress),
         )
         for path in report.paths:
             path.region = region_of.get(path.uri)
@@ -185,6 +205,7 @@ async def _sfu_paths(
     servers: list[IceServer],
     settings: EngineSettings,
     finished: _EngineAnswers,
+    progress: Progress,
 ) -> list[PathResult]:
     """Media paths through the SFU (direct, and forced through each TURN URL), when lkice can
     seat two participants of its own; otherwise the report says why they were not tested."""
@@ -209,7 +230,7 @@ async def _sfu_paths(
         custom_ca=livekit.custom_ca,
     )
     make_token = room_token_factory(livekit.api_key, livekit.api_secret)
-    return await probe_sfu_paths(livekit.url, make_token, servers, sfu)
+    return await probe_sfu_paths(livekit.url, make_token, servers, sfu, progress.path_done)
 
 
 class _EngineAnswers:
@@ -571,7 +592,10 @@ def run(
         dns_timeout=min(timeout, deadline),
         nameserver=ns,
     )
-    report = asyncio.run(_run_engine(parsed, settings, livekit, region_of_uri))
+    from lkice.render.progress import progress_for
+
+    progress = progress_for(not as_json and verbose == 0)
+    report = asyncio.run(_run_engine(parsed, settings, livekit, region_of_uri, progress))
     _emit(report, as_json, output)
     sys.exit(_finish(report))
 
@@ -690,7 +714,10 @@ def demo(
                 ),
                 deadline=_deadline(deadline, train),
             )
-            report = asyncio.run(_run_engine([], settings, job))
+            from lkice.render.progress import progress_for
+
+            progress = progress_for(not as_json and verbose == 0)
+            report = asyncio.run(_run_engine([], settings, job, progress=progress))
         finally:
             if livekit_server is not None:
                 livekit_server.stop_thread()

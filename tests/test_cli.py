@@ -261,3 +261,39 @@ def test_ctrl_c_writes_a_partial_report(
     assert any("cut short" in note for note in done["notes"])
     assert cut["error"]["kind"] == "interrupted"
     assert cut["error"]["phase"] == "binding"
+
+
+@needs_coturn
+def test_live_progress_only_on_a_terminal() -> None:
+    """At a terminal, stderr shows each path as it finishes; piped, stderr stays empty."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lkice", "demo", "--quality-duration", "0.5"],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            timeout=120,
+            check=False,
+        )
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, shown
+    assert "[ok  ] turn 127.0.0.1:" in shown
+    assert "[ok  ] sfu 127.0.0.1:" in shown
+    assert "Verdict: OK" in proc.stdout.decode()
+    piped = lkice("demo", "--quality-duration", "0.5")
+    assert piped.returncode == 0
+    assert piped.stderr == ""

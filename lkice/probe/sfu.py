@@ -208,6 +208,7 @@ async def probe_sfu_paths(
     make_token: Callable[[str], Secret],
     ice_servers: Sequence[IceServer],
     settings: SfuSettings,
+    on_path_done: Callable[[PathResult], None] | None = None,
 ) -> list[PathResult]:
     """One full session per path, all paths at once (each has its own participants, so they
     share nothing but the room). Never raises for a path failure."""
@@ -223,8 +224,15 @@ async def probe_sfu_paths(
     for path in paths:
         path.result.timings_ms.update({"ice": None, "dtls": None})
         path.result.relay = None if path.server is None else str(path.server.uri)
+
+    async def one(path: _Path) -> None:
+        await _one(url, make_token, path, settings)
+        if on_path_done is not None:
+            for result in [path.result, *(path.ice_tcp.results if path.ice_tcp else [])]:
+                on_path_done(result)
+
     with _loopback_gathering(url.host):
-        await asyncio.gather(*(_one(url, make_token, path, settings) for path in paths))
+        await asyncio.gather(*(one(path) for path in paths))
     return [direct.result, *direct.ice_tcp.results, *(path.result for path in paths[1:])]
 
 
