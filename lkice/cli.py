@@ -294,21 +294,63 @@ async def _probe_regions(
     return summary, found
 
 
-def _emit(report: Report, as_json: bool, output: str | None) -> None:
-    from lkice.render.text import render
+@dataclass(frozen=True)
+class _Outputs:
+    """Where the report goes besides stdout (--output, --paste, --html, --redact)."""
 
-    data = report.to_dict()
-    if output is not None:
-        try:
-            Path(output).write_text(report.to_json() + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--output {output}: cannot write ({exc.strerror})") from None
-    if as_json:
-        click.echo(report.to_json())
-    else:
-        click.echo(render(data), nl=False)
+    as_json: bool = False
+    output: str | None = None
+    paste: str | None = None  # "-": after the human view on stdout
+    html: str | None = None
+    redact: bool = False
+
+
+def _write(option: str, path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write ({exc.strerror})") from None
+
+
+def _emit(report: Report, outputs: _Outputs) -> None:
+    _emit_dict(report.to_dict(), outputs)
     if report.interrupted:
         click.echo("lkice: interrupted: the report above is partial", err=True)
+
+
+def _emit_dict(data: dict[str, Any], outputs: _Outputs) -> None:
+    """Every output of one report: the JSON (never redacted: it stays on this machine unless
+    sent on purpose), the human view, the paste block and the HTML (redacted on request)."""
+    import json
+
+    from lkice.render.text import render
+
+    text = json.dumps(data, indent=2)
+    if outputs.output is not None:
+        _write("--output", outputs.output, text + "\n")
+    shared = data
+    if outputs.redact and (outputs.paste or outputs.html):
+        from lkice.redact import redact_report
+
+        shared = redact_report(data)
+    if outputs.html is not None:
+        from lkice.render.html import render as render_html
+
+        _write("--html", outputs.html, render_html(shared))
+    block = None
+    if outputs.paste is not None:
+        from lkice.paste import encode_paste, paste_summary
+
+        block = encode_paste(shared, paste_summary(shared))
+        if outputs.paste != "-":
+            _write("--paste", outputs.paste, block)
+    if outputs.as_json:
+        click.echo(text)
+    else:
+        click.echo(render(data), nl=False)
+    if block is not None and outputs.paste == "-":
+        click.echo("\nPaste everything below into your ticket:\n")
+        click.echo(block, nl=not block.endswith("\n"))
 
 
 def _train(duration: float, interval_ms: float) -> TrainSettings | None:
@@ -412,6 +454,22 @@ _common_probe_options = [
         "-o",
         type=click.Path(dir_okay=False),
         help="Also write the JSON report to FILE.",
+    ),
+    click.option(
+        "--paste",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="Write the ticket paste block (a short summary and the whole report, checksummed, "
+        "that survives email and chat) to FILE; '-' prints it after the report.",
+    ),
+    click.option(
+        "--html",
+        type=click.Path(dir_okay=False),
+        help="Write a self-contained HTML report with charts to FILE (opens offline).",
+    ),
+    click.option(
+        "--redact",
+        is_flag=True,
+        help="Hide host names and IP addresses (not loopback) in the paste block and HTML.",
     ),
     click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug)."),
 ]
@@ -535,6 +593,9 @@ def run(
     quality_interval: float,
     as_json: bool,
     output: str | None,
+    paste: str | None,
+    html: str | None,
+    redact: bool,
     verbose: int,
 ) -> None:
     """Diagnose a LiveKit deployment or STUN/TURN servers on every transport.
@@ -596,7 +657,7 @@ def run(
 
     progress = progress_for(not as_json and verbose == 0)
     report = asyncio.run(_run_engine(parsed, settings, livekit, region_of_uri, progress))
-    _emit(report, as_json, output)
+    _emit(report, _Outputs(as_json, output, paste, html, redact))
     sys.exit(_finish(report))
 
 
@@ -632,6 +693,9 @@ def demo(
     quality_interval: float,
     as_json: bool,
     output: str | None,
+    paste: str | None,
+    html: str | None,
+    redact: bool,
     verbose: int,
 ) -> None:
     """Start a local lab (real coturn, a throwaway CA) and diagnose it.
@@ -646,6 +710,8 @@ def demo(
             "--deadline", str(deadline), "--udp-timeout", str(udp_timeout), "--timeout", str(timeout),
             "--quality-duration", str(quality_duration), "--quality-interval", str(quality_interval),
             *(["--json"] if as_json else []), *(["--output", output] if output else []),
+            *(["--paste", paste] if paste else []), *(["--html", html] if html else []),
+            *(["--redact"] if redact else []),
             *(["-" + "v" * verbose] if verbose else []),
         ]  # fmt: skip
         sys.exit(_demo_in_network(network, rtt, jitter, loss, passthrough))
@@ -722,8 +788,56 @@ def demo(
             if livekit_server is not None:
                 livekit_server.stop_thread()
             server.stop()
-    _emit(report, as_json, output)
+    _emit(report, _Outputs(as_json, output, paste, html, redact))
     sys.exit(_finish(report))
+
+
+@cli.command()
+@click.argument("source", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Write the decoded JSON report to stdout.")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Also write the JSON report to FILE."
+)
+@click.option("--html", type=click.Path(dir_okay=False), help="Write the HTML report to FILE.")
+@click.option("--redact", is_flag=True, help="Hide host names and IP addresses in the HTML.")
+def explain(
+    source: str | None, as_json: bool, output: str | None, html: str | None, redact: bool
+) -> None:
+    """Read a pasted lkice report and show it as lkice run would.
+
+    SOURCE is a file holding the paste (a whole ticket or email is fine: the text around the
+    BEGIN/END block, quote marks and re-wrapped lines are ignored), or '-' / nothing for stdin.
+    Exit status: the report's own (0 ok, 1 degraded, 2 failed), 3 if the paste cannot be read.
+    """
+    from lkice.paste import PasteError, decode_paste
+
+    if source is None or source == "-":
+        text = click.get_text_stream("stdin").read()
+    else:
+        try:
+            raw = Path(source).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read ({exc.strerror})") from None
+        text = raw.decode("utf-8", errors="replace")
+    try:
+        data = decode_paste(text)
+    except PasteError as exc:
+        raise UsageError(f"cannot read the pasted report: {exc}") from None
+    _emit_dict(data, _Outputs(as_json, output, None, html, redact))
+    sys.exit(_status_of(data))
+
+
+def _status_of(data: dict[str, Any]) -> int:
+    """The exit status a report stands for (the pasted run's own), from its fields alone."""
+    from lkice.verdict import CONFIGURATION_ERRORS, ExitStatus, Verdict, exit_status
+
+    signal = data.get("signal") or {}
+    if (signal.get("error") or {}).get("kind") in CONFIGURATION_ERRORS:
+        return int(ExitStatus.UNKNOWN)
+    try:
+        return int(exit_status(Verdict(data.get("verdict")), bool(data.get("interrupted"))))
+    except ValueError:
+        return int(ExitStatus.UNKNOWN)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
