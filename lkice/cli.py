@@ -120,7 +120,19 @@ async def _run_engine(
     for path in report.paths:
         if path.region is None and region_of_uri:
             path.region = region_of_uri.get(path.uri)
+    _conclude(report)
     return report
+
+
+def _conclude(report: Report) -> None:
+    """Findings, recommendation and the verdict they imply (pure rules over the report)."""
+    from lkice.findings import evaluate, verdict_from_findings
+    from lkice.recommend import recommend
+
+    data = report.to_dict()
+    report.findings = evaluate(data)
+    report.recommendation = recommend(data)
+    report.verdict = verdict_from_findings(report.findings)
 
 
 async def _diagnose(
@@ -391,8 +403,9 @@ def _parse_regions(options: Sequence[str]) -> list[tuple[str, str]]:
             raise UsageError(
                 f"--region {option!r}: a region name is letters, digits, '.', '_' or '-'"
             )
-        if any(name == n for n, _ in regions):
-            raise UsageError(f"--region {name} is given twice")
+        # A region may have several STUN/TURN servers (one --region each), one LiveKit URL.
+        if _is_livekit(uri) and any(n == name and _is_livekit(u) for n, u in regions):
+            raise UsageError(f"--region {name} is given two LiveKit URLs")
         # Parsed now, so a malformed URI is a usage error naming its --region.
         try:
             if _is_livekit(uri):

@@ -150,6 +150,9 @@ class Report:
     regions: list[dict[str, Any]] | None = None
     # RFC 5780 NAT behaviour (probe/nat.py NatBehaviour.to_dict()), when it was discovered.
     nat: dict[str, Any] | None = None
+    # The answer (lkice.findings, lkice.recommend): derived from everything above, pure.
+    findings: list[dict[str, Any]] | None = None
+    recommendation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         ok = sum(1 for p in self.paths if p.ok)
@@ -172,6 +175,8 @@ class Report:
             "regions": self.regions,
             "nat": self.nat,
             "verdict": self.verdict,
+            "findings": self.findings,
+            "recommendation": self.recommendation,
             "summary": {"paths": len(self.paths), "ok": ok, "failed": len(self.paths) - ok},
             "paths": [p.to_dict() for p in self.paths],
         }

@@ -43,8 +43,8 @@ def lkice(lab: NetLab, *args: str) -> LkiceRun:
     return lab.lkice(*args, *SETUP_ONLY)
 
 
-# One UDP socket asks two servers for its mapped address: the way to tell NAT types apart (lkice
-# uses a fresh socket per path, so its own report cannot show a per-destination mapping).
+# One UDP socket asks two servers for its mapped address: the way to tell NAT types apart,
+# independently of lkice (whose paths use a fresh socket each; probe/nat.py is its own test).
 MAPPING_SNIPPET = """
 import json, socket, sys
 from aioice import stun
@@ -350,7 +350,15 @@ class TestLab:
         assert dropped >= 1
         sends = re.search(r"\((\d+) sends?\)", run.path("stun:turn.eu")["error"]["message"])
         if sends:  # the agent says how many requests it sent: the lab dropped every one
-            assert dropped == int(sends.group(1))
+            expected = int(sends.group(1))
+            # ... and so did the NAT behaviour discovery, which asked the same server (its
+            # first test's evidence gives its own count)
+            assert run.report is not None
+            nat = run.report["nat"]
+            assert nat["server"] == run.path("stun:turn.eu")["address"]
+            nat_sends = re.search(r"no answer from \S+ \((\d+) sends?\)", nat["evidence"][0])
+            assert nat_sends is not None, nat["evidence"]
+            assert dropped == expected + int(nat_sends.group(1))
         assert drops(after, "eu", "downstream") == drops(before, "eu", "downstream")
         assert drops(after, "us", "upstream") == drops(before, "us", "upstream")
 

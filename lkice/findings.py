@@ -1,0 +1,1388 @@
+"""Findings: a pure rules engine that reads a report (``Report.to_dict()`` shape) and says what
+works, what does not, what a call will feel like and what to ask IT (or the operator) for.
+
+No I/O: input is the report dict, output plain dicts::
+
+    {"id", "severity", "summary", "impact", "evidence": [str], "advice", "paths": [int]}
+
+sorted critical, warning, info (stable: rules keep their order within a severity).
+
+Honesty rules, applied everywhere:
+
+- only what the report measured is claimed; a path the agent could not exercise (``not_tested``,
+  or a path cut off by the deadline or Ctrl-C) is never evidence of failure;
+- evidence names the path (kind, server, address, transport) and the figure with its sample count;
+- round trips are compared as measured: a relay echo (data through the TURN relay and back to a
+  second allocation of the agent's) and an SFU data round trip (A -> SFU -> B -> SFU -> A, both
+  participants on this machine) cross this network twice each way, so the RTT limit applied to
+  them is twice the client-to-server limit, and the evidence says so;
+- nothing secret is echoed (tokens and ``key=value`` secrets are masked in quoted messages).
+
+Severity (see ``docs/findings.md`` for the table):
+
+- critical: calls will not connect (no path, signaling blocked, credentials or token refused), or
+  the measured quality is past the point where the field calls a call bad (loss >= 10 %, Daily
+  "bad"; RTT >= 600 ms, Daily "bad", one way already past ITU-T G.114's 150 ms transparent limit
+  twice over; MOS < 2.58, ITU-T G.107/G.109 R < 50 "not recommended"). A quality figure can only
+  be critical from a train of at least ``MIN_SAMPLES`` probes, and only on the transport class
+  the client will actually use (the best one that works: UDP, then TCP, then TLS).
+- warning: calls connect but something is worse than the field's targets (RTT > 100 ms, jitter
+  > 30 ms, loss > 1 %: Microsoft Teams client-to-edge targets, the same jitter and loss levels
+  Twilio warns at; MOS < 3: Twilio), UDP is blocked (media falls back to TURN over TCP/TLS, with
+  extra latency and head-of-line stalls), a server advertises something that does not answer.
+  Jitter is never critical: no field source gives a failing jitter level, and its effect on the
+  call is already in the MOS (the E-model's effective latency adds twice the jitter).
+- info: what works, and problems on a transport the client will not use here (it prefers a
+  better one that works), which matter only if that better one breaks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lkice.errors import UsageError
+from lkice.uri import parse_ice_uri
+
+__all__ = ["SEVERITIES", "evaluate", "verdict_from_findings"]
+
+SEVERITIES = ("critical", "warning", "info")
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+CLASSES = ("udp", "tcp", "tls")
+
+# Thresholds (sources in the module docstring and docs/findings.md).
+RTT_WARN_MS = 100.0  # Microsoft Teams, client to edge
+RTT_CRIT_MS = 600.0  # Daily call quality: "bad" RTT
+JITTER_WARN_MS = 30.0  # Teams, Twilio
+LOSS_WARN = 0.01  # Teams (< 1 %), Twilio (> 1 % per sample)
+LOSS_CRIT = 0.10  # Daily call quality: "bad" loss
+MOS_WARN = 3.0  # Twilio
+MOS_CRIT = 2.58  # ITU-T G.107 MOS at R = 50, ITU-T G.109 "not recommended" below
+MIN_SAMPLES = 50  # fewer probes: a rough figure, never critical on its own
+
+# Error kinds that say the traffic did not get an answer at the network level.
+TIMEOUT_KINDS = frozenset({"udp_no_response", "connect_timeout", "tcp_no_response"})
+UNREACHABLE_KINDS = TIMEOUT_KINDS | {"connect_refused", "network_unreachable"}
+# Kinds that are not evidence of anything about the network.
+NOT_EVIDENCE_KINDS = frozenset({"not_tested", "deadline", "interrupted"})
+LIVEKIT_UDP_RANGE = "50000-60000"
+
+Finding = dict[str, Any]
+Path = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _kind(p: Path) -> str | None:
+    err = p.get("error")
+    return None if err is None else str(err.get("kind"))
+
+
+def _message(err: dict[str, Any] | None) -> str:
+    return _mask(str((err or {}).get("message") or ""))
+
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_SECRET_PARAM = re.compile(
+    r"(?i)\b(access_token|token|secret|credential|password|api_secret)=([^&\s'\"]+)"
+)
+
+
+def _mask(text: str) -> str:
+    """Quoted messages may come from servers: never let a token or secret through."""
+    text = _JWT.sub("<token>", text)
+    return _SECRET_PARAM.sub(r"\1=<redacted>", text)
+
+
+def _settled_by_redirect(p: Path, paths: Sequence[Path]) -> bool:
+    if _kind(p) != "try_alternate":
+        return False
+    return any(q.get("ok") and q.get("redirected_from") == p.get("address") for q in paths)
+
+
+def _evidential(p: Path, paths: Sequence[Path]) -> bool:
+    """A path whose outcome says something: it worked, or it failed in a way that was tested."""
+    if p.get("ok"):
+        return True
+    kind = _kind(p)
+    if kind is None or kind in NOT_EVIDENCE_KINDS:
+        return False
+    if _message(p.get("error")).lower().startswith("not tested"):
+        return False
+    return not _settled_by_redirect(p, paths)
+
+
+def _host(server: str) -> str:
+    """``host`` of ``host:port`` / ``[v6]:port``."""
+    if server.startswith("["):
+        return server[1 : server.find("]")]
+    return server.rsplit(":", 1)[0] if ":" in server else server
+
+
+def _port(server: str | None) -> str | None:
+    if not server or ":" not in server:
+        return None
+    return server.rsplit(":", 1)[1]
+
+
+def _ip(p: Path) -> str | None:
+    address = p.get("address")
+    return None if not address else _host(str(address))
+
+
+def _label(p: Path) -> str:
+    """How a path is named in evidence: kind, server, transport (and the address when it says
+    more than the name)."""
+    transport = str(p.get("transport", "")).upper()
+    server = str(p.get("server"))
+    kind = p.get("kind")
+    if kind == "sfu":
+        relay = p.get("relay")
+        if relay:
+            text = f"SFU {server} relayed via {relay} ({transport} leg)"
+        elif p.get("transport") == "tcp":
+            text = f"SFU {server} ICE/TCP"
+        else:
+            text = f"SFU {server} direct UDP"
+    else:
+        text = f"{str(kind).upper()} {server} over {transport}"
+    address = p.get("address")
+    if address and address != server and kind != "sfu":
+        text += f" ({address})"
+    return text
+
+
+def _path_evidence(p: Path) -> str:
+    if p.get("ok"):
+        return f"{_label(p)}: works"
+    return f"{_label(p)}: {_message(p.get('error'))}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def _join(items: Iterable[str]) -> str:
+    seen = list(dict.fromkeys(i for i in items if i))
+    if len(seen) <= 1:
+        return "".join(seen)
+    return ", ".join(seen[:-1]) + " and " + seen[-1]
+
+
+def _finding(
+    fid: str,
+    severity: str,
+    summary: str,
+    impact: str,
+    evidence: Iterable[str],
+    advice: str,
+    paths: Iterable[int] = (),
+) -> Finding:
+    return {
+        "id": fid,
+        "severity": severity,
+        "summary": summary,
+        "impact": impact,
+        "evidence": list(dict.fromkeys(evidence)),
+        "advice": advice,
+        "paths": sorted(set(paths)),
+    }
+
+
+def _max_severity(a: str, b: str) -> str:
+    return a if _RANK[a] <= _RANK[b] else b
+
+
+@dataclass
+class _Ctx:
+    report: dict[str, Any]
+    paths: list[Path]
+    indexed: list[tuple[int, Path]]  # evidential paths only
+
+    @property
+    def livekit(self) -> bool:
+        return self.report.get("signal") is not None or any(
+            p.get("kind") == "sfu" for p in self.paths
+        )
+
+    def of(self, transport: str | None = None, kinds: Sequence[str] = ()) -> list[tuple[int, Path]]:
+        return [
+            (i, p)
+            for i, p in self.indexed
+            if (transport is None or p.get("transport") == transport)
+            and (not kinds or p.get("kind") in kinds)
+        ]
+
+    def works(self, transport: str) -> bool:
+        """Media can flow over this transport class: a TURN allocation or an SFU session over
+        it worked (a STUN Binding alone proves reachability, not a media path)."""
+        return any(p.get("ok") for _, p in self.of(transport, ("turn", "sfu")))
+
+    def reaches(self, transport: str) -> bool:
+        """Something answered over this transport class (STUN counts)."""
+        return any(p.get("ok") for _, p in self.of(transport))
+
+    def preferred(self) -> str | None:
+        """The transport class the client will use: the best one that works."""
+        for c in CLASSES:
+            if self.works(c) or (
+                c == "udp" and self.reaches(c) and not self.of(c, ("turn", "sfu"))
+            ):
+                return c
+        return None
+
+    def any_ok(self) -> bool:
+        return any(p.get("ok") for _, p in self.indexed)
+
+    def signal_hosts(self) -> list[str]:
+        signal = self.report.get("signal")
+        if not signal:
+            return []
+        url = str(signal.get("url") or "")
+        rest = url.split("://", 1)[-1].split("/", 1)[0]
+        return [_host(rest) if ":" in rest else rest] if rest else []
+
+
+def _ports_by_proto(items: Iterable[tuple[int, Path]]) -> dict[str, dict[str, list[str]]]:
+    """{"UDP"|"TCP": {port: [host (ip), ...]}} of the given paths, for firewall advice."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for _, p in items:
+        proto = "UDP" if p.get("transport") == "udp" else "TCP"
+        if p.get("kind") == "sfu":
+            continue  # the SFU's own ports are named separately
+        port = _port(p.get("address")) or _port(p.get("server"))
+        if port is None:
+            continue
+        host = _host(str(p.get("server")))
+        ip = _ip(p)
+        who = f"{host} ({ip})" if ip and ip != host else host
+        out.setdefault(proto, {}).setdefault(port, [])
+        if who not in out[proto][port]:
+            out[proto][port].append(who)
+    return out
+
+
+def _open_rules(ports: dict[str, dict[str, list[str]]]) -> list[str]:
+    rules = []
+    for proto in ("UDP", "TCP"):
+        for port, hosts in sorted(ports.get(proto, {}).items(), key=lambda kv: int(kv[0])):
+            rules.append(f"outbound {proto} port {port} to {_join(hosts)}")
+    return rules
+
+
+def _sfu_udp_rule(ctx: _Ctx) -> str | None:
+    if not ctx.livekit:
+        return None
+    hosts = ctx.signal_hosts() or [
+        _host(str(p.get("server"))) for p in ctx.paths if p.get("kind") == "sfu"
+    ]
+    if not hosts:
+        return None
+    return (
+        f"outbound UDP {LIVEKIT_UDP_RANGE} to the LiveKit SFU {_join(hosts)} (LiveKit's default "
+        "ICE/UDP port range; the operator can confirm the configured range)"
+    )
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _rule_interrupted(ctx: _Ctx) -> list[Finding]:
+    out = []
+    cut = [(i, p) for i, p in enumerate(ctx.paths) if _kind(p) in ("deadline", "interrupted")]
+    if ctx.report.get("interrupted"):
+        out.append(
+            _finding(
+                "interrupted",
+                "warning",
+                "The test was stopped before it finished, so these results are incomplete.",
+                "Paths that had not finished are neither counted as working nor as failing; the "
+                "quality figures cover only the part of the run that completed.",
+                [f"{len(cut)} of {len(ctx.paths)} paths did not finish"]
+                + [_path_evidence(p) for _, p in cut],
+                "Run the test again and let it finish (it takes a few seconds).",
+                [i for i, _ in cut],
+            )
+        )
+    elif cut:
+        out.append(
+            _finding(
+                "incomplete",
+                "warning",
+                f"{len(cut)} of {len(ctx.paths)} paths did not finish before the overall time "
+                "limit, so the results are incomplete.",
+                "Those paths are neither counted as working nor as failing.",
+                [_path_evidence(p) for _, p in cut],
+                "Run the test again with a longer deadline (--deadline).",
+                [i for i, _ in cut],
+            )
+        )
+    return out
+
+
+_SIGNAL_ADVICE = {
+    "dns": "Check that the LiveKit URL is spelled right and that this network's DNS resolves it.",
+    "connect_refused": "The connection was actively refused: check the URL's port, or ask IT "
+    "whether a firewall rejects outbound TCP to {hosts} on port {port}.",
+    "connect_timeout": "Ask IT to allow outbound TCP port {port} to {hosts}.",
+    "network_unreachable": "This machine has no route to {hosts}: check the network connection "
+    "or VPN.",
+    "tls_handshake": "Something on port {port} of {hosts} does not speak TLS, or a middlebox cut "
+    "the handshake: check the URL (wss:// vs ws://) and ask IT whether traffic to {hosts} is "
+    "filtered.",
+    "websocket_rejected": "A WebSocket upgrade to {hosts} was refused: ask IT to allow WebSocket "
+    "connections to {hosts} (proxies and web filters often block them), or ask the operator to "
+    "check the load balancer in front of LiveKit.",
+    "not_livekit": "The URL does not point at a LiveKit server: check it with the operator.",
+    "join_timeout": "The server accepted the connection but sent no join response: ask the "
+    "operator to check the LiveKit server's logs and health.",
+}
+
+
+def _rule_signal(ctx: _Ctx) -> list[Finding]:
+    signal = ctx.report.get("signal")
+    if not signal or signal.get("ok"):
+        return []
+    err = signal.get("error") or {}
+    kind = str(err.get("kind") or "")
+    if kind in ("proxy", "tls_verify", "token_rejected", "not_tested"):
+        return []  # their own rules
+    url = _mask(str(signal.get("url")))
+    hosts = _join(ctx.signal_hosts()) or "the LiveKit server"
+    port = _port(signal.get("address")) or ("443" if url.startswith("wss") else "80")
+    if kind in ("deadline", "interrupted"):
+        return [
+            _finding(
+                "signal-incomplete",
+                "warning",
+                "The connection to the LiveKit server did not finish before the test stopped.",
+                "Whether calls can connect is not known from this run.",
+                [f"signaling to {url}: {_message(err)}"],
+                "Run the test again and let it finish.",
+            )
+        ]
+    advice = _SIGNAL_ADVICE.get(
+        kind, "Ask the operator to check the LiveKit server at {hosts} with this report."
+    ).format(hosts=hosts, port=port)
+    return [
+        _finding(
+            "signal-failed",
+            "critical",
+            f"This computer cannot reach the LiveKit server {hosts}: {_describe_kind(kind)}.",
+            "Calls cannot start: every LiveKit call begins with this connection.",
+            [f"signaling to {url} ({signal.get('address') or 'no address'}): {_message(err)}"],
+            advice,
+        )
+    ]
+
+
+def _describe_kind(kind: str) -> str:
+    return {
+        "dns": "its name could not be looked up (DNS failure)",
+        "connect_refused": "the connection was refused",
+        "connect_timeout": "the connection timed out (a firewall likely drops it)",
+        "tcp_no_response": "the server did not answer",
+        "network_unreachable": "there is no route to it",
+        "tls_handshake": "the secure (TLS) connection could not be set up",
+        "websocket_rejected": "the WebSocket connection was refused",
+        "not_livekit": "the address answers, but not as a LiveKit server",
+        "join_timeout": "the server never completed the join",
+        "connection_closed": "the connection was closed unexpectedly",
+        "protocol": "the server's answer could not be understood",
+    }.get(kind, kind.replace("_", " "))
+
+
+def _rule_proxy(ctx: _Ctx) -> list[Finding]:
+    signal = ctx.report.get("signal")
+    if not signal or (signal.get("error") or {}).get("kind") != "proxy":
+        return []
+    err = signal["error"]
+    msg = _message(err)
+    hosts = _join(ctx.signal_hosts()) or "the LiveKit server"
+    needs_auth = "407" in msg
+    summary = (
+        "A web proxy on this network demands a login (HTTP 407) before anything reaches LiveKit."
+        if needs_auth
+        else "A web proxy or gateway on this network answered instead of the LiveKit server."
+    )
+    return [
+        _finding(
+            "proxy-required",
+            "critical",
+            summary,
+            "Calls cannot start: the connection to LiveKit is stopped at the proxy, and WebRTC "
+            "media cannot be sent through an HTTP proxy anyway.",
+            [f"signaling to {_mask(str(signal.get('url')))}: {msg}"],
+            f"Ask IT to let {hosts} bypass the proxy (direct outbound TCP 443 to {hosts}, "
+            "WebSocket allowed, no TLS inspection), and to allow the media ports named in the "
+            "other findings.",
+        )
+    ]
+
+
+_ISSUED_BY = re.compile(r"issued by '([^']*)'")
+
+
+def _rule_tls(ctx: _Ctx) -> list[Finding]:
+    """tls_verify failures: interception when the presented issuer is not the server's."""
+    known: set[str] = set()
+    sources: list[tuple[int | None, str, dict[str, Any] | None, dict[str, Any] | None]] = []
+    signal = ctx.report.get("signal")
+    if signal:
+        tls = signal.get("tls") or {}
+        if signal.get("ok") and tls.get("verified") and tls.get("issuer"):
+            known.add(str(tls["issuer"]))
+        sources.append(
+            (None, f"signaling to {_mask(str(signal.get('url')))}", signal.get("error"), tls)
+        )
+    for i, p in enumerate(ctx.paths):
+        tls = p.get("tls") or {}
+        if p.get("ok") and tls.get("verified") and tls.get("issuer"):
+            known.add(str(tls["issuer"]))
+        sources.append((i, _label(p), p.get("error"), tls))
+    failed = [
+        (i, label, err, tls)
+        for i, label, err, tls in sources
+        if err is not None and err.get("kind") == "tls_verify"
+    ]
+    if not failed:
+        return []
+    interception: dict[str, list[tuple[int | None, str]]] = {}
+    other: list[tuple[int | None, str]] = []
+    for where, label, err, tls in failed:
+        m = _ISSUED_BY.search(str(err.get("message") or ""))
+        issuer = m.group(1) if m else (tls or {}).get("issuer")
+        evidence = f"{label}: {_message(err)}"
+        if issuer and issuer not in known:
+            interception.setdefault(str(issuer), []).append((where, evidence))
+        else:
+            other.append(
+                (where, evidence + (" (the same issuer as the working paths)" if issuer else ""))
+            )
+    out = []
+    signal_failed = signal is not None and (signal.get("error") or {}).get("kind") == "tls_verify"
+    hosts = sorted(
+        {_host(str(ctx.paths[i].get("server"))) for i, _, e, _ in failed if i is not None}
+        | (set(ctx.signal_hosts()) if signal_failed else set())
+    )
+    for issuer, items in interception.items():
+        if known:
+            summary = (
+                "Something on this network intercepts encrypted connections: the certificate "
+                f"came from '{issuer}', while the servers' own certificates, seen on paths that "
+                f"worked, come from {_join(sorted(known))}."
+            )
+        else:
+            summary = (
+                f"Encrypted connections got a certificate from '{issuer}' that this computer "
+                "does not trust: unless that is the server's own CA, a TLS-inspecting proxy on "
+                "this network intercepts them."
+            )
+        severity = "critical" if signal_failed or not ctx.any_ok() else "warning"
+        out.append(
+            _finding(
+                "tls-interception",
+                severity,
+                summary,
+                "Encrypted connections to the call servers are broken open by an inspecting "
+                "proxy; WebRTC and TURN over TLS do not work through it"
+                + (", so calls cannot start." if signal_failed else ", so the TLS fallback fails."),
+                [e for _, e in items],
+                f"Ask IT to exempt {_join(hosts) or 'the call servers'} from TLS inspection "
+                f"(the inspecting issuer is '{issuer}').",
+                [i for i, _ in items if i is not None],
+            )
+        )
+    if other:
+        out.append(
+            _finding(
+                "tls-certificate",
+                "critical" if signal_failed else "warning",
+                "A server's TLS certificate was rejected (expired, wrong name, or signed by a "
+                "CA this computer does not trust).",
+                "Connections over TLS to that server fail"
+                + (": calls cannot start." if signal_failed else "."),
+                [e for _, e in other],
+                "Ask the operator to check the certificate (name, expiry, full chain); if it is "
+                "signed by a private CA, give that CA to lkice with --ca-file.",
+                [i for i, _ in other if i is not None],
+            )
+        )
+    return out
+
+
+def _rule_token(ctx: _Ctx) -> list[Finding]:
+    signal = ctx.report.get("signal")
+    if not signal or (signal.get("error") or {}).get("kind") != "token_rejected":
+        return []
+    msg = _message(signal["error"])
+    expired = "expir" in msg.lower()
+    summary = (
+        "The LiveKit server rejected the access token because it has expired."
+        if expired
+        else "The LiveKit server rejected the access token."
+    )
+    advice = (
+        "Create a new token (and check this computer's clock: tokens carry an expiry time)."
+        if expired
+        else "Check that the token was made with this server's API key and secret "
+        "(LIVEKIT_API_KEY / LIVEKIT_API_SECRET), that it grants room_join, and that it has not "
+        "expired; this is a configuration problem, not a network one."
+    )
+    return [
+        _finding(
+            "token-rejected",
+            "critical",
+            summary,
+            "Calls cannot start until a valid token is used; the network itself reached the "
+            "server.",
+            [f"signaling to {_mask(str(signal.get('url')))}: {msg}"],
+            advice,
+        )
+    ]
+
+
+def _rule_credentials(ctx: _Ctx) -> list[Finding]:
+    rejected = [(i, p) for i, p in ctx.of(kinds=("turn", "sfu")) if _kind(p) == "auth_rejected"]
+    if not rejected:
+        return []
+    none_given = [(i, p) for i, p in rejected if "none were given" in _message(p.get("error"))]
+    wrong = [(i, p) for i, p in rejected if (i, p) not in none_given]
+    out = []
+    if wrong:
+        rest = any(p.get("auth") == "rest" for _, p in wrong)
+        servers = _join(sorted({str(p.get("server")) for _, p in wrong}))
+        advice = (
+            "The TURN REST credentials were refused: check that the shared secret matches the "
+            "TURN server's (static-auth-secret) and that this computer's clock is right (the "
+            "credentials carry an expiry time)."
+            if rest
+            else "Check the TURN username and password (or ask the operator for current ones)."
+        )
+        if ctx.livekit:
+            advice += (
+                " With LiveKit the TURN credentials come from the server: ask the operator to "
+                "check its TURN configuration."
+            )
+        out.append(
+            _finding(
+                "credentials",
+                "critical",
+                f"The TURN server {servers} refused the credentials.",
+                "The network reached the TURN server, but no relay can be set up with these "
+                "credentials: calls that need the relay (for example behind a firewall that "
+                "blocks UDP) will fail.",
+                [_path_evidence(p) for _, p in wrong],
+                advice,
+                [i for i, _ in wrong],
+            )
+        )
+    if none_given:
+        out.append(
+            _finding(
+                "credentials-missing",
+                "warning",
+                "The TURN server needs credentials and none were given, so its relay was not "
+                "tested.",
+                "Whether the relay works is not known from this run.",
+                [_path_evidence(p) for _, p in none_given],
+                "Run lkice again with --username/--credential or --turn-secret.",
+                [i for i, _ in none_given],
+            )
+        )
+    return out
+
+
+def _blocked(items: Sequence[tuple[int, Path]]) -> bool:
+    """Every evidential path failed at the network level, at least one was tried."""
+    return bool(items) and all(not p.get("ok") and _kind(p) in UNREACHABLE_KINDS for _, p in items)
+
+
+def _rule_no_path(ctx: _Ctx) -> list[Finding]:
+    if not ctx.indexed or ctx.any_ok():
+        return []
+    signal = ctx.report.get("signal")
+    if signal is not None and not signal.get("ok"):
+        return []  # signaling failed: its finding says why, the paths follow from it
+    kinds = [_kind(p) or "" for _, p in ctx.indexed]
+    parts = []
+    n_dns = sum(k == "dns" for k in kinds)
+    n_refused = sum(k == "connect_refused" for k in kinds)
+    n_timeout = sum(k in TIMEOUT_KINDS for k in kinds)
+    n_unreach = sum(k == "network_unreachable" for k in kinds)
+    n_other = len(kinds) - n_dns - n_refused - n_timeout - n_unreach
+    if n_timeout:
+        parts.append(f"{n_timeout} got no answer (a firewall silently drops the traffic)")
+    if n_refused:
+        parts.append(
+            f"{n_refused} were refused (nothing listens there, or a firewall rejects them)"
+        )
+    if n_dns:
+        parts.append(f"{n_dns} failed because the server name could not be looked up (DNS)")
+    if n_unreach:
+        parts.append(f"{n_unreach} had no route to the server")
+    if n_other:
+        parts.append(f"{n_other} failed after reaching the server")
+    total = len(kinds)
+    if n_dns == total:
+        summary = "No connection could be tried: the server names could not be looked up (DNS)."
+        advice = "Check the server names and this computer's DNS (or VPN); nothing was reached."
+    else:
+        summary = f"No connection to the media servers worked: of {total} tried, {_join(parts)}."
+        rules = _open_rules(_ports_by_proto(ctx.indexed))
+        sfu = _sfu_udp_rule(ctx)
+        if sfu:
+            rules.append(sfu)
+        advice = (
+            f"Ask IT to allow {_join(rules)}; at the very least outbound TCP 443 to the TURN/TLS "
+            "server, which most firewalls allow."
+            if rules
+            else "Ask IT which outbound traffic to the media servers is allowed."
+        )
+    return [
+        _finding(
+            "no-path",
+            "critical",
+            summary,
+            "Calls cannot carry audio or video from this network"
+            + (" (signaling works, media does not)." if signal and signal.get("ok") else "."),
+            [_path_evidence(p) for _, p in ctx.indexed],
+            advice,
+            [i for i, _ in ctx.indexed],
+        )
+    ]
+
+
+def _rule_udp_blocked(ctx: _Ctx) -> list[Finding]:
+    udp = ctx.of("udp")
+    if not udp or not _blocked(udp) or not ctx.any_ok():
+        return []
+    if not any(_kind(p) in TIMEOUT_KINDS for _, p in udp):
+        return []  # refused or unreachable only: not the silent drop of a firewall on UDP
+    fallback = [c for c in ("tcp", "tls") if ctx.works(c)]
+    rules = _open_rules(_ports_by_proto(udp))
+    sfu = _sfu_udp_rule(ctx)
+    if sfu:
+        rules.append(sfu)
+    via = _join(c.upper() for c in fallback) or "TCP/TLS"
+    return [
+        _finding(
+            "udp-blocked",
+            "warning",
+            f"UDP is blocked on this network; calls can still connect over {via}.",
+            "Audio and video go through the TURN relay over TCP or TLS: a little more delay, and "
+            "on a network that loses packets, TCP holds audio back until each loss is repaired "
+            "(short freezes and robotic sound).",
+            [_path_evidence(p) for _, p in udp],
+            f"Ask IT to allow {_join(rules)}."
+            if rules
+            else "Ask IT to allow outbound UDP to the media servers.",
+            [i for i, _ in udp],
+        )
+    ]
+
+
+def _rule_only(ctx: _Ctx) -> list[Finding]:
+    working = [c for c in CLASSES if ctx.works(c)]
+    if len(working) != 1 or working[0] == "udp":
+        return []
+    only = working[0]
+    if ctx.reaches("udp"):
+        return []
+    other = "tls" if only == "tcp" else "tcp"
+    failed_other = ctx.of(other)
+    if not failed_other and only == "tcp":
+        return []  # TLS not tried: "only TCP" would claim more than was measured
+    ok_paths = [(i, p) for i, p in ctx.of(only) if p.get("ok")]
+    ports = sorted({_port(p.get("address")) or _port(p.get("server")) or "?" for _, p in ok_paths})
+    port_text = _join(ports)
+    if only == "tls":
+        summary = (
+            f"Only encrypted TURN over TLS (TCP port {port_text}) gets through this network; "
+            "UDP and plain TCP are blocked."
+            if failed_other
+            else f"Only encrypted TURN over TLS (TCP port {port_text}) gets through this network."
+        )
+    else:
+        summary = f"Only TURN over plain TCP (port {port_text}) gets through this network."
+    evidence = [_path_evidence(p) for _, p in ok_paths] + [
+        _path_evidence(p) for _, p in failed_other + ctx.of("udp")
+    ]
+    return [
+        _finding(
+            f"only-{only}",
+            "warning",
+            summary,
+            "Calls connect, but only through the TURN relay over one TCP connection: joining "
+            "takes longer (clients try UDP first), delay is higher, and lost packets stall "
+            "audio until TCP repairs them.",
+            evidence,
+            "This is the last fallback: keep it open. To do better, see the UDP advice.",
+            [i for i, _ in ok_paths] + [i for i, _ in failed_other],
+        )
+    ]
+
+
+def _canonical(url: str) -> str | None:
+    try:
+        return str(parse_ice_uri(url))
+    except UsageError:
+        return None
+
+
+def _advertised(ctx: _Ctx) -> list[str]:
+    signal = ctx.report.get("signal")
+    if not signal:
+        return []
+    urls: list[str] = []
+    for entry in signal.get("ice_servers") or []:
+        urls.extend(str(u) for u in entry.get("urls") or [])
+    return urls
+
+
+def _paths_for(ctx: _Ctx, url: str) -> list[tuple[int, Path]]:
+    canon = _canonical(url)
+    if canon is None:
+        return []
+    return [
+        (i, p)
+        for i, p in ctx.indexed
+        if p.get("kind") in ("stun", "turn") and _canonical(str(p.get("uri") or "")) == canon
+    ]
+
+
+def _same_host_answers(ctx: _Ctx, dead: Sequence[tuple[int, Path]]) -> list[tuple[int, Path]]:
+    hosts = {_host(str(p.get("server"))) for _, p in dead}
+    ips = {ip for _, p in dead if (ip := _ip(p))}
+    dead_ids = {i for i, _ in dead}
+    return [
+        (i, p)
+        for i, p in ctx.indexed
+        if i not in dead_ids
+        and p.get("ok")
+        and p.get("kind") in ("stun", "turn")
+        and (_host(str(p.get("server"))) in hosts or _ip(p) in ips)
+    ]
+
+
+def _rule_turn_tls(ctx: _Ctx) -> list[Finding]:
+    signal = ctx.report.get("signal")
+    if not signal or not signal.get("ok"):
+        return []
+    urls = _advertised(ctx)
+    turns = [u for u in urls if u.lower().startswith("turns:")]
+    udp_fine = ctx.works("udp")
+    if not turns:
+        return [
+            _finding(
+                "turn-tls-missing",
+                "info" if udp_fine else "warning",
+                "The LiveKit server offers no TURN over TLS (turns:) relay.",
+                (
+                    "Not a problem on this network (UDP works), but users behind firewalls that "
+                    "only allow HTTPS (TCP 443) will not be able to connect media."
+                    if udp_fine
+                    else "On this network UDP does not work, and without TURN over TLS on port "
+                    "443 there is no fallback that strict firewalls let through."
+                ),
+                [f"the join response offered: {', '.join(urls) or 'no ICE servers'}"],
+                "Ask the LiveKit operator to enable the built-in TURN server with TLS "
+                "(turn.enabled, turn.domain, turn.tls_port; LiveKit advertises it as "
+                "turns:<turn.domain>:443?transport=tcp).",
+            )
+        ]
+    out = []
+    for url in turns:
+        tried = _paths_for(ctx, url)
+        if not tried or not all(
+            not p.get("ok") and _kind(p) in UNREACHABLE_KINDS | {"tls_handshake"} for _, p in tried
+        ):
+            continue
+        elsewhere = _same_host_answers(ctx, tried)
+        cause = (
+            f"{_host(str(tried[0][1].get('server')))} answers on other ports, so the server is "
+            "up: its TURN/TLS listener (or the load balancer in front of it) is not answering"
+            if elsewhere
+            else "either a firewall blocks it or the server does not listen there"
+        )
+        out.append(
+            _finding(
+                "turn-tls-missing",
+                "info" if udp_fine else "warning",
+                f"The LiveKit server offers TURN over TLS ({url}) but it does not answer.",
+                (
+                    "Not a problem on this network (UDP works), but users behind strict "
+                    "firewalls will have no working fallback."
+                    if udp_fine
+                    else "On this network UDP does not work and the TLS fallback does not "
+                    "answer either."
+                ),
+                [_path_evidence(p) for _, p in tried] + [_path_evidence(p) for _, p in elsewhere],
+                f"Ask the LiveKit operator to check the TURN/TLS listener behind {url}: {cause}. "
+                "TURN/TLS cannot sit behind a load balancer that terminates TLS for HTTP only.",
+                [i for i, _ in tried],
+            )
+        )
+    return out
+
+
+def _rule_advertised_dead(ctx: _Ctx) -> list[Finding]:
+    signal = ctx.report.get("signal")
+    if not signal or not signal.get("ok"):
+        return []
+    out_evidence: list[str] = []
+    out_paths: list[int] = []
+    dead_urls: list[str] = []
+    for url in _advertised(ctx):
+        if url.lower().startswith("turns:"):
+            continue  # turn-tls-missing
+        tried = _paths_for(ctx, url)
+        dead = [(i, p) for i, p in tried if not p.get("ok") and _kind(p) in UNREACHABLE_KINDS]
+        if not tried or len(dead) != len(tried):
+            continue
+        elsewhere = _same_host_answers(ctx, dead)
+        if not elsewhere:
+            continue  # the host answers nowhere: a network question (no-path, udp-blocked)
+        dead_classes = {p.get("transport") for _, p in dead}
+        if "udp" in dead_classes and not any(
+            p.get("ok") for i, p in ctx.of("udp") if i not in {d for d, _ in dead}
+        ):
+            continue  # no UDP works anywhere: the firewall explains it (udp-blocked)
+        dead_urls.append(url)
+        out_evidence += [_path_evidence(p) for _, p in dead]
+        out_evidence += [_path_evidence(p) for _, p in elsewhere]
+        out_paths += [i for i, _ in dead]
+    if not dead_urls:
+        return []
+    return [
+        _finding(
+            "advertised-url-dead",
+            "warning",
+            f"The LiveKit server tells clients to use {_join(dead_urls)}, but "
+            f"{'it does' if len(dead_urls) == 1 else 'they do'} not answer, while the same "
+            "server answers elsewhere.",
+            "Clients waste time trying it before falling back; if it was meant as the fallback "
+            "for this kind of network, there is none.",
+            out_evidence,
+            f"Ask the LiveKit operator to check {_join(dead_urls)}: the port must be open on "
+            "the server's firewall and the address must be the node's reachable (public) "
+            "address (rtc.node_ip / use_external_ip, turn settings).",
+            out_paths,
+        )
+    ]
+
+
+def _rule_nat(ctx: _Ctx) -> list[Finding]:
+    nat = ctx.report.get("nat")
+    if not nat:
+        return []
+    mapping = nat.get("mapping")
+    if mapping not in ("address-dependent", "address-and-port-dependent"):
+        return []
+    evidence = [
+        f"RFC 5780 discovery against {nat.get('server')}: mapping {mapping}, filtering "
+        f"{nat.get('filtering')}"
+    ] + [_mask(str(e)) for e in nat.get("evidence") or []]
+    relay_ok = any(p.get("ok") for _, p in ctx.of(kinds=("turn",)))
+    if ctx.livekit:
+        severity = "info"
+        impact = (
+            "Little effect on LiveKit calls: every client talks to the SFU, which has a public "
+            "address, so the connection still forms (the SFU learns this computer's address "
+            "from its first packets). Only direct peer-to-peer connections would need a TURN "
+            "relay."
+        )
+    elif relay_ok:
+        severity = "info"
+        impact = (
+            "Direct peer-to-peer connections between two such networks will fail; the TURN "
+            "relay, which works here, carries those calls instead."
+        )
+    else:
+        severity = "warning"
+        impact = (
+            "Direct peer-to-peer connections between two such networks will fail, and no TURN "
+            "relay was shown to work from here to carry them instead."
+        )
+    return [
+        _finding(
+            "symmetric-nat",
+            severity,
+            'This network\'s NAT gives every destination a different public port ("symmetric" '
+            "NAT).",
+            impact,
+            evidence,
+            "Nothing to open for LiveKit; for peer-to-peer apps make sure a TURN relay is "
+            "configured. IT can make the NAT endpoint-independent (RFC 4787) if direct "
+            "connections matter.",
+        )
+    ]
+
+
+# ---- quality
+
+
+@dataclass(frozen=True)
+class _Measure:
+    index: int
+    path: Path
+    source: str  # "quality" or "relay_quality"
+    q: dict[str, Any]
+
+    @property
+    def legs(self) -> int:
+        """How many times a round trip crosses this network's leg each way."""
+        return 2 if self.source == "relay_quality" or self.path.get("kind") == "sfu" else 1
+
+    @property
+    def what(self) -> str:
+        if self.source == "relay_quality":
+            return "relay echo (data through the TURN relay and back)"
+        if self.path.get("kind") == "sfu":
+            return "data round trip through the SFU"
+        return "round trip to the server"
+
+    @property
+    def rtt(self) -> float | None:
+        rtt = self.q.get("rtt_ms") or {}
+        value = rtt.get("p50")
+        return None if value is None else float(value)
+
+    @property
+    def samples(self) -> int:
+        return int(self.q.get("samples") or 0)
+
+    def count(self) -> str:
+        received = self.q.get("received")
+        extra = f", {received} answered" if received is not None else ""
+        return f"{self.samples} probes{extra}"
+
+    def head(self) -> str:
+        return f"{_label(self.path)}, {self.what}"
+
+
+def _measures(ctx: _Ctx, transport: str, media: bool) -> list[_Measure]:
+    """One measurement per working path of the class: the media path (relay echo) when
+    ``media``, else the single-leg round trip where there is one."""
+    out = []
+    for i, p in ctx.of(transport):
+        if not p.get("ok"):
+            continue
+        order = ("relay_quality", "quality") if media else ("quality", "relay_quality")
+        for source in order:
+            q = p.get(source)
+            if q and q.get("samples"):
+                out.append(_Measure(i, p, source, q))
+                break
+    if media and any(m.path.get("kind") != "stun" for m in out):
+        # A STUN Binding is not the media path: judge media on the paths that carry it.
+        out = [m for m in out if m.path.get("kind") != "stun"]
+    return out
+
+
+def _best(measures: Sequence[_Measure]) -> _Measure | None:
+    def key(m: _Measure) -> tuple[float, float]:
+        mos = m.q.get("mos")
+        rtt = m.rtt
+        return (
+            -(float(mos) if mos is not None else 0.0),
+            (rtt / m.legs) if rtt is not None else float("inf"),
+        )
+
+    return min(measures, key=key) if measures else None
+
+
+def _cap(severity: str, m: _Measure, preferred: bool) -> str:
+    if not preferred:
+        return "info"
+    if severity == "critical" and m.samples < MIN_SAMPLES:
+        return "warning"
+    return severity
+
+
+def _rule_quality(ctx: _Ctx) -> list[Finding]:
+    preferred = ctx.preferred()
+    results: dict[str, list[tuple[str, str, int]]] = {}
+
+    def add(fid: str, severity: str, evidence: str, index: int) -> None:
+        results.setdefault(fid, []).append((severity, evidence, index))
+
+    for c in CLASSES:
+        pref = c == preferred
+        rtt_m = _best(_measures(ctx, c, media=False))
+        media_m = _best(_measures(ctx, c, media=True))
+        if rtt_m is not None and rtt_m.rtt is not None:
+            warn, crit = RTT_WARN_MS * rtt_m.legs, RTT_CRIT_MS * rtt_m.legs
+            rtt = rtt_m.rtt
+            if rtt > warn:
+                sev = "critical" if rtt >= crit else "warning"
+                limit = (
+                    f"Teams target {RTT_WARN_MS:.0f} ms"
+                    if rtt_m.legs == 1
+                    else f"crosses this network twice: Teams target 2 x {RTT_WARN_MS:.0f} ms"
+                )
+                if sev == "critical":
+                    limit += f"; Daily 'bad' from {RTT_CRIT_MS * rtt_m.legs:.0f} ms"
+                add(
+                    "high-rtt",
+                    _cap(sev, rtt_m, pref),
+                    f"{rtt_m.head()}: p50 {_ms(rtt)} ms over {rtt_m.count()} ({limit})",
+                    rtt_m.index,
+                )
+        if media_m is None:
+            continue
+        q = media_m.q
+        jitter = q.get("jitter_ms")
+        if jitter is not None and jitter > JITTER_WARN_MS:
+            add(
+                "high-jitter",
+                _cap("warning", media_m, pref),
+                f"{media_m.head()}: jitter {_ms(jitter)} ms over {media_m.count()} (Teams and "
+                f"Twilio: under {JITTER_WARN_MS:.0f} ms)",
+                media_m.index,
+            )
+        loss = q.get("loss")
+        if loss is not None and loss > LOSS_WARN:
+            sev = "critical" if loss >= LOSS_CRIT else "warning"
+            add(
+                "high-loss",
+                _cap(sev, media_m, pref),
+                f"{media_m.head()}: {_pct(loss)} lost over {media_m.count()} (Teams: under 1 %"
+                + ("; Daily 'bad' from 10 %" if sev == "critical" else "")
+                + ")",
+                media_m.index,
+            )
+        mos = q.get("mos")
+        if mos is not None and mos < MOS_WARN:
+            sev = "critical" if mos < MOS_CRIT else "warning"
+            add(
+                "low-mos",
+                _cap(sev, media_m, pref),
+                f"{media_m.head()}: MOS {mos:.2f} over {media_m.count()} (Twilio warns under "
+                f"{MOS_WARN:.0f}; ITU-T G.109 'not recommended' under {MOS_CRIT})",
+                media_m.index,
+            )
+    texts = {
+        "high-rtt": (
+            "The connection to the media servers has a long delay.",
+            "People will talk over each other: answers arrive late, conversation feels sluggish.",
+            "Use a media server (region) closer to this network, or check for a VPN or proxy "
+            "that sends traffic the long way round.",
+        ),
+        "high-jitter": (
+            "The delay on this network varies a lot from packet to packet (jitter).",
+            "Clients must buffer more audio to smooth it out: more delay, and choppy sound when "
+            "the buffer runs dry.",
+            "Check for a congested link (uploads, backups, Wi-Fi contention) or ask IT for QoS "
+            "on real-time traffic.",
+        ),
+        "high-loss": (
+            "This network loses packets on the way to the media servers.",
+            "Audio drops out or sounds robotic, video freezes or blurs; over TCP/TLS the loss "
+            "turns into stalls instead.",
+            "Check Wi-Fi signal and congestion, or try a wired connection; ask IT whether a "
+            "link or firewall is dropping traffic.",
+        ),
+        "low-mos": (
+            "The estimated call quality is poor.",
+            "Expect a call most people would find annoying: the delay, jitter and loss above "
+            "combine into an estimated MOS below 3 (of 4.4 at best).",
+            "Fix the delay, jitter or loss named in the other findings.",
+        ),
+    }
+    out = []
+    for fid in ("high-rtt", "high-jitter", "high-loss", "low-mos"):
+        items = results.get(fid)
+        if not items:
+            continue
+        severity = "info"
+        for sev, _, _ in items:
+            severity = _max_severity(severity, sev)
+        summary, impact, advice = texts[fid]
+        if severity == "info":
+            impact = (
+                "Only on a transport the client will not use here (a better one works), so "
+                "calls should not feel it unless that one breaks. " + impact
+            )
+        out.append(
+            _finding(
+                fid,
+                severity,
+                summary,
+                impact,
+                [e for _, e, _ in items],
+                advice,
+                [i for _, _, i in items],
+            )
+        )
+    return out
+
+
+def _rule_hol(ctx: _Ctx) -> list[Finding]:
+    hits: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
+    for i, p in ctx.indexed:
+        if not p.get("ok") or p.get("transport") not in ("tcp", "tls"):
+            continue
+        for source in ("quality", "relay_quality"):
+            q = p.get(source) or {}
+            hol = q.get("hol") or {}
+            if hol.get("detected"):
+                hits.append((i, p, source, q, hol))
+    if not hits:
+        return []
+    worst = max(hits, key=lambda h: float(h[4].get("max_stall_ms") or 0.0))
+    n_ms = worst[4].get("max_stall_ms")
+    udp_ok = ctx.works("udp")
+    evidence = []
+    for i, p, source, q, hol in hits:
+        m = _Measure(i, p, source, q)
+        evidence.append(
+            f"{m.head()}: {hol.get('stalls')} stalls, longest {_ms(hol.get('max_stall_ms'))} ms "
+            f"beyond baseline, {_pct(float(hol.get('stalled_fraction') or 0.0))} of probes "
+            f"held, over {m.count()} (TCP repairs each loss, so it shows as a stall)"
+        )
+    classes = {str(h[1].get("transport")) for h in hits}
+    transports = _join(f"TURN/{c.upper()}" for c in CLASSES if c in classes)
+    summary = (
+        f"{transports} {'works' if len(classes) == 1 else 'work'}, but packet loss on this network makes TCP hold audio back: "
+        f"stalls of up to {_ms(n_ms)} ms were measured."
+    )
+    impact = (
+        f"When media goes over TCP or TLS, every lost packet stops the audio behind it until "
+        f"TCP has resent it: freezes of up to {_ms(n_ms)} ms, then a burst."
+        + (
+            " Here UDP works, so clients will use it and should not feel this."
+            if udp_ok
+            else " Here UDP does not work, so calls will go this way."
+        )
+    )
+    advice = (
+        "Nothing to do while UDP stays open."
+        if udp_ok
+        else "Ask IT to open UDP (see the UDP advice): UDP has no head-of-line blocking."
+    )
+    return [
+        _finding(
+            "hol-blocking",
+            "info" if udp_ok else "warning",
+            summary,
+            impact,
+            evidence,
+            advice,
+            [h[0] for h in hits],
+        )
+    ]
+
+
+def _rule_server_refused(ctx: _Ctx) -> list[Finding]:
+    refused = [(i, p) for i, p in ctx.indexed if _kind(p) in ("forbidden", "quota", "capacity")]
+    if not refused:
+        return []
+    return [
+        _finding(
+            "server-refused",
+            "warning",
+            "A TURN server was reached but refused to set up a relay (policy, quota or capacity).",
+            "Calls that need that relay may fail even though the network lets them through.",
+            [_path_evidence(p) for _, p in refused],
+            "Ask the operator to check the TURN server's quotas, capacity and policy.",
+            [i for i, _ in refused],
+        )
+    ]
+
+
+def _rule_media_unproven(ctx: _Ctx) -> list[Finding]:
+    signal = ctx.report.get("signal")
+    if not signal or not signal.get("ok") or ctx.indexed:
+        return []
+    return [
+        _finding(
+            "media-unproven",
+            "warning",
+            "The LiveKit server is reachable, but no media path could be tested.",
+            "Whether audio and video will flow from this network is not known.",
+            [f"signaling to {_mask(str(signal.get('url')))}: works; no path was measured"],
+            "Run lkice with the LiveKit API key and secret so it can open test sessions, or "
+            "give the TURN servers explicitly.",
+        )
+    ]
+
+
+def _rule_works(ctx: _Ctx) -> list[Finding]:
+    out = []
+    signal = ctx.report.get("signal")
+    if signal and signal.get("ok"):
+        t = signal.get("timings_ms") or {}
+        out.append(
+            _finding(
+                "signal-ok",
+                "info",
+                f"The LiveKit server {_join(ctx.signal_hosts())} is reachable and accepted the "
+                "join.",
+                "Calls can start from this network.",
+                [
+                    f"signaling to {_mask(str(signal.get('url')))}: join in {_ms(t.get('join'))} ms"
+                    f" (connect {_ms(t.get('connect'))} ms)"
+                ],
+                "Nothing to do.",
+            )
+        )
+    sfu = [(i, p) for i, p in ctx.indexed if p.get("kind") == "sfu" and p.get("ok")]
+
+    def sfu_evidence(p: Path) -> str:
+        t = p.get("timings_ms") or {}
+        text = f"{_label(p)}: ICE {_ms(t.get('ice'))} ms, DTLS {_ms(t.get('dtls'))} ms"
+        q = p.get("quality")
+        if q and q.get("samples"):
+            m = _Measure(0, p, "quality", q)
+            text += (
+                f"; data round trip p50 {_ms(m.rtt)} ms, loss {_pct(float(q.get('loss') or 0))}"
+                f" over {m.count()}"
+            )
+        return text
+
+    direct = [(i, p) for i, p in sfu if not p.get("relay") and p.get("transport") == "udp"]
+    if direct:
+        out.append(
+            _finding(
+                "sfu-direct-ok",
+                "info",
+                "Direct UDP to the LiveKit SFU works: the best path for calls.",
+                "Audio and video go straight to the SFU over UDP, with the least delay.",
+                [sfu_evidence(p) for _, p in direct],
+                "Nothing to do.",
+                [i for i, _ in direct],
+            )
+        )
+    icetcp = [(i, p) for i, p in sfu if not p.get("relay") and p.get("transport") == "tcp"]
+    if icetcp:
+        out.append(
+            _finding(
+                "sfu-ice-tcp-ok",
+                "info",
+                "ICE over TCP to the LiveKit SFU works: the first fallback when UDP is blocked.",
+                "If UDP breaks, clients can still reach the SFU directly over TCP.",
+                [sfu_evidence(p) for _, p in icetcp],
+                "Nothing to do.",
+                [i for i, _ in icetcp],
+            )
+        )
+    relayed = [(i, p) for i, p in sfu if p.get("relay")]
+    if relayed:
+        seen = {str(p.get("transport")) for _, p in relayed}
+        legs = _join(c.upper() for c in CLASSES if c in seen)
+        out.append(
+            _finding(
+                "sfu-relay-ok",
+                "info",
+                f"Calls through the TURN relay to the LiveKit SFU work (over {legs}).",
+                "If direct paths break, clients can fall back to the relay.",
+                [sfu_evidence(p) for _, p in relayed],
+                "Nothing to do.",
+                [i for i, _ in relayed],
+            )
+        )
+    turn_ok = [(i, p) for i, p in ctx.of(kinds=("turn",)) if p.get("ok")]
+    if turn_ok:
+        classes = [c for c in CLASSES if any(p.get("transport") == c for _, p in turn_ok)]
+        names = _join(f"TURN/{c.upper()}" for c in classes)
+        best = classes[0]
+        out.append(
+            _finding(
+                "turn-ok",
+                "info",
+                f"The TURN relay works over {names}"
+                + (": UDP, the best transport, is available." if best == "udp" else "."),
+                "Clients have a relay to fall back on"
+                + (" and can use it over UDP." if best == "udp" else "."),
+                [_turn_evidence(p) for _, p in turn_ok],
+                "Nothing to do.",
+                [i for i, _ in turn_ok],
+            )
+        )
+    return out
+
+
+def _turn_evidence(p: Path) -> str:
+    t = p.get("timings_ms") or {}
+    text = f"{_label(p)}: relay allocated"
+    if t.get("allocate") is not None:
+        text += f" (authenticated Allocate {_ms(t.get('allocate'))} ms)"
+    if p.get("relayed_address"):
+        text += f", relayed address {p['relayed_address']}"
+    return text
+
+
+_RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
+    _rule_signal,
+    _rule_proxy,
+    _rule_tls,
+    _rule_token,
+    _rule_credentials,
+    _rule_no_path,
+    _rule_udp_blocked,
+    _rule_only,
+    _rule_turn_tls,
+    _rule_advertised_dead,
+    _rule_server_refused,
+    _rule_media_unproven,
+    _rule_quality,
+    _rule_hol,
+    _rule_nat,
+    _rule_interrupted,
+    _rule_works,
+)
+
+
+def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Findings for ``report`` (a ``Report.to_dict()``), most severe first."""
+    paths: list[Path] = list(report.get("paths") or [])
+    indexed = [(i, p) for i, p in enumerate(paths) if _evidential(p, paths)]
+    ctx = _Ctx(report, paths, indexed)
+    findings: list[Finding] = []
+    for rule in _RULES:
+        findings.extend(rule(ctx))
+    covered = {i for f in findings if f["severity"] != "info" for i in f["paths"]}
+    findings.extend(_rule_unexplained(ctx, covered))
+    return sorted(findings, key=lambda f: _RANK[f["severity"]])
+
+
+def _rule_unexplained(ctx: _Ctx, covered: set[int]) -> list[Finding]:
+    """Every failure that was really tested is part of the answer: a failed path that no rule
+    above explained (one server of several down, one address of a name, one port) still makes
+    the verdict degraded, with the path's own message as evidence."""
+    failed = [(i, p) for i, p in ctx.indexed if not p.get("ok") and i not in covered]
+    if not failed:
+        return []
+    return [
+        _finding(
+            "path-failed",
+            "warning",
+            f"{len(failed)} path(s) did not work while others did.",
+            "Clients that pick one of these servers or transports may fail to connect or fall "
+            "back more slowly.",
+            [_path_evidence(p) for _, p in failed],
+            "Check the servers and ports named here: whether they should answer from this "
+            f"network ({_join(str(p.get('address') or p.get('server')) for _, p in failed)}).",
+            [i for i, _ in failed],
+        )
+    ]
+
+
+def verdict_from_findings(findings: Sequence[dict[str, Any]]) -> str:
+    """failed: any critical; degraded: any warning; else ok."""
+    severities = {f.get("severity") for f in findings}
+    if "critical" in severities:
+        return "failed"
+    if "warning" in severities:
+        return "degraded"
+    return "ok"
