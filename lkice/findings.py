@@ -664,8 +664,10 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
 
 def _rule_udp_blocked(ctx: _Ctx) -> list[Finding]:
     udp = ctx.of("udp")
-    if not udp or not _blocked(udp) or not ctx.any_ok():
+    if not udp or not ctx.any_ok():
         return []
+    if not _blocked(udp):
+        return _udp_blocked_to_regions(ctx, udp)
     if not any(_kind(p) in TIMEOUT_KINDS for _, p in udp):
         return []  # refused or unreachable only: not the silent drop of a firewall on UDP
     fallback = [c for c in ("tcp", "tls") if ctx.works(c)]
@@ -687,6 +689,39 @@ def _rule_udp_blocked(ctx: _Ctx) -> list[Finding]:
             if rules
             else "Ask IT to allow outbound UDP to the media servers.",
             [i for i, _ in udp],
+        )
+    ]
+
+
+def _udp_blocked_to_regions(ctx: _Ctx, udp: Sequence[tuple[int, Path]]) -> list[Finding]:
+    """UDP works to some regions but is dropped to others (a firewall rule per destination, or
+    a region's own filter): the regions that would be nearest may be unusable over UDP."""
+    blocked: dict[str, list[tuple[int, Path]]] = {}
+    for region in dict.fromkeys(str(p.get("region")) for _, p in udp if p.get("region")):
+        mine = [(i, p) for i, p in udp if p.get("region") == region]
+        others = [
+            p for _, p in ctx.indexed if p.get("region") == region and p.get("transport") != "udp"
+        ]
+        timed_out = any(_kind(p) in TIMEOUT_KINDS for _, p in mine)
+        if _blocked(mine) and timed_out and any(p.get("ok") for p in others):
+            blocked[region] = mine
+    if not blocked:
+        return []
+    hits = [item for items in blocked.values() for item in items]
+    rules = _open_rules(_ports_by_proto(hits))
+    names = _join(blocked)
+    return [
+        _finding(
+            "udp-blocked",
+            "warning",
+            f"UDP to {names} is blocked from this network, while other regions answer over UDP.",
+            f"Clients sent to {names} fall back to TCP or TLS there (more delay, stalls under "
+            "loss), or should be sent to a region that works over UDP.",
+            [_path_evidence(p) for _, p in hits],
+            f"Ask IT to allow {_join(rules)} (region {names})."
+            if rules
+            else f"Ask IT to allow outbound UDP to {names}.",
+            [i for i, _ in hits],
         )
     ]
 
@@ -1051,12 +1086,18 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
                 media_m.index,
             )
         loss = q.get("loss")
-        if loss is not None and loss > LOSS_WARN:
-            sev = "critical" if loss >= LOSS_CRIT else "warning"
+        # The thresholds are for one direction of a stream; a probe crosses this network
+        # 2 x legs times (there and back, per leg), so the loss one way is estimated from it.
+        crossings = 2 * media_m.legs
+        each_way = None if loss is None else 1.0 - (1.0 - float(loss)) ** (1.0 / crossings)
+        if loss is not None and each_way is not None and each_way > LOSS_WARN:
+            sev = "critical" if each_way >= LOSS_CRIT else "warning"
             add(
                 "high-loss",
                 _cap(sev, media_m, pref),
-                f"{media_m.head()}: {_pct(loss)} lost over {media_m.count()} (Teams: under 1 %"
+                f"{media_m.head()}: {_pct(loss)} lost over {media_m.count()}, about "
+                f"{_pct(each_way)} each way (the probe crosses this network {crossings} times;"
+                " Teams: under 1 %"
                 + ("; Daily 'bad' from 10 %" if sev == "critical" else "")
                 + ")",
                 media_m.index,

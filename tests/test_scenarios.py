@@ -1,0 +1,146 @@
+"""The answer, scenario by scenario, in the namespace lab: what a user behind each kind of network
+is told (findings, verdict, exit status) and which region lkice recommends. Needs root.
+
+Each scenario is a real network: nftables firewall profiles and per-region blocks, the TUN
+router's delay and nftables loss, a TLS-inspecting proxy with its own CA, the lab LiveKit
+server and coturn in region namespaces."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lkice.lab.netlab import Impairment, NetLab, prerequisites
+from tests.conftest import validate_report
+
+MISSING = prerequisites()
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(bool(MISSING), reason="network lab unavailable: " + "; ".join(MISSING)),
+]
+API_KEY = "APIlkicescenario"
+
+
+def livekit_run(lab: NetLab, *extra: str, quality: str = "2") -> tuple[int, dict[str, Any]]:
+    secret = secrets.token_urlsafe(32)
+    url = lab.start_livekit("eu", API_KEY, secret)
+    proc = lab.run_in_client(
+        ["python3", "-m", "lkice", "run", url, "--ca-file", str(lab.ca_file), "--json",
+         "--quality-duration", quality, "--udp-timeout", "1", *extra],
+        env={"LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": secret},
+        timeout=120,
+    )  # fmt: skip
+    assert secret not in proc.stdout + proc.stderr
+    report: dict[str, Any] = json.loads(proc.stdout)
+    validate_report(report)
+    return proc.returncode, report
+
+
+def findings(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["id"]: f for f in report["findings"]}
+
+
+def serious(report: dict[str, Any]) -> set[str]:
+    return {f["id"] for f in report["findings"] if f["severity"] != "info"}
+
+
+@pytest.fixture
+def lab_eu() -> Iterator[NetLab]:
+    with NetLab(regions=("eu",), profile="open") as lab:
+        yield lab
+
+
+def test_open_network(lab_eu: NetLab) -> None:
+    status, report = livekit_run(lab_eu)
+    assert status == 0
+    assert report["verdict"] == "ok"
+    assert serious(report) == set(), report["findings"]
+    assert report["findings"], "an open network still gets an answer (info findings)"
+    rec = report["recommendation"]
+    assert rec["transport"] == "udp"
+    assert rec["region"] == "eu"
+
+
+def test_udp_blocked(lab_eu: NetLab) -> None:
+    lab_eu.set_profile("udp-blocked")
+    status, report = livekit_run(lab_eu)
+    assert status == 1
+    assert report["verdict"] == "degraded"
+    found = findings(report)
+    assert "udp-blocked" in found
+    udp = found["udp-blocked"]
+    assert udp["severity"] == "warning"
+    assert "3478" in udp["advice"]  # what to ask IT to open, with the port seen
+    assert lab_eu.server_ip("eu") in udp["advice"] + " ".join(udp["evidence"])
+    assert report["recommendation"]["transport"] == "tcp"
+
+
+def test_tcp_443_only(lab_eu: NetLab) -> None:
+    lab_eu.set_profile("tcp443-only")
+    status, report = livekit_run(lab_eu)
+    assert status == 1
+    found = findings(report)
+    assert "only-tls" in found, list(found)
+    assert "443" in found["only-tls"]["summary"] + found["only-tls"]["advice"]
+    assert report["recommendation"]["transport"] == "tls"
+
+
+def test_loss_stalls_the_tls_path(lab_eu: NetLab) -> None:
+    """3 % loss each way at 40 ms RTT: UDP shows it as loss, TCP/TLS as head-of-line stalls."""
+    lossy = Impairment(delay_ms=20, loss=0.03)
+    lab_eu.set_impairment("eu", upstream=lossy, downstream=lossy)
+    status, report = livekit_run(lab_eu, quality="4")
+    assert status == 1
+    found = findings(report)
+    assert "hol-blocking" in found, list(found)
+    hol = found["hol-blocking"]
+    assert "stall" in hol["summary"] + hol["impact"]
+    stalled = [report["paths"][i] for i in hol["paths"]]
+    assert stalled
+    assert all(p["transport"] in ("tcp", "tls") for p in stalled)
+    assert "high-loss" in found, list(found)
+    # UDP still works and is still the best way: the loss is the network's, not the path's.
+    assert report["recommendation"]["transport"] == "udp"
+
+
+def test_tls_inspecting_proxy(lab_eu: NetLab) -> None:
+    issuer = lab_eu.intercept_tls("eu")
+    status, report = livekit_run(lab_eu, quality="0")
+    assert status in (1, 2)
+    found = findings(report)
+    assert "tls-interception" in found, list(found)
+    text = json.dumps(found["tls-interception"])
+    assert "Contoso TLS Inspection CA" in text
+    assert issuer.split("OU=")[1] in text
+
+
+def test_nearest_region_udp_blocked_recommends_the_next_over_udp() -> None:
+    """eu is nearest (10 ms) but its UDP is blocked; us (40 ms) and ap (80 ms) are open: the
+    answer is us over UDP, and the reason says why not eu."""
+    delays = {"eu": 5.0, "us": 20.0, "ap": 40.0}
+    with NetLab(regions=tuple(delays), profile="open") as lab:
+        for region, one_way in delays.items():
+            each = Impairment(delay_ms=one_way)
+            lab.set_impairment(region, upstream=each, downstream=each)
+        lab.block_region("eu", "udp")
+        regions = []
+        for region in delays:
+            for uri in lab.turn_uris(region):
+                regions += ["--region", f"{region}={uri}"]
+        run = lab.lkice(*regions, *lab.turn_args(), "--quality-duration", "2", "--udp-timeout", "1")
+    assert run.report is not None, run.stderr
+    validate_report(run.report)
+    rec = run.report["recommendation"]
+    assert (rec["region"], rec["transport"]) == ("us", "udp"), rec
+    assert "eu" in rec["reason"]
+    assert "UDP" in rec["reason"] or "udp" in rec["reason"]
+    ranking = [r["region"] for r in rec["ranking"]]
+    assert ranking[0] == "us"
+    eu = next(r for r in rec["ranking"] if r["region"] == "eu")
+    us = next(r for r in rec["ranking"] if r["region"] == "us")
+    assert eu["rtt_ms"] < us["rtt_ms"]  # eu really is nearer: measured, not assumed
+    assert "udp-blocked" in findings(run.report)
