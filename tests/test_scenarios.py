@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lkice.lab.netlab import Impairment, NetLab, prerequisites
+from lkice.paste import decode_paste
 from tests.conftest import validate_report
 
 MISSING = prerequisites()
@@ -54,9 +56,18 @@ def lab_eu() -> Iterator[NetLab]:
         yield lab
 
 
-def test_open_network(lab_eu: NetLab) -> None:
-    status, report = livekit_run(lab_eu)
+def test_open_network(lab_eu: NetLab, tmp_path: Path) -> None:
+    paste, html = tmp_path / "paste.txt", tmp_path / "report.html"
+    status, report = livekit_run(lab_eu, "--redact", "--paste", str(paste), "--html", str(html))
     assert status == 0
+    # --redact: the shared outputs name no host or address of this network; the JSON does.
+    for shared in (paste.read_text(), html.read_text()):
+        for private in ("lab.test", lab_eu.server_ip("eu"), lab_eu.signal_ip("eu")):
+            assert private not in shared
+    assert "lab.test" in json.dumps(report)
+    redacted = decode_paste(paste.read_text())
+    assert redacted["verdict"] == report["verdict"]
+    assert all(p["server"].startswith(("host-", "ip-")) for p in redacted["paths"])
     assert report["verdict"] == "ok"
     assert serious(report) == set(), report["findings"]
     assert report["findings"], "an open network still gets an answer (info findings)"
