@@ -8,13 +8,11 @@ Heavy modules (the engine, aioice, dnspython, cryptography) are imported inside 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,16 +22,7 @@ from lkice import __version__
 from lkice.errors import UsageError
 
 if TYPE_CHECKING:
-    import ssl
-
-    from lkice.credentials import Secret, TurnCredentials
-    from lkice.engine import EngineSettings
-    from lkice.livekit import LiveKitUrl
-    from lkice.probe.signal import IceServer, SignalSettings
-    from lkice.probe.train import TrainSettings
-    from lkice.render.progress import Progress
-    from lkice.report import ErrorInfo, PathResult, Report, SignalResult
-    from lkice.uri import IceUri
+    from lkice.report import Report
 
 EXIT_UNKNOWN = 3
 log = logging.getLogger("lkice")
@@ -56,254 +45,6 @@ def cli() -> None:
     Exit status: 0 OK, 1 WARNING (degraded), 2 CRITICAL (no usable path), 3 UNKNOWN (usage or
     internal error, or interrupted).
     """
-
-
-def _tls_context(ca_files: Sequence[str], insecure: bool) -> ssl.SSLContext:
-    import ssl
-
-    ctx = ssl.create_default_context()
-    for ca in ca_files:
-        try:
-            ctx.load_verify_locations(cafile=ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(
-                f"--ca-file {ca}: cannot load trust anchors ({exc.__class__.__name__})"
-            ) from None
-    if insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _credentials(
-    uris: Sequence[IceUri],
-    username: str | None,
-    credential: str | None,
-    turn_secret: str | None,
-    turn_user: str,
-) -> TurnCredentials | None:
-    from lkice.credentials import Secret, TurnCredentials, rest_credentials
-
-    if turn_secret is not None and (username is not None or credential is not None):
-        raise UsageError("give either --turn-secret or --username/--credential, not both")
-    if turn_secret is not None:
-        return rest_credentials(Secret(turn_secret), user=turn_user)
-    if (username is None) != (credential is None):
-        raise UsageError("--username and --credential go together")
-    if username is not None and credential is not None:
-        return TurnCredentials(Secret(username), Secret(credential))
-    turn = [str(u) for u in uris if u.kind == "turn"]
-    if turn:
-        raise UsageError(
-            f"{turn[0]} needs credentials: give --username and --credential, or --turn-secret "
-            "(or LKICE_TURN_USERNAME/LKICE_TURN_CREDENTIAL/LKICE_TURN_SECRET in the environment)"
-        )
-    return None
-
-
-async def _run_engine(
-    uris: Sequence[IceUri],
-    settings: EngineSettings,
-    livekit: _LiveKitJob | None = None,
-    region_of_uri: dict[str, str] | None = None,
-    progress: Progress | None = None,
-) -> Report:
-    """The whole diagnosis; ``region_of_uri`` tags the paths of STUN/TURN URIs given with
-    ``--region NAME=URI``."""
-    from lkice.render.progress import Progress
-
-    progress = progress or Progress()
-    try:
-        report = await _diagnose(uris, settings, livekit, progress)
-    finally:
-        progress.close()
-    for path in report.paths:
-        if path.region is None and region_of_uri:
-            path.region = region_of_uri.get(path.uri)
-    _conclude(report)
-    return report
-
-
-def _conclude(report: Report) -> None:
-    """Findings, recommendation and the verdict they imply (pure rules over the report)."""
-    from lkice.findings import evaluate, verdict_from_findings
-    from lkice.recommend import recommend
-
-    data = report.to_dict()
-    report.findings = evaluate(data)
-    report.recommendation = recommend(data)
-    report.verdict = verdict_from_findings(report.findings)
-
-
-async def _diagnose(
-    uris: Sequence[IceUri],
-    settings: EngineSettings,
-    livekit: _LiveKitJob | None,
-    progress: Progress,
-) -> Report:
-    from lkice import engine
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_sigint() -> None:
-        # First Ctrl-C: finish with a partial report. A second one falls back to the default.
-        stop.set()
-        loop.remove_signal_handler(signal.SIGINT)
-
-    # Not on the main thread, or not supported (Windows): Ctrl-C then ends without a report.
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
-        if livekit is None:
-            progress.stage("probing STUN/TURN paths")
-            return await engine.run(uris, settings, stop=stop, on_path_done=progress.path_done)
-        from lkice.probe.signal import probe_signal
-        from lkice.verdict import livekit_verdict
-
-        progress.stage(f"LiveKit signaling to {livekit.url.host}")
-        signal_result, servers = await probe_signal(livekit.url, livekit.token, livekit.settings)
-        given = [name for name, url in livekit.regions if url == livekit.url.given]
-        main_region = (
-            given[0] if given else (signal_result.server or {}).get("region") or livekit.url.host
-        )
-        region_of = {str(s.uri): main_region for s in servers}
-        regions: list[dict[str, object]] | None = None
-        if signal_result.ok:
-            progress.stage("regions")
-            regions, region_servers = await _probe_regions(livekit, signal_result)
-            for name, found in region_servers:
-                servers += found
-                for s in found:
-                    region_of.setdefault(str(s.uri), name)
-        advertised = list(dict.fromkeys(s.uri for s in servers))
-        credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
-        main_servers = [s for s in servers if region_of.get(str(s.uri)) == main_region]
-        finished = _EngineAnswers()
-
-        def engine_path_done(path: PathResult) -> None:
-            finished.add(path)
-            progress.path_done(path)
-
-        progress.stage("ICE servers and media sessions through the SFU")
-        report, sfu_paths = await asyncio.gather(
-            engine.run(
-                [*advertised, *uris],
-                settings,
-                credentials=credentials,
-                stop=stop,
-                on_path_done=engine_path_done,
-            ),
-            _sfu_paths(livekit, signal_result, main_servers, settings, finished, progress),
-        )
-        for path in report.paths:
-            path.region = region_of.get(path.uri)
-        for path in sfu_paths:
-            path.region = main_region
-        report.paths.extend(sfu_paths)
-        report.signal = signal_result
-        report.regions = regions
-        report.targets.insert(0, livekit.url.given)
-        report.verdict = livekit_verdict(report).value
-        return report
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
-
-
-async def _sfu_paths(
-    livekit: _LiveKitJob,
-    signal_result: SignalResult,
-    servers: list[IceServer],
-    settings: EngineSettings,
-    finished: _EngineAnswers,
-    progress: Progress,
-) -> list[PathResult]:
-    """Media paths through the SFU (direct, and forced through each TURN URL), when lkice can
-    seat two participants of its own; otherwise the report says why they were not tested."""
-    if not signal_result.ok:
-        return []
-    if livekit.api_key is None or livekit.api_secret is None:
-        signal_result.notes.append(
-            "media paths through the SFU not tested: they need --api-key/--api-secret (two "
-            "participants of lkice's own in one room), not a single --token"
-        )
-        return []
-    from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
-
-    train = settings.probe.train
-    sfu = SfuSettings(
-        duration=max(1.0, train.duration) if train is not None else 1.0,
-        # ICE gets the same bound as every other step (--timeout): a blocked path must not
-        # hold the verdict back longer than a refused connect would.
-        ice_timeout=settings.probe.timeout,
-        known=lambda uri: finished.error(uri, settings.probe.timeout + 1.0),
-        tls_context=livekit.settings.tls_context,
-        custom_ca=livekit.custom_ca,
-    )
-    make_token = room_token_factory(livekit.api_key, livekit.api_secret)
-    return await probe_sfu_paths(livekit.url, make_token, servers, sfu, progress.path_done)
-
-
-class _EngineAnswers:
-    """What the STUN/TURN engine has found so far, by URI, as paths finish: the SFU probe asks
-    it why a relay path got no candidate instead of asking the TURN server a second time."""
-
-    def __init__(self) -> None:
-        self.paths: dict[str, list[PathResult]] = {}
-        self._events: dict[str, asyncio.Event] = {}
-
-    def _event(self, uri: str) -> asyncio.Event:
-        return self._events.setdefault(uri, asyncio.Event())
-
-    def add(self, path: PathResult) -> None:
-        self.paths.setdefault(path.uri, []).append(path)
-        self._event(path.uri).set()
-
-    async def error(self, uri: str, within: float) -> ErrorInfo | None:
-        """The engine's error for ``uri`` once it has an answer (its steps are bounded, so this
-        wait is too); None if the answer is a success or none came ``within`` seconds."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._event(uri).wait(), within)
-        paths = self.paths.get(uri, [])
-        if not paths or any(p.ok for p in paths):
-            return None
-        return paths[0].error
-
-
-async def _probe_regions(
-    livekit: _LiveKitJob, signal_result: SignalResult
-) -> tuple[list[dict[str, object]] | None, list[tuple[str, list[IceServer]]]]:
-    """LiveKit Cloud: every region's signaling at once, and the ICE servers each one offers."""
-    from lkice.livekit import parse_livekit_url
-    from lkice.probe.signal import Region, fetch_regions, probe_signal
-
-    regions: list[Region]
-    if livekit.regions:
-        regions = [Region(n, u, None) for n, u in livekit.regions]
-    else:
-        fetched, why = await fetch_regions(livekit.url, livekit.token, livekit.settings)
-        if fetched is None:
-            if why:
-                signal_result.notes.append(why)
-            return None, []
-        regions = fetched
-    probed = await asyncio.gather(
-        *(probe_signal(parse_livekit_url(r.url), livekit.token, livekit.settings) for r in regions)
-    )
-    summary: list[dict[str, object]] = []
-    found: list[tuple[str, list[IceServer]]] = []
-    for region, (result, servers) in zip(regions, probed, strict=True):
-        summary.append(
-            {
-                "region": region.name,
-                "url": region.url,
-                "distance": region.distance,
-                "signal": result.to_dict(),
-            }
-        )
-        found.append((region.name, servers))
-    return summary, found
 
 
 @dataclass(frozen=True)
@@ -363,59 +104,6 @@ def _emit_dict(data: dict[str, Any], outputs: _Outputs) -> None:
     if block is not None and outputs.paste == "-":
         click.echo("\nPaste everything below into your ticket:\n")
         click.echo(block, nl=not block.endswith("\n"))
-
-
-def _train(duration: float, interval_ms: float) -> TrainSettings | None:
-    from lkice.probe.train import TrainSettings
-
-    if duration <= 0:
-        return None
-    return TrainSettings(interval=interval_ms / 1000, duration=duration)
-
-
-def _deadline(setup: float, train: TrainSettings | None) -> float:
-    """The user's deadline bounds connection setup; the train's own length comes on top."""
-    return setup if train is None else setup + train.duration + train.grace
-
-
-def _is_livekit(target: str) -> bool:
-    from lkice.livekit import is_livekit_url
-
-    return is_livekit_url(target)
-
-
-def _parse_regions(options: Sequence[str]) -> list[tuple[str, str]]:
-    """``--region NAME=URI`` values, checked: a usable name, once each, and a URI that parses."""
-    import re
-
-    from lkice.livekit import parse_livekit_url
-    from lkice.uri import parse_ice_uri
-
-    regions: list[tuple[str, str]] = []
-    for option in options:
-        name, sep, uri = option.partition("=")
-        name, uri = name.strip(), uri.strip()
-        if not sep or not name or not uri:
-            raise UsageError(
-                f"--region {option!r}: expected NAME=URI, e.g. eu=turn:turn.eu.example.com"
-            )
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-            raise UsageError(
-                f"--region {option!r}: a region name is letters, digits, '.', '_' or '-'"
-            )
-        # A region may have several STUN/TURN servers (one --region each), one LiveKit URL.
-        if _is_livekit(uri) and any(n == name and _is_livekit(u) for n, u in regions):
-            raise UsageError(f"--region {name} is given two LiveKit URLs")
-        # Parsed now, so a malformed URI is a usage error naming its --region.
-        try:
-            if _is_livekit(uri):
-                parse_livekit_url(uri)
-            else:
-                parse_ice_uri(uri)
-        except UsageError as exc:
-            raise UsageError(f"--region {name}: {exc}") from None
-        regions.append((name, uri))
-    return regions
 
 
 def _finish(report: Report) -> int:
@@ -494,57 +182,6 @@ def probe_options(fn: Any) -> Any:
     return fn
 
 
-@dataclass(frozen=True)
-class _LiveKitJob:
-    url: LiveKitUrl
-    token: Secret
-    settings: SignalSettings
-    # With the API key and secret, lkice can seat two participants of its own in one room and
-    # test the media paths through the SFU; a given token is one participant only.
-    api_key: str | None = None
-    api_secret: Secret | None = None
-    custom_ca: bool = False  # --ca-file given
-    # --region NAME=<LiveKit URL>: probed like LiveKit Cloud's /settings/regions (signaling and
-    # TURN per region); when given, /settings/regions is not asked.
-    regions: tuple[tuple[str, str], ...] = ()
-
-
-def _livekit_job(
-    targets: list[str],
-    api_key: str | None,
-    api_secret: str | None,
-    token: str | None,
-    timeout: float,
-    tls: ssl.SSLContext,
-    nameserver: tuple[str, int] | None,
-) -> _LiveKitJob | None:
-    from lkice.credentials import Secret
-    from lkice.livekit import check_token_fresh, diagnostic_token, is_livekit_url, parse_livekit_url
-    from lkice.probe.signal import SignalSettings
-
-    urls = [t for t in targets if is_livekit_url(t)]
-    if not urls:
-        return None
-    if len(urls) > 1:
-        raise UsageError("give one LiveKit URL per run (its regions and TURN servers come with it)")
-    targets.remove(urls[0])
-    url = parse_livekit_url(urls[0])
-    if token is not None:
-        secret = Secret(token)
-    elif api_key and api_secret:
-        secret = diagnostic_token(api_key, Secret(api_secret))
-    else:
-        raise UsageError(
-            f"{url.given} needs a token: give --api-key and --api-secret (lkice mints a short-lived "
-            "one) or --token (LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_TOKEN in the environment)"
-        )
-    check_token_fresh(secret)
-    signal_settings = SignalSettings(timeout=timeout, tls_context=tls, nameserver=nameserver)
-    if token is None and api_key and api_secret:
-        return _LiveKitJob(url, secret, signal_settings, api_key, Secret(api_secret))
-    return _LiveKitJob(url, secret, signal_settings)
-
-
 @cli.command()
 @click.argument("uris", nargs=-1, metavar="URI...")
 @click.option("--api-key", envvar="LIVEKIT_API_KEY", help="LiveKit API key (with --api-secret).")
@@ -619,57 +256,32 @@ def run(
     turns:host[:port][?transport=tcp] (RFC 7064/7065). turn: without a transport is probed over
     both UDP and TCP.
     """
-    from lkice.engine import EngineSettings
-    from lkice.probe.path import ProbeSettings
-    from lkice.probe.resolve import parse_nameserver
-    from lkice.uri import parse_ice_uri
-
-    _setup_logging(verbose)
-    regions = _parse_regions(region_options)
-    livekit_regions = [(name, uri) for name, uri in regions if _is_livekit(uri)]
-    region_of_uri = {}
-    for name, uri in regions:
-        if not _is_livekit(uri):
-            region_of_uri[str(parse_ice_uri(uri))] = name
-    targets = list(uris) or ([os.environ["LIVEKIT_URL"]] if os.environ.get("LIVEKIT_URL") else [])
-    if livekit_regions and not any(_is_livekit(t) for t in targets):
-        targets.insert(0, livekit_regions[0][1])  # the first region's server is the one joined
-    targets += [uri for _, uri in regions if not _is_livekit(uri)]
-    if not targets:
-        raise UsageError("nothing to probe: give a LiveKit URL (or LIVEKIT_URL) or STUN/TURN URIs")
-    train = _train(quality_duration, quality_interval)
-    ns = None
-    if nameserver is not None:
-        try:
-            ns = parse_nameserver(nameserver)
-        except ValueError:
-            raise UsageError(f"--nameserver {nameserver!r}: expected IP or IP:PORT") from None
-    tls = _tls_context(ca_file, insecure)
-    livekit = _livekit_job(targets, api_key, api_secret, token, timeout, tls, ns)
-    if livekit is not None and ca_file:
-        livekit = replace(livekit, custom_ca=True)
-    if livekit is not None and livekit_regions:
-        livekit = replace(livekit, regions=tuple(livekit_regions))
-    parsed = [parse_ice_uri(u) for u in targets]
-    has_own_turn = any(u.kind == "turn" for u in parsed)
-    settings = EngineSettings(
-        probe=ProbeSettings(
-            udp_timeout=udp_timeout,
-            timeout=timeout,
-            credentials=_credentials(parsed, username, credential, turn_secret, turn_user)
-            if has_own_turn or livekit is None
-            else None,
-            tls_context=tls,
-            train=train,
-        ),
-        deadline=_deadline(deadline, train),
-        dns_timeout=min(timeout, deadline),
-        nameserver=ns,
-    )
+    from lkice.job import RunRequest, diagnose
     from lkice.render.progress import progress_for
 
+    _setup_logging(verbose)
+    targets = uris or ((os.environ["LIVEKIT_URL"],) if os.environ.get("LIVEKIT_URL") else ())
+    request = RunRequest(
+        targets=tuple(targets),
+        regions=region_options,
+        api_key=api_key,
+        api_secret=api_secret,
+        token=token,
+        username=username,
+        credential=credential,
+        turn_secret=turn_secret,
+        turn_user=turn_user,
+        ca_files=ca_file,
+        insecure=insecure,
+        nameserver=nameserver,
+        deadline=deadline,
+        udp_timeout=udp_timeout,
+        timeout=timeout,
+        quality_duration=quality_duration,
+        quality_interval=quality_interval,
+    )
     progress = progress_for(not as_json and verbose == 0)
-    report = asyncio.run(_run_engine(parsed, settings, livekit, region_of_uri, progress))
+    report = asyncio.run(diagnose(request, progress))
     _emit(report, _Outputs(as_json, output, paste, html, redact))
     sys.exit(_finish(report))
 
@@ -733,6 +345,7 @@ def demo(
 
     from lkice.credentials import Secret
     from lkice.engine import EngineSettings
+    from lkice.job import LiveKitJob, run_engine, setup_deadline, tls_context, train_settings
     from lkice.lab.coturn import Coturn, CoturnConfig, LabError
     from lkice.lab.livekit import IceServer, LabLiveKit
     from lkice.lab.pki import make_pki
@@ -741,7 +354,7 @@ def demo(
     from lkice.probe.signal import SignalSettings
 
     _setup_logging(verbose)
-    train = _train(quality_duration, quality_interval)
+    train = train_settings(quality_duration, quality_interval)
     user, password = "demo", secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="lkice-demo-") as tmp:
         pki = make_pki(Path(tmp))
@@ -778,8 +391,8 @@ def demo(
                     f"lkice demo: lab LiveKit at {livekit_server.url}, coturn on 127.0.0.1 "
                     f"(UDP/TCP {server.port}, TLS {server.tls_port}), throwaway CA\n"
                 )
-            tls = _tls_context([str(pki.ca_file)], insecure=False)
-            job = _LiveKitJob(
+            tls = tls_context([str(pki.ca_file)], insecure=False)
+            job = LiveKitJob(
                 parse_livekit_url(livekit_server.url),
                 diagnostic_token("APIlkicedemo", api_secret),
                 SignalSettings(timeout=timeout, tls_context=tls),
@@ -791,12 +404,12 @@ def demo(
                 probe=ProbeSettings(
                     udp_timeout=udp_timeout, timeout=timeout, tls_context=tls, train=train
                 ),
-                deadline=_deadline(deadline, train),
+                deadline=setup_deadline(deadline, train),
             )
             from lkice.render.progress import progress_for
 
             progress = progress_for(not as_json and verbose == 0)
-            report = asyncio.run(_run_engine([], settings, job, progress=progress))
+            report = asyncio.run(run_engine([], settings, job, progress=progress))
         finally:
             if livekit_server is not None:
                 livekit_server.stop_thread()
