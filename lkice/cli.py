@@ -453,6 +453,86 @@ def explain(
     sys.exit(_status_of(data))
 
 
+@cli.command()
+@click.argument("definitions", nargs=-1, type=click.Path(dir_okay=False), metavar="[FILE...]")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    help="The probe definition (TOML) to run once.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only validate the definitions given (FILE... and --config): exit 0 if all are "
+    "valid, 3 if not, naming file, line and key of every mistake.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Write the JSON report to stdout.")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Also write the JSON report to FILE."
+)
+@click.option("--paste", type=click.Path(dir_okay=False, allow_dash=True), help="As for run.")
+@click.option("--html", type=click.Path(dir_okay=False), help="As for run.")
+@click.option("--redact", is_flag=True, help="As for run.")
+@click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug).")
+def probe(
+    definitions: tuple[str, ...],
+    config: str | None,
+    check: bool,
+    as_json: bool,
+    output: str | None,
+    paste: str | None,
+    html: str | None,
+    redact: bool,
+    verbose: int,
+) -> None:
+    """Run a probe definition from probes/ (TOML) once, or validate definitions.
+
+    Runs once with the same report, outputs and exit status as lkice run (0 ok, 1 degraded,
+    2 failed, 3 unknown), for cron, systemd timers and Nagios/Icinga. Credentials come from the
+    environment variables or files the definition names; a mistake in a definition is reported
+    with its file, line and key.
+    """
+    from lkice.probedef import DefinitionError, load, to_request
+
+    if check:
+        problems: list[str] = []
+        for path in [*definitions, *([config] if config else [])]:
+            try:
+                definition = load(path)
+            except DefinitionError as exc:
+                problems += exc.problems
+                continue
+            click.echo(f"{path}: ok ({definition.summary()})")
+        if problems:
+            for problem in problems:
+                click.echo(problem, err=True)
+            sys.exit(EXIT_UNKNOWN)
+        sys.exit(0)
+    if definitions:
+        raise UsageError("to run a definition give --config FILE; to validate, --check FILE...")
+    if config is None:
+        raise UsageError("give --config FILE to run a definition, or --check FILE to validate")
+    from lkice.job import diagnose
+    from lkice.render.progress import progress_for
+
+    _setup_logging(verbose)
+    try:
+        definition = load(config)
+        request = to_request(definition)
+    except DefinitionError as exc:
+        raise UsageError("\n".join(exc.problems)) from None
+    progress = progress_for(not as_json and verbose == 0)
+    report = asyncio.run(diagnose(request, progress))
+    report.probe = {
+        "name": definition.name,
+        "labels": dict(definition.labels),
+        "definition": config,
+    }
+    _emit(report, _Outputs(as_json, output, paste, html, redact))
+    sys.exit(_finish(report))
+
+
 def _status_of(data: dict[str, Any]) -> int:
     """The exit status a report stands for (the pasted run's own), from its fields alone."""
     from lkice.verdict import CONFIGURATION_ERRORS, ExitStatus, Verdict, exit_status

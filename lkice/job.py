@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -82,14 +82,16 @@ async def run_engine(
     livekit: LiveKitJob | None = None,
     region_of_uri: dict[str, str] | None = None,
     progress: Progress | None = None,
+    credentials_by_uri: Mapping[str, TurnCredentials] | None = None,
 ) -> Report:
     """The whole diagnosis; ``region_of_uri`` tags the paths of STUN/TURN URIs given with
-    ``--region NAME=URI``."""
+    ``--region NAME=URI``; ``credentials_by_uri`` gives some URIs their own TURN credentials
+    (a probe definition's per-region ones)."""
     from lkice.render.progress import Progress
 
     progress = progress or Progress()
     try:
-        report = await _diagnose(uris, settings, livekit, progress)
+        report = await _diagnose(uris, settings, livekit, progress, credentials_by_uri or {})
     finally:
         progress.close()
     for path in report.paths:
@@ -115,6 +117,7 @@ async def _diagnose(
     settings: EngineSettings,
     livekit: LiveKitJob | None,
     progress: Progress,
+    own_credentials: Mapping[str, TurnCredentials],
 ) -> Report:
     from lkice import engine
 
@@ -132,7 +135,13 @@ async def _diagnose(
     try:
         if livekit is None:
             progress.stage("probing STUN/TURN paths")
-            return await engine.run(uris, settings, stop=stop, on_path_done=progress.path_done)
+            return await engine.run(
+                uris,
+                settings,
+                credentials=own_credentials,
+                stop=stop,
+                on_path_done=progress.path_done,
+            )
         from lkice.probe.signal import probe_signal
         from lkice.verdict import livekit_verdict
 
@@ -153,6 +162,7 @@ async def _diagnose(
                     region_of.setdefault(str(s.uri), name)
         advertised = list(dict.fromkeys(s.uri for s in servers))
         credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
+        credentials.update(own_credentials)
         main_servers = [s for s in servers if region_of.get(str(s.uri)) == main_region]
         finished = _EngineAnswers()
 
@@ -407,6 +417,10 @@ class RunRequest:
     timeout: float = 5.0
     quality_duration: float = 5.0
     quality_interval: float = 20.0
+    # Per-URI TURN credentials (a probe definition's regions): URI -> (username, password), or
+    # URI -> TURN REST shared secret.
+    turn_by_uri: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    turn_secret_by_uri: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # the secrets must not reach a log or a traceback
         return f"RunRequest(targets={self.targets!r}, regions={self.regions!r})"
@@ -418,6 +432,7 @@ class Prepared:
     settings: EngineSettings
     livekit: LiveKitJob | None
     region_of_uri: dict[str, str] = field(default_factory=dict)
+    credentials_by_uri: dict[str, TurnCredentials] = field(default_factory=dict)
 
 
 def prepare(request: RunRequest) -> Prepared:
@@ -457,10 +472,12 @@ def prepare(request: RunRequest) -> Prepared:
     if livekit is not None and livekit_regions:
         livekit = replace(livekit, regions=tuple(livekit_regions))
     parsed = [parse_ice_uri(u) for u in targets]
-    has_own_turn = any(u.kind == "turn" for u in parsed)
+    by_uri = _credentials_by_uri(request)
+    shared = [u for u in parsed if str(u) not in by_uri]
+    has_own_turn = any(u.kind == "turn" for u in shared)
     credentials = (
         turn_credentials(
-            parsed, request.username, request.credential, request.turn_secret, request.turn_user
+            shared, request.username, request.credential, request.turn_secret, request.turn_user
         )
         if has_own_turn or livekit is None
         else None
@@ -477,10 +494,24 @@ def prepare(request: RunRequest) -> Prepared:
         dns_timeout=min(request.timeout, request.deadline),
         nameserver=ns,
     )
-    return Prepared(parsed, settings, livekit, region_of_uri)
+    return Prepared(parsed, settings, livekit, region_of_uri, by_uri)
+
+
+def _credentials_by_uri(request: RunRequest) -> dict[str, TurnCredentials]:
+    from lkice.credentials import Secret, TurnCredentials, rest_credentials
+    from lkice.uri import parse_ice_uri
+
+    out: dict[str, TurnCredentials] = {}
+    for uri, (user, password) in request.turn_by_uri.items():
+        out[str(parse_ice_uri(uri))] = TurnCredentials(Secret(user), Secret(password))
+    for uri, secret in request.turn_secret_by_uri.items():
+        out[str(parse_ice_uri(uri))] = rest_credentials(Secret(secret), user=request.turn_user)
+    return out
 
 
 async def diagnose(request: RunRequest, progress: Progress | None = None) -> Report:
     """One whole diagnosis, concluded (findings, recommendation, verdict)."""
     job = prepare(request)
-    return await run_engine(job.uris, job.settings, job.livekit, job.region_of_uri, progress)
+    return await run_engine(
+        job.uris, job.settings, job.livekit, job.region_of_uri, progress, job.credentials_by_uri
+    )

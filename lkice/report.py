@@ -153,6 +153,8 @@ class Report:
     # The answer (lkice.findings, lkice.recommend): derived from everything above, pure.
     findings: list[dict[str, Any]] | None = None
     recommendation: dict[str, Any] | None = None
+    # Scheduled probes: the definition's name, labels and file (lkice probe --config).
+    probe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         ok = sum(1 for p in self.paths if p.ok)
@@ -177,6 +179,7 @@ class Report:
             "verdict": self.verdict,
             "findings": self.findings,
             "recommendation": self.recommendation,
+            "probe": self.probe,
             "summary": {"paths": len(self.paths), "ok": ok, "failed": len(self.paths) - ok},
             "paths": [p.to_dict() for p in self.paths],
         }
