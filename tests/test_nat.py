@@ -68,3 +68,9 @@ def test_lab_nat_profiles(profile: str, mapping: str) -> None:
     assert nat["nat"] is True  # mapped to the firewall's outside address
     assert nat["mapping"] == mapping, nat["evidence"]
     assert nat["server"].endswith(":3478")
+    found = {f["id"]: f for f in run.report["findings"]}
+    if mapping == "address-and-port-dependent":
+        assert "symmetric-nat" in found
+        assert any("test III" in e for e in found["symmetric-nat"]["evidence"])
+    else:
+        assert "symmetric-nat" not in found
