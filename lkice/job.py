@@ -83,6 +83,7 @@ async def run_engine(
     region_of_uri: dict[str, str] | None = None,
     progress: Progress | None = None,
     credentials_by_uri: Mapping[str, TurnCredentials] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Report:
     """The whole diagnosis; ``region_of_uri`` tags the paths of STUN/TURN URIs given with
     ``--region NAME=URI``; ``credentials_by_uri`` gives some URIs their own TURN credentials
@@ -91,7 +92,7 @@ async def run_engine(
 
     progress = progress or Progress()
     try:
-        report = await _diagnose(uris, settings, livekit, progress, credentials_by_uri or {})
+        report = await _diagnose(uris, settings, livekit, progress, credentials_by_uri or {}, stop)
     finally:
         progress.close()
     for path in report.paths:
@@ -118,11 +119,14 @@ async def _diagnose(
     livekit: LiveKitJob | None,
     progress: Progress,
     own_credentials: Mapping[str, TurnCredentials],
+    given_stop: asyncio.Event | None,
 ) -> Report:
+    """``given_stop`` set (by a scheduler, which handles signals itself) ends the run with a
+    partial report; without it, the first Ctrl-C does."""
     from lkice import engine
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stop = given_stop or asyncio.Event()
 
     def on_sigint() -> None:
         # First Ctrl-C: finish with a partial report. A second one falls back to the default.
@@ -130,8 +134,9 @@ async def _diagnose(
         loop.remove_signal_handler(signal.SIGINT)
 
     # Not on the main thread, or not supported (Windows): Ctrl-C then ends without a report.
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    if given_stop is None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
         if livekit is None:
             progress.stage("probing STUN/TURN paths")
@@ -192,8 +197,9 @@ async def _diagnose(
         report.verdict = livekit_verdict(report).value
         return report
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
+        if given_stop is None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _sfu_paths(
@@ -509,9 +515,18 @@ def _credentials_by_uri(request: RunRequest) -> dict[str, TurnCredentials]:
     return out
 
 
-async def diagnose(request: RunRequest, progress: Progress | None = None) -> Report:
-    """One whole diagnosis, concluded (findings, recommendation, verdict)."""
+async def diagnose(
+    request: RunRequest, progress: Progress | None = None, stop: asyncio.Event | None = None
+) -> Report:
+    """One whole diagnosis, concluded (findings, recommendation, verdict); ``stop`` cuts it
+    short with a partial report."""
     job = prepare(request)
     return await run_engine(
-        job.uris, job.settings, job.livekit, job.region_of_uri, progress, job.credentials_by_uri
+        job.uris,
+        job.settings,
+        job.livekit,
+        job.region_of_uri,
+        progress,
+        job.credentials_by_uri,
+        stop,
     )

@@ -11,7 +11,7 @@ Format (see ``probes/*.toml`` for complete examples)::
 
     [probe]
     name = "hamburg-office"            # required: [a-z0-9][a-z0-9_.-]*
-    every = "5m"                       # schedule for --every: 30s, 5m, 1h30m (10 s .. 24 h)
+    every = "5m"                       # schedule for --daemon: 30s, 5m, 1h30m (1 s .. 24 h)
     labels = { site = "hamburg" }      # Prometheus label names, string values, at most 8
 
     [settings]                         # all optional; the defaults of lkice run
@@ -72,7 +72,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 MAX_LABELS = 8  # bounded label cardinality: metrics multiply by every label
-EVERY_MIN_S, EVERY_MAX_S = 10.0, 86400.0
+EVERY_MIN_S, EVERY_MAX_S = 1.0, 86400.0  # below 10 s: for tests and demos
 SECRET_KEYS = ("api_key", "api_secret", "token", "turn_username", "turn_password", "turn_secret")
 REGION_SECRET_KEYS = ("turn_username", "turn_password", "turn_secret")
 _SETTINGS_RANGES = {
@@ -339,7 +339,7 @@ class _Checker:
             if text and every is None:
                 self.fail("probe.every", f"{text!r} is not a duration (30s, 5m, 1h30m)")
             elif every is not None and not EVERY_MIN_S <= every <= EVERY_MAX_S:
-                self.fail("probe.every", f"{text} is out of range (10s to 24h)")
+                self.fail("probe.every", f"{text} is out of range (1s to 24h)")
                 every = None
         labels: dict[str, str] = {}
         raw_labels = probe.get("labels", {})
