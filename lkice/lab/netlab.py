@@ -1181,6 +1181,36 @@ class NetLab:
         self._nft(self.fw_ns, self._firewall_table(PROFILES[name]))
         self._profile = name
 
+    # -- outages (for resilience tests: a probe must report them as data and recover) ---------
+
+    def stop_turn(self, region: str) -> None:
+        """Stop ``region``'s coturn (its ports then refuse or stay silent, as a dead server)."""
+        self._require_running()
+        self._coturn[self.regions[self._index(region)]].stop()
+
+    def start_turn(self, region: str) -> None:
+        """Start ``region``'s coturn again, same addresses, ports and users; waits until ready."""
+        self._require_running()
+        self._coturn[self.regions[self._index(region)]].start()
+
+    def stop_dns(self) -> None:
+        """Stop the lab's DNS server: names stop resolving (the resolver times out)."""
+        self._require_running()
+        assert self._dns is not None
+        self._dns.stop()
+
+    def start_dns(self) -> None:
+        self._require_running()
+        assert self._dns is not None
+        self._dns.start()
+
+    def cut_client_link(self, cut: bool = True) -> None:
+        """Take the cable out between the client and its firewall (``cut=False`` puts it back):
+        the firewall's side of the link goes down, so nothing passes either way."""
+        self._require_running()
+        state = "down" if cut else "up"
+        _run(_in_ns(self.fw_ns, ["ip", "link", "set", f"{self._p}fc", state]))
+
     def block_region(self, region: str, protocol: str = "udp") -> None:
         """Drop ``protocol`` ("udp" or "tcp") from the client to one region only, on top of the
         profile (e.g. the nearest region's UDP blocked while the others' is open)."""
@@ -1466,6 +1496,20 @@ class NetLab:
             )
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"'{' '.join(full)}' did not finish within {timeout:g} s") from exc
+
+    def popen_in_client(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """Start a long-running command as the client (a scheduled probe, say), stdout and
+        stderr piped. The caller stops it (and must, before the lab is closed)."""
+        self._require_running()
+        return subprocess.Popen(
+            _in_ns(self.client_ns, _python(argv)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env} if env is not None else None,
+        )
 
     def run_in_client(
         self,
