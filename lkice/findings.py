@@ -1305,6 +1305,14 @@ def _rule_works(ctx: _Ctx) -> list[Finding]:
             )
         )
     icetcp = [(i, p) for i, p in sfu if not p.get("relay") and p.get("transport") == "tcp"]
+
+    def icetcp_evidence(p: Path) -> str:
+        t = p.get("timings_ms") or {}
+        return (
+            f"{_label(p)}: STUN connectivity check answered in {_ms(t.get('binding'))} ms "
+            f"(TCP connect {_ms(t.get('connect'))} ms); DTLS and media over ICE/TCP not tested"
+        )
+
     if icetcp:
         out.append(
             _finding(
@@ -1312,7 +1320,7 @@ def _rule_works(ctx: _Ctx) -> list[Finding]:
                 "info",
                 "ICE over TCP to the LiveKit SFU works: the first fallback when UDP is blocked.",
                 "If UDP breaks, clients can still reach the SFU directly over TCP.",
-                [sfu_evidence(p) for _, p in icetcp],
+                [icetcp_evidence(p) for _, p in icetcp],
                 "Nothing to do.",
                 [i for i, _ in icetcp],
             )

@@ -68,6 +68,8 @@ def _findings(findings: list[dict[str, Any]]) -> list[str]:
     for f in findings:
         label = _SEVERITY.get(str(f.get("severity")), str(f.get("severity")))
         out += _wrap(str(f.get("summary", "")), f"[{label}] ", "    ")
+        if f.get("severity") == "info":
+            continue  # good news and side notes: one line each; the report has the rest
         if f.get("impact"):
             out += _wrap(str(f["impact"]), "    Effect: ", "      ")
         if f.get("advice"):
