@@ -306,8 +306,14 @@ class TestLab:
         else:
             assert seen[eu][1] == seen[us][1] == seen["local_port"]
         run = lkice(fresh, f"stun:{eu}", f"stun:{us}")
-        assert run.returncode == 0, run.stderr
+        assert all(p["ok"] for p in run.paths())
         assert all(p["mapped_address"].startswith(f"{fresh.fw_outside_ip}:") for p in run.paths())
+        assert run.report is not None
+        found = {f["id"] for f in run.report["findings"]}
+        # With only STUN servers (no relay proven), a symmetric NAT is a warning: peer-to-peer
+        # ICE would fail from here. A port-preserving NAT is nothing to report.
+        assert ("symmetric-nat" in found) is per_destination
+        assert run.returncode == (1 if per_destination else 0), run.report["findings"]
 
     def test_injected_rtt_is_what_the_agent_measures(self, fresh: NetLab) -> None:
         overhead = fresh.measure_overhead("eu")
