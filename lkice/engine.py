@@ -98,15 +98,19 @@ class _Run:
             self._nat_started = True
             address = (resolution.addresses[0], uri.port)
             self.nat = NatBehaviour(server=format_address(address))
-            # Not one of self.tasks: it must not hold the run up; ended with the paths.
+            mapped = asyncio.Event()
+            # Not one of self.tasks: its filtering tests must not hold the run up (ended with
+            # the paths); the mapping tests are awaited, so the answer never depends on timing.
             self.nat_task = asyncio.ensure_future(
                 discover_nat(
                     address,
                     self.settings.probe.udp_timeout,
                     filter_timeout=min(self.settings.probe.udp_timeout, FILTER_TIMEOUT),
                     result=self.nat,
+                    mapping_done=mapped,
                 )
             )
+            self.spawn(self._until(mapped))
         for ip in resolution.addresses:
             for transport in transports:
                 path = PathResult(
@@ -155,6 +159,10 @@ class _Run:
         if self.nat_task is not None:
             self.nat_task.cancel()
             await asyncio.gather(self.nat_task, return_exceptions=True)
+
+    @staticmethod
+    async def _until(event: asyncio.Event) -> None:
+        await event.wait()
 
     def _done(self, path: PathResult) -> None:
         if self.on_path_done is not None:

@@ -109,6 +109,7 @@ async def discover_nat(
     timeout: float = 3.0,
     filter_timeout: float = FILTER_TIMEOUT,
     result: NatBehaviour | None = None,
+    mapping_done: asyncio.Event | None = None,
 ) -> NatBehaviour:
     """Mapping and filtering behaviour seen through ``address`` (a STUN server over UDP).
 
@@ -133,7 +134,7 @@ async def discover_nat(
         result.evidence.append(f"no UDP socket: {exc.strerror or exc}")
         return result
     try:
-        await _discover(channel, address, local_ip, result, filter_timeout)
+        await _discover(channel, address, local_ip, result, filter_timeout, mapping_done)
     except ProbeError as exc:
         result.evidence.append(exc.message)
     except asyncio.CancelledError:
@@ -141,6 +142,8 @@ async def discover_nat(
         raise
     finally:
         channel.close()
+        if mapping_done is not None:
+            mapping_done.set()
     return result
 
 
@@ -150,6 +153,7 @@ async def _discover(
     local_ip: str | None,
     result: NatBehaviour,
     filter_timeout: float,
+    mapping_done: asyncio.Event | None = None,
 ) -> None:
     fmt = codec.format_address
     answer, sends = await channel.binding(primary)
@@ -203,7 +207,10 @@ async def _discover(
             result.mapping = ADDRESS_DEPENDENT if mapped3 == mapped2 else ADDRESS_AND_PORT_DEPENDENT
             result.evidence.append(f"test III: {fmt(alternate)} saw {fmt(mapped3)}")
 
-    # Filtering (RFC 5780 4.4)
+    # Filtering (RFC 5780 4.4): the slow part (a filtered answer costs a timeout); whoever
+    # waits for the mapping need not wait for this.
+    if mapping_done is not None:
+        mapping_done.set()
     channel.timeout = filter_timeout
     answer, sends = await channel.binding(primary, CHANGE_IP | CHANGE_PORT)
     if answer is not None:
