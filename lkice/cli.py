@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from lkice import __version__
 from lkice.errors import UsageError
 
 if TYPE_CHECKING:
+    from lkice.daemon import Sinks
     from lkice.report import Report
 
 EXIT_UNKNOWN = 3
@@ -474,6 +476,46 @@ def explain(
 @click.option("--paste", type=click.Path(dir_okay=False, allow_dash=True), help="As for run.")
 @click.option("--html", type=click.Path(dir_okay=False), help="As for run.")
 @click.option("--redact", is_flag=True, help="As for run.")
+@click.option(
+    "--every",
+    metavar="DURATION",
+    help="Run as a daemon, once every DURATION (30s, 5m, 1h): runs never overlap; SIGTERM "
+    "stops, SIGHUP reloads the definition.",
+)
+@click.option("--daemon", is_flag=True, help="Run as a daemon on the definition's probe.every.")
+@click.option(
+    "--max-runs",
+    type=click.IntRange(min=1),
+    help="With --every/--daemon: stop after this many runs.",
+)
+@click.option(
+    "--history",
+    type=click.Path(dir_okay=False),
+    help="Append every report to this JSON Lines file (rotated by size).",
+)
+@click.option(
+    "--history-max-bytes",
+    type=click.IntRange(min=4096),
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="Rotate the history file past this size (3 old files are kept).",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="With --every/--daemon: serve Prometheus metrics on http://HOST:PORT/metrics.",
+)
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False),
+    help="Write the metrics to this node_exporter textfile-collector file after each run.",
+)
+@click.option("--push", metavar="URL", help="Push the metrics to this Prometheus Pushgateway.")
+@click.option(
+    "--server-labels",
+    is_flag=True,
+    help="Label path metrics with their server (host:port): more series per probe.",
+)
 @click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug).")
 def probe(
     definitions: tuple[str, ...],
@@ -484,6 +526,15 @@ def probe(
     paste: str | None,
     html: str | None,
     redact: bool,
+    every: str | None,
+    daemon: bool,
+    max_runs: int | None,
+    history: str | None,
+    history_max_bytes: int,
+    metrics_listen: str | None,
+    textfile: str | None,
+    push: str | None,
+    server_labels: bool,
     verbose: int,
 ) -> None:
     """Run a probe definition from probes/ (TOML) once, or validate definitions.
@@ -513,9 +564,33 @@ def probe(
         raise UsageError("to run a definition give --config FILE; to validate, --check FILE...")
     if config is None:
         raise UsageError("give --config FILE to run a definition, or --check FILE to validate")
+    from lkice.daemon import Sinks, record
     from lkice.job import diagnose
     from lkice.render.progress import progress_for
 
+    interval = None
+    if every is not None:
+        from lkice.probedef import EVERY_MAX_S, EVERY_MIN_S, parse_duration
+
+        interval = parse_duration(every)
+        if interval is None or not EVERY_MIN_S <= interval <= EVERY_MAX_S:
+            raise UsageError(f"--every {every!r}: a duration from 1s to 24h, like 30s, 5m, 1h30m")
+    metrics = None
+    if metrics_listen or textfile or push:
+        from lkice.metrics import ReportMetrics
+
+        metrics = ReportMetrics(server_labels=server_labels)
+    sinks = Sinks(
+        history=Path(history) if history else None,
+        history_max_bytes=history_max_bytes,
+        metrics=metrics,
+        textfile=Path(textfile) if textfile else None,
+        push=push,
+    )
+    if interval is not None or daemon:
+        sys.exit(_probe_daemon(Path(config), sinks, interval, max_runs, metrics_listen, verbose))
+    if metrics_listen:
+        raise UsageError("--metrics-listen needs --every or --daemon (a one-shot run ends)")
     _setup_logging(verbose)
     try:
         definition = load(config)
@@ -523,6 +598,7 @@ def probe(
     except DefinitionError as exc:
         raise UsageError("\n".join(exc.problems)) from None
     progress = progress_for(not as_json and verbose == 0)
+    started = time.perf_counter()
     report = asyncio.run(diagnose(request, progress))
     report.probe = {
         "name": definition.name,
@@ -530,7 +606,46 @@ def probe(
         "definition": config,
     }
     _emit(report, _Outputs(as_json, output, paste, html, redact))
+    record(
+        report.to_dict(),
+        sinks,
+        job=definition.name,
+        run_seconds=time.perf_counter() - started,
+        result="interrupted" if report.interrupted else report.verdict,
+    )
     sys.exit(_finish(report))
+
+
+def _probe_daemon(
+    config: Path,
+    sinks: Sinks,
+    every: float | None,
+    max_runs: int | None,
+    metrics_listen: str | None,
+    verbose: int,
+) -> int:
+    """The scheduled probe; exit 0 when stopped by SIGTERM/SIGINT or after --max-runs."""
+    from lkice import logs
+    from lkice.daemon import ProbeDaemon
+    from lkice.probedef import DefinitionError
+
+    logs.configure(level=logging.DEBUG if verbose > 1 else logging.INFO)
+    try:
+        daemon = ProbeDaemon(config, sinks, every=every, max_runs=max_runs)
+    except DefinitionError as exc:
+        raise UsageError("\n".join(exc.problems)) from None
+    _ = daemon.every  # no schedule at all: a usage error now, not after the first run
+    if metrics_listen:
+        from lkice import metrics as prom
+
+        assert sinks.metrics is not None
+        host, _, port = metrics_listen.rpartition(":")
+        try:
+            prom.serve(host or "127.0.0.1", int(port), prom.registry_with(sinks.metrics))
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"--metrics-listen {metrics_listen}: {exc}") from None
+    asyncio.run(daemon.serve())
+    return 0
 
 
 def _status_of(data: dict[str, Any]) -> int:
@@ -546,12 +661,39 @@ def _status_of(data: dict[str, Any]) -> int:
         return int(ExitStatus.UNKNOWN)
 
 
+def _enduser() -> int | None:
+    """No arguments: the double-click mode (lkice.enduser), when there is something to test;
+    None to show the usual help instead."""
+    from lkice import enduser
+    from lkice.job import diagnose
+    from lkice.render.progress import progress_for
+
+    found = enduser.default_request(enduser.executable_dir())
+    if found is None:
+        return None
+    request, source = found
+    click.echo(f"lkice {__version__}: testing {', '.join(request.targets)} ({source})\n")
+    report = asyncio.run(diagnose(request, progress_for(True)))
+    paste, html = enduser.output_names(enduser.output_dir(enduser.executable_dir()))
+    _emit(report, _Outputs(paste=str(paste), html=str(html)))
+    click.echo(f"\nFor your support ticket, send this file: {paste}")
+    click.echo(f"The same report with charts (open it in a browser): {html}")
+    return _finish(report)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: maps every user error to a message and exit 3, never a traceback."""
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        cli.main(
-            args=list(argv) if argv is not None else None, prog_name="lkice", standalone_mode=False
-        )
+        if not args:
+            status = _enduser()
+            if status is not None:
+                from lkice.enduser import wait_for_key
+
+                wait_for_key()
+                sys.exit(status)
+            args = ["--help"]  # nothing to test: say what lkice can do
+        cli.main(args=args, prog_name="lkice", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:  # usage errors, bad option values
