@@ -46,6 +46,13 @@ async def soak(daemon: ProbeDaemon, runs: int, every_s: float) -> None:
         data, seconds, result = await daemon.run_once()
         record(data, daemon.sinks, job=daemon.definition.name, run_seconds=seconds, result=result)
         verdicts[result] = verdicts.get(result, 0) + 1
+        if result != "ok" and data is not None:  # say what went wrong, once per such run
+            failed = [
+                f"{p['kind']}/{p['transport']}: {p['error']['message']}"
+                for p in data["paths"]
+                if p["error"]
+            ]
+            print(f"  run {n}: {result}: {'; '.join(failed) or data.get('findings')}")
         if n % step == 0 or n == runs:
             now_cpu, now_wall = time.process_time(), time.perf_counter()
             count = step if n % step == 0 else n % step
