@@ -67,11 +67,18 @@ class UsageError(Exception):
 class ProbeError(Exception):
     """A probe step failed in a way the report explains."""
 
-    def __init__(self, kind: ErrorKind, message: str, phase: Phase | None = None) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        phase: Phase | None = None,
+        stun_code: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.phase = phase
+        self.stun_code = stun_code  # the server's STUN ERROR-CODE, when it answered with one
 
     def __repr__(self) -> str:
         return f"ProbeError({self.kind.value!r}, {self.message!r}, phase={self.phase})"

@@ -146,7 +146,7 @@ def error_for_response(msg: stun.Message, phase: Phase) -> ProbeError:
     kind = _ERROR_KINDS.get(code, ErrorKind.PROTOCOL)
     hint = _ERROR_HINTS.get(code, "unexpected error response")
     reason_text = f" {reason!r}" if reason else ""
-    return ProbeError(kind, f"{code}{reason_text}: {hint}", phase)
+    return ProbeError(kind, f"{code}{reason_text}: {hint}", phase, stun_code=code)
 
 
 class StreamFramer:

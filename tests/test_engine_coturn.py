@@ -411,3 +411,31 @@ async def test_overall_deadline_keeps_partial_results(coturn: TurnLab, silent_ud
     assert cut.error.phase == "binding"
     assert report.verdict == "degraded"
     assert not report.interrupted
+
+
+async def test_allocation_mismatch_is_retried_from_a_new_port(coturn: TurnLab) -> None:
+    """An allocation left on the server for the same 5-tuple (an earlier run from this host got
+    the same ephemeral port) makes the next Allocate fail with 437; the probe retries once from
+    a new local port (RFC 8656) and says so."""
+    from lkice.probe.channel import open_udp
+    from lkice.probe.path import probe_path
+    from lkice.probe.turn import allocate
+    from lkice.uri import Transport
+
+    creds = TurnCredentials(Secret(coturn.user), Secret(coturn.password))
+    server = ("127.0.0.1", coturn.port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        local = s.getsockname()
+    leftover = await open_udp(server, 2.0, local)
+    scratch = PathResult(server="x", transport="udp", kind="turn", uri="x")
+    await allocate(leftover, scratch, creds, False)
+    leftover.close()  # closed without releasing: the server keeps the allocation for a while
+    await asyncio.sleep(0.1)  # the transport lets go of the port on a later loop iteration
+    uri = parse_ice_uri(f"turn:127.0.0.1:{coturn.port}?transport=udp")
+    result = PathResult(server=uri.server, transport="udp", kind="turn", uri=str(uri))
+    settings = ProbeSettings(udp_timeout=2.0, credentials=creds, udp_local=local)
+    await probe_path(uri, Transport.UDP, server, result, settings)
+    assert result.ok, result.error
+    assert any("437" in note for note in result.notes)
+    assert result.mapped_address != f"{local[0]}:{local[1]}"  # the retry's own port

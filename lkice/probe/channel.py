@@ -240,12 +240,15 @@ def _label(address: tuple[str, int]) -> str:
     return codec.format_address(address)
 
 
-async def open_udp(address: tuple[str, int], timeout: float) -> UdpChannel:
+async def open_udp(
+    address: tuple[str, int], timeout: float, local: tuple[str, int] | None = None
+) -> UdpChannel:
+    """A connected UDP socket to ``address``, from ``local`` (default: any, ephemeral)."""
     loop = asyncio.get_running_loop()
     label = _label(address)
     try:
         _, protocol = await loop.create_datagram_endpoint(
-            lambda: UdpChannel(label, timeout), remote_addr=address
+            lambda: UdpChannel(label, timeout), remote_addr=address, local_addr=local
         )
     except OSError as exc:
         raise ProbeError(

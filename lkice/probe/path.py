@@ -14,7 +14,7 @@ import logging
 import os
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lkice import stun as codec
@@ -50,6 +50,9 @@ class ProbeSettings:
     train: TrainSettings | None = None  # None: no quality measurement
     # The agent's own event-loop stalls, measured by the engine while trains run.
     monitor: LoopMonitor | None = None
+    # UDP paths: the first socket's local address (default: ephemeral). A retry after 437
+    # always takes a fresh port.
+    udp_local: tuple[str, int] | None = None
 
 
 async def probe_path(
@@ -67,7 +70,24 @@ async def probe_path(
         channel = await _open(uri, transport, address, result, settings)
         await _binding(channel, result)
         if uri.kind == "turn":
-            allocation = await allocate(channel, result, settings.credentials, follow_redirect)
+            try:
+                allocation = await allocate(channel, result, settings.credentials, follow_redirect)
+            except ProbeError as exc:
+                if exc.stun_code != 437 or transport is not Transport.UDP:
+                    raise
+                # 437: the server still holds an allocation for this 5-tuple (an earlier run
+                # from this host got the same ephemeral port). RFC 8656 6.1: try again from
+                # another local port; once.
+                channel.close()
+                channel = await _open(
+                    uri, transport, address, result, replace(settings, udp_local=None)
+                )
+                await _binding(channel, result)
+                allocation = await allocate(channel, result, settings.credentials, follow_redirect)
+                result.notes.append(
+                    "the first Allocate got 437 (allocation mismatch: the server still held an "
+                    "allocation for that local port); retried from a new local port"
+                )
         if settings.train is not None:
             # Before the release: coturn closes a stream session once its allocation is gone.
             await _quality(uri, transport, address, channel, result, settings, allocation)
@@ -105,7 +125,7 @@ async def _open(
 ) -> Channel:
     if transport is Transport.UDP:
         result.phase = Phase.BINDING
-        return await open_udp(address, settings.udp_timeout)
+        return await open_udp(address, settings.udp_timeout, settings.udp_local)
     result.phase = Phase.CONNECT
     result.socket_options = ["TCP_NODELAY"]
     start = time.perf_counter()
