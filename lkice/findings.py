@@ -60,6 +60,40 @@ LOSS_WARN = 0.01  # Teams (< 1 %), Twilio (> 1 % per sample)
 LOSS_CRIT = 0.10  # Daily call quality: "bad" loss
 MOS_WARN = 3.0  # Twilio
 MOS_CRIT = 2.58  # ITU-T G.107 MOS at R = 50, ITU-T G.109 "not recommended" below
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The quality thresholds in force: the field's (above) unless the report's
+    ``settings.thresholds`` (a probe definition's [thresholds]) set their own."""
+
+    rtt_warn_ms: float = RTT_WARN_MS
+    rtt_crit_ms: float = RTT_CRIT_MS
+    jitter_warn_ms: float = JITTER_WARN_MS
+    loss_warn: float = LOSS_WARN
+    loss_crit: float = LOSS_CRIT
+    mos_warn: float = MOS_WARN
+    mos_crit: float = MOS_CRIT
+    custom: frozenset[str] = frozenset()
+
+    def source(self, key: str, field_source: str) -> str:
+        """Who set a threshold, as the evidence names it."""
+        return "this probe's threshold" if key in self.custom else field_source
+
+
+THRESHOLD_KEYS = tuple(k for k in Limits.__dataclass_fields__ if k != "custom")
+
+
+def limits_of(report: dict[str, Any]) -> Limits:
+    given = (report.get("settings") or {}).get("thresholds") or {}
+    values = {
+        k: float(v)
+        for k, v in given.items()
+        if k in THRESHOLD_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return Limits(**values, custom=frozenset(values))
+
+
 MIN_SAMPLES = 50  # fewer probes: a rough figure, never critical on its own
 
 # Error kinds that say the traffic did not get an answer at the network level.
@@ -1051,22 +1085,25 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
     def add(fid: str, severity: str, evidence: str, index: int) -> None:
         results.setdefault(fid, []).append((severity, evidence, index))
 
+    lim = limits_of(ctx.report)
     for c in CLASSES:
         pref = c == preferred
         rtt_m = _best(_measures(ctx, c, media=False))
         media_m = _best(_measures(ctx, c, media=True))
         if rtt_m is not None and rtt_m.rtt is not None:
-            warn, crit = RTT_WARN_MS * rtt_m.legs, RTT_CRIT_MS * rtt_m.legs
+            warn, crit = lim.rtt_warn_ms * rtt_m.legs, lim.rtt_crit_ms * rtt_m.legs
             rtt = rtt_m.rtt
             if rtt > warn:
                 sev = "critical" if rtt >= crit else "warning"
+                target = lim.source("rtt_warn_ms", "Teams target")
                 limit = (
-                    f"Teams target {RTT_WARN_MS:.0f} ms"
+                    f"{target} {lim.rtt_warn_ms:.0f} ms"
                     if rtt_m.legs == 1
-                    else f"crosses this network twice: Teams target 2 x {RTT_WARN_MS:.0f} ms"
+                    else f"crosses this network twice: {target} 2 x {lim.rtt_warn_ms:.0f} ms"
                 )
                 if sev == "critical":
-                    limit += f"; Daily 'bad' from {RTT_CRIT_MS * rtt_m.legs:.0f} ms"
+                    bad = lim.source("rtt_crit_ms", "Daily 'bad'")
+                    limit += f"; {bad} from {lim.rtt_crit_ms * rtt_m.legs:.0f} ms"
                 add(
                     "high-rtt",
                     _cap(sev, rtt_m, pref),
@@ -1077,12 +1114,13 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
             continue
         q = media_m.q
         jitter = q.get("jitter_ms")
-        if jitter is not None and jitter > JITTER_WARN_MS:
+        if jitter is not None and jitter > lim.jitter_warn_ms:
+            who = lim.source("jitter_warn_ms", "Teams and Twilio")
             add(
                 "high-jitter",
                 _cap("warning", media_m, pref),
-                f"{media_m.head()}: jitter {_ms(jitter)} ms over {media_m.count()} (Teams and "
-                f"Twilio: under {JITTER_WARN_MS:.0f} ms)",
+                f"{media_m.head()}: jitter {_ms(jitter)} ms over {media_m.count()} ({who}: "
+                f"under {lim.jitter_warn_ms:.0f} ms)",
                 media_m.index,
             )
         loss = q.get("loss")
@@ -1090,26 +1128,29 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
         # 2 x legs times (there and back, per leg), so the loss one way is estimated from it.
         crossings = 2 * media_m.legs
         each_way = None if loss is None else 1.0 - (1.0 - float(loss)) ** (1.0 / crossings)
-        if loss is not None and each_way is not None and each_way > LOSS_WARN:
-            sev = "critical" if each_way >= LOSS_CRIT else "warning"
+        if loss is not None and each_way is not None and each_way > lim.loss_warn:
+            sev = "critical" if each_way >= lim.loss_crit else "warning"
+            bad = lim.source("loss_crit", "Daily 'bad'")
             add(
                 "high-loss",
                 _cap(sev, media_m, pref),
                 f"{media_m.head()}: {_pct(loss)} lost over {media_m.count()}, about "
                 f"{_pct(each_way)} each way (the probe crosses this network {crossings} times;"
-                " Teams: under 1 %"
-                + ("; Daily 'bad' from 10 %" if sev == "critical" else "")
+                f" {lim.source('loss_warn', 'Teams')}: under {_pct(lim.loss_warn)}"
+                + (f"; {bad} from {_pct(lim.loss_crit)}" if sev == "critical" else "")
                 + ")",
                 media_m.index,
             )
         mos = q.get("mos")
-        if mos is not None and mos < MOS_WARN:
-            sev = "critical" if mos < MOS_CRIT else "warning"
+        if mos is not None and mos < lim.mos_warn:
+            sev = "critical" if mos < lim.mos_crit else "warning"
+            g109 = lim.source("mos_crit", "ITU-T G.109 'not recommended'")
             add(
                 "low-mos",
                 _cap(sev, media_m, pref),
-                f"{media_m.head()}: MOS {mos:.2f} over {media_m.count()} (Twilio warns under "
-                f"{MOS_WARN:.0f}; ITU-T G.109 'not recommended' under {MOS_CRIT})",
+                f"{media_m.head()}: MOS {mos:.2f} over {media_m.count()} "
+                f"({lim.source('mos_warn', 'Twilio')} warns under {lim.mos_warn:g}; {g109} "
+                f"under {lim.mos_crit:g})",
                 media_m.index,
             )
     texts = {

@@ -84,6 +84,7 @@ async def run_engine(
     progress: Progress | None = None,
     credentials_by_uri: Mapping[str, TurnCredentials] | None = None,
     stop: asyncio.Event | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> Report:
     """The whole diagnosis; ``region_of_uri`` tags the paths of STUN/TURN URIs given with
     ``--region NAME=URI``; ``credentials_by_uri`` gives some URIs their own TURN credentials
@@ -98,6 +99,9 @@ async def run_engine(
     for path in report.paths:
         if path.region is None and region_of_uri:
             path.region = region_of_uri.get(path.uri)
+    if thresholds:
+        # In the report, so its findings can be re-derived from it (explain, support tools).
+        report.settings["thresholds"] = dict(thresholds)
     conclude(report)
     return report
 
@@ -427,6 +431,8 @@ class RunRequest:
     # URI -> TURN REST shared secret.
     turn_by_uri: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     turn_secret_by_uri: Mapping[str, str] = field(default_factory=dict)
+    # Quality thresholds of this probe (lkice.findings.Limits keys); the field's otherwise.
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # the secrets must not reach a log or a traceback
         return f"RunRequest(targets={self.targets!r}, regions={self.regions!r})"
@@ -439,6 +445,7 @@ class Prepared:
     livekit: LiveKitJob | None
     region_of_uri: dict[str, str] = field(default_factory=dict)
     credentials_by_uri: dict[str, TurnCredentials] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 def prepare(request: RunRequest) -> Prepared:
@@ -500,7 +507,7 @@ def prepare(request: RunRequest) -> Prepared:
         dns_timeout=min(request.timeout, request.deadline),
         nameserver=ns,
     )
-    return Prepared(parsed, settings, livekit, region_of_uri, by_uri)
+    return Prepared(parsed, settings, livekit, region_of_uri, by_uri, dict(request.thresholds))
 
 
 def _credentials_by_uri(request: RunRequest) -> dict[str, TurnCredentials]:
@@ -529,4 +536,5 @@ async def diagnose(
         progress,
         job.credentials_by_uri,
         stop,
+        job.thresholds,
     )

@@ -23,6 +23,10 @@ Format (see ``probes/*.toml`` for complete examples)::
     insecure = false
     nameserver = "10.0.0.53"
 
+    [thresholds]                       # optional: this site's own quality limits
+    rtt_warn_ms = 150                  # rtt_crit_ms, jitter_warn_ms, loss_warn, loss_crit,
+    loss_warn = 0.02                   # mos_warn, mos_crit (defaults: docs/findings.md)
+
     [credentials]                      # references only: { env = "NAME" } or { file = "path" }
     api_key = { env = "LIVEKIT_API_KEY" }
     api_secret = { file = "/etc/lkice/livekit-secret" }
@@ -75,6 +79,16 @@ MAX_LABELS = 8  # bounded label cardinality: metrics multiply by every label
 EVERY_MIN_S, EVERY_MAX_S = 1.0, 86400.0  # below 10 s: for tests and demos
 SECRET_KEYS = ("api_key", "api_secret", "token", "turn_username", "turn_password", "turn_secret")
 REGION_SECRET_KEYS = ("turn_username", "turn_password", "turn_secret")
+# Quality thresholds a definition may set (lkice.findings.Limits; defaults: docs/findings.md).
+_THRESHOLDS = {
+    "rtt_warn_ms": (1.0, 10000.0),
+    "rtt_crit_ms": (1.0, 10000.0),
+    "jitter_warn_ms": (0.1, 1000.0),
+    "loss_warn": (0.0, 1.0),
+    "loss_crit": (0.0, 1.0),
+    "mos_warn": (1.0, 4.5),
+    "mos_crit": (1.0, 4.5),
+}
 _SETTINGS_RANGES = {
     "deadline_s": (0.5, 600.0),
     "udp_timeout_s": (0.1, 30.0),
@@ -143,6 +157,7 @@ class ProbeDefinition:
     ca_files: tuple[Path, ...] = ()
     insecure: bool = False
     nameserver: str | None = None
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         every = "once" if self.every_s is None else f"every {format_duration(self.every_s)}"
@@ -322,7 +337,9 @@ class _Checker:
 
     def check(self, data: dict[str, Any]) -> ProbeDefinition:
         top = self.table(
-            data, "(top level)", ("probe", "settings", "credentials", "targets", "regions")
+            data,
+            "(top level)",
+            ("probe", "settings", "thresholds", "credentials", "targets", "regions"),
         )
         probe = self.table(top.get("probe", {}), "probe", ("name", "every", "labels"))
         name = None
@@ -391,6 +408,14 @@ class _Checker:
         nameserver = None
         if "nameserver" in settings:
             nameserver = self.string(settings["nameserver"], "settings.nameserver")
+
+        thresholds: dict[str, float] = {}
+        for k, v in self.table(top.get("thresholds", {}), "thresholds", tuple(_THRESHOLDS)).items():
+            if k in _THRESHOLDS:
+                low, high = _THRESHOLDS[k]
+                value = self.number(v, f"thresholds.{k}", low, high)
+                if value is not None:
+                    thresholds[k] = value
 
         creds_table = top.get("credentials", {})
         turn_user = "lkice"
@@ -472,6 +497,7 @@ class _Checker:
             ca_files=tuple(ca_files),
             insecure=bool(insecure),
             nameserver=nameserver,
+            thresholds=thresholds,
         )
 
 
@@ -528,4 +554,5 @@ def to_request(definition: ProbeDefinition) -> RunRequest:
         quality_interval=definition.quality_interval_ms,
         turn_by_uri=turn_by_uri,
         turn_secret_by_uri=turn_secret_by_uri,
+        thresholds=dict(definition.thresholds),
     )

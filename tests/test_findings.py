@@ -715,3 +715,17 @@ def test_udp_blocked_to_one_region_only() -> None:
     assert "region eu" in udp["advice"]
     assert "path-failed" not in by_id
     assert verdict_from_findings(findings) == "degraded"
+
+
+def test_a_probe_can_set_its_own_thresholds() -> None:
+    """120 ms to the server: above the field's 100 ms (Teams); within a site's own 150 ms."""
+    paths = [make_path("turn", "udp", True, rtt=120.0, relay_rtt=130.0)]
+    _, by_id = run(make_report(paths))
+    assert "Teams target 100 ms" in by_id["high-rtt"]["evidence"][0]
+    report = make_report(paths)
+    report["settings"] = {"thresholds": {"rtt_warn_ms": 150.0}}
+    _, by_id = run(report)
+    assert "high-rtt" not in by_id
+    report["settings"] = {"thresholds": {"rtt_warn_ms": 110.0}}
+    _, by_id = run(report)
+    assert "this probe's threshold 110 ms" in by_id["high-rtt"]["evidence"][0]

@@ -167,3 +167,20 @@ def test_durations(text: str, seconds: int) -> None:
 @pytest.mark.parametrize("text", ["", "5", "m", "5 minutes", "-5m", "1d"])
 def test_not_durations(text: str) -> None:
     assert parse_duration(text) is None
+
+
+def test_thresholds(tmp_path: Path) -> None:
+    definition = parse(
+        '[probe]\nname = "t"\n[thresholds]\nrtt_warn_ms = 150\nloss_warn = 0.02\n'
+        '[[targets]]\nuri = "stun:stun.example.com"\n',
+        tmp_path / "t.toml",
+    )
+    assert dict(definition.thresholds) == {"rtt_warn_ms": 150.0, "loss_warn": 0.02}
+    assert to_request(definition).thresholds == {"rtt_warn_ms": 150.0, "loss_warn": 0.02}
+    problems = check(
+        '[probe]\nname = "t"\n[thresholds]\nloss_warn = 5\nlatency = 3\n'
+        '[[targets]]\nuri = "stun:stun.example.com"\n',
+        tmp_path,
+    )
+    assert any(":4: thresholds.loss_warn: 5 is out of range" in p for p in problems), problems
+    assert any(":5: thresholds.latency: unknown key" in p for p in problems), problems
