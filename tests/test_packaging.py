@@ -37,7 +37,7 @@ def test_alert_rules_pass_promtool() -> None:
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 7 rules found" in check.stdout
 
 
 def test_alert_rules_name_only_exported_metrics() -> None:
