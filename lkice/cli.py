@@ -548,7 +548,10 @@ def probe(
 
     if check:
         problems: list[str] = []
-        for path in [*definitions, *([config] if config else [])]:
+        files = [*definitions, *([config] if config else [])]
+        if not files:
+            raise UsageError("--check needs the definition files to validate: --check FILE...")
+        for path in files:
             try:
                 definition = load(path)
             except DefinitionError as exc:

@@ -58,6 +58,8 @@ class _Run:
         self._resolutions: dict[str, asyncio.Task[Resolution]] = {}
         self.nat: NatBehaviour | None = None
         self.nat_task: asyncio.Future[NatBehaviour] | None = None
+        self.nat_address: str | None = None
+        self._nat_moot = asyncio.Event()
         self._nat_started = not settings.nat_discovery
 
     def _resolve(self, host: str) -> asyncio.Task[Resolution]:
@@ -110,6 +112,7 @@ class _Run:
                     mapping_done=mapped,
                 )
             )
+            self.nat_address = format_address(address)
             self.spawn(self._until(mapped))
         for ip in resolution.addresses:
             for transport in transports:
@@ -160,11 +163,28 @@ class _Run:
             self.nat_task.cancel()
             await asyncio.gather(self.nat_task, return_exceptions=True)
 
-    @staticmethod
-    async def _until(event: asyncio.Event) -> None:
-        await event.wait()
+    async def _until(self, mapped: asyncio.Event) -> None:
+        """The run waits for the NAT mapping tests, unless UDP to that server has already
+        failed (an ICMP refusal ends a path at once; the discovery's unconnected socket never
+        hears it and would wait out its timeout for nothing)."""
+        waiters = {
+            asyncio.ensure_future(mapped.wait()),
+            asyncio.ensure_future(self._nat_moot.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     def _done(self, path: PathResult) -> None:
+        if (
+            path.transport == "udp"
+            and not path.ok
+            and path.address is not None
+            and path.address == self.nat_address
+        ):
+            self._nat_moot.set()
         if self.on_path_done is not None:
             self.on_path_done(path)
 

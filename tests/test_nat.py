@@ -74,3 +74,21 @@ def test_lab_nat_profiles(profile: str, mapping: str) -> None:
         assert any("test III" in e for e in found["symmetric-nat"]["evidence"])
     else:
         assert "symmetric-nat" not in found
+
+
+async def test_a_refused_udp_port_does_not_wait_for_nat_discovery() -> None:
+    """ICMP port unreachable ends the UDP path at once; the discovery (an unconnected socket,
+    which never hears ICMP) is then cut instead of waiting out its timeout."""
+    from lkice.engine import EngineSettings, run
+    from lkice.probe.path import ProbeSettings
+    from lkice.uri import parse_ice_uri
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = EngineSettings(probe=ProbeSettings(udp_timeout=5.0))
+    report = await run([parse_ice_uri(f"stun:127.0.0.1:{port}")], settings)
+    assert report.paths[0].error is not None
+    assert "ICMP port unreachable" in report.paths[0].error.message
+    assert report.nat is not None
+    assert report.nat["evidence"] == ["discovery cut short: the run ended before it concluded"]
