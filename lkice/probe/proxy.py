@@ -1,0 +1,213 @@
+"""HTTP proxies, as corporate networks impose them: which proxy applies to a destination
+(``HTTPS_PROXY``/``https_proxy``, ``NO_PROXY``/``no_proxy``, or ``--proxy URL``), and an HTTP
+CONNECT tunnel through it, timed, with every refusal named (407 authentication, 403 policy,
+the proxy unreachable). The tunnel is a plain connected socket: the caller runs TLS and STUN
+over it as it would over a direct connection.
+
+Environment rules (curl's): the lower-case variable wins over the upper-case one; ``NO_PROXY``
+is a comma list of host names (a leading dot or none: the name and its subdomains), IP
+addresses, CIDR blocks, optional ``:port``, or ``*`` for everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from lkice.credentials import Secret
+from lkice.errors import ErrorKind, Phase, ProbeError, UsageError
+from lkice.probe.tcp import connect_tcp
+from lkice.stun import format_address
+
+__all__ = ["ProxyConfig", "connect_via_proxy", "parse_proxy_url", "proxy_for"]
+
+MAX_HEAD = 16 * 1024  # a proxy's answer to CONNECT is a few hundred bytes
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    host: str
+    port: int
+    username: Secret | None = None
+    password: Secret | None = None
+
+    @property
+    def label(self) -> str:
+        return (
+            format_address((self.host, self.port))
+            if _is_ip(self.host)
+            else (f"{self.host}:{self.port}")
+        )
+
+    def __repr__(self) -> str:  # never the credentials
+        auth = " with credentials" if self.username is not None else ""
+        return f"ProxyConfig({self.label}{auth})"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_proxy_url(text: str) -> ProxyConfig:
+    """``http://[user:password@]host[:port]`` (port 3128 if omitted: squid's and many
+    appliances' default)."""
+    shown = text.split("@")[-1]  # a message never repeats the credentials
+    try:
+        parts = urlsplit(text.strip() if "://" in text else f"http://{text.strip()}")
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"proxy URL '...@{shown}' is not valid") from None
+    if parts.scheme != "http":
+        raise UsageError(
+            f"proxy URL scheme {parts.scheme!r} is not supported: give http://host:port (the "
+            "tunnel itself carries TLS)"
+        )
+    if not parts.hostname:
+        raise UsageError(f"proxy URL {shown!r} has no host")
+    username = Secret(unquote(parts.username)) if parts.username else None
+    password = Secret(unquote(parts.password or "")) if parts.username else None
+    return ProxyConfig(parts.hostname, port or 3128, username, password)
+
+
+def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
+    entry = entry.strip().lower()
+    if not entry:
+        return False
+    if entry == "*":
+        return True
+    if entry.count(":") == 1 and not entry.startswith("["):
+        name, _, entry_port = entry.partition(":")
+        if entry_port.isdigit() and int(entry_port) != port:
+            return False
+        entry = name
+    host = host.lower().strip("[]")
+    try:
+        network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        network = None
+    if network is not None:
+        try:
+            return ipaddress.ip_address(host) in network
+        except ValueError:
+            return False
+    entry = entry.lstrip(".")
+    return host == entry or host.endswith("." + entry)
+
+
+def proxy_for(
+    host: str, port: int, env: Mapping[str, str], explicit: ProxyConfig | None = None
+) -> ProxyConfig | None:
+    """The proxy to reach ``host:port`` through, or None for a direct connection."""
+    no_proxy = env.get("no_proxy", env.get("NO_PROXY", ""))
+    if any(_no_proxy_matches(e, host, port) for e in no_proxy.split(",")):
+        return None
+    if explicit is not None:
+        return explicit
+    url = env.get("https_proxy") or env.get("HTTPS_PROXY")
+    return parse_proxy_url(url) if url else None
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    sock: socket.socket
+    connect_ms: float  # TCP to the proxy
+    tunnel_ms: float  # CONNECT sent -> 200 received
+
+
+async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout: float) -> Tunnel:
+    """TCP to the proxy, then ``CONNECT host:port``; the socket once the proxy said 200."""
+    where = f"{target[0]}:{target[1]}"
+    start = time.perf_counter()
+    try:
+        sock = await connect_tcp((proxy.host, proxy.port), timeout)
+    except ProbeError as exc:
+        raise ProbeError(
+            exc.kind, f"proxy {proxy.label} unreachable: {exc.message}", Phase.CONNECT
+        ) from None
+    connect_ms = (time.perf_counter() - start) * 1000.0
+    lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}", "User-Agent: lkice"]
+    if proxy.username is not None and proxy.password is not None:
+        pair = f"{proxy.username.reveal()}:{proxy.password.reveal()}".encode()
+        lines.append(f"Proxy-Authorization: Basic {base64.b64encode(pair).decode()}")
+    loop = asyncio.get_running_loop()
+    sent = time.perf_counter()
+    try:
+        await asyncio.wait_for(
+            loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode()), timeout
+        )
+        head = await asyncio.wait_for(_read_head(loop, sock), timeout)
+    except asyncio.TimeoutError:
+        sock.close()
+        raise ProbeError(
+            ErrorKind.TCP_NO_RESPONSE,
+            f"proxy {proxy.label} did not answer CONNECT {where} within {timeout:g} s",
+            Phase.CONNECT,
+        ) from None
+    except (OSError, ProbeError) as exc:
+        sock.close()
+        if isinstance(exc, ProbeError):
+            raise
+        raise ProbeError(
+            ErrorKind.CONNECTION_CLOSED,
+            f"proxy {proxy.label} closed the connection during CONNECT {where}",
+            Phase.CONNECT,
+        ) from None
+    status_line = head.split("\r\n", 1)[0]
+    fields = status_line.split(" ", 2)
+    if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+        sock.close()
+        raise ProbeError(
+            ErrorKind.PROTOCOL,
+            f"{proxy.label} is not an HTTP proxy (it answered {status_line[:60]!r})",
+            Phase.CONNECT,
+        )
+    status = int(fields[1])
+    reason = fields[2] if len(fields) > 2 else ""
+    if status == 200:
+        return Tunnel(sock, connect_ms, (time.perf_counter() - sent) * 1000.0)
+    sock.close()
+    if status in (401, 407):  # 407 is the standard; some proxies (tinyproxy) say 401
+        message = (
+            f"the proxy {proxy.label} rejected the credentials ({status} {reason})"
+            if proxy.username is not None
+            else f"the proxy {proxy.label} requires authentication ({status} {reason}): give "
+            "--proxy http://user:password@host:port"
+        )
+        raise ProbeError(ErrorKind.PROXY, message, Phase.CONNECT)
+    raise ProbeError(
+        ErrorKind.PROXY,
+        f"the proxy {proxy.label} refused CONNECT to {where} ({status} {reason}): its policy "
+        "blocks this destination or port",
+        Phase.CONNECT,
+    )
+
+
+async def _read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> str:
+    """The response head, up to the blank line."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        # The server behind a tunnel speaks only after our TLS ClientHello, so whole reads
+        # cannot swallow any of its bytes.
+        chunk = await loop.sock_recv(sock, 4096)
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+        if len(data) > MAX_HEAD:
+            raise ProbeError(ErrorKind.PROTOCOL, "the proxy's answer is too long", Phase.CONNECT)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if rest and head.split(b" ", 2)[1:2] == [b"200"]:
+        # After a 200 only the server may speak, and only once we have: this is no tunnel.
+        raise ProbeError(
+            ErrorKind.PROTOCOL, "the proxy sent data after its CONNECT answer", Phase.CONNECT
+        )
+    return head.decode("latin-1")  # an error's body (an HTML page) is not needed
