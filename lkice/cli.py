@@ -615,7 +615,10 @@ def probe(
         job=definition.name,
         run_seconds=time.perf_counter() - started,
         result="interrupted" if report.interrupted else report.verdict,
+        # A timer's one-shot runs have the definition's schedule, if it states one.
+        interval_seconds=definition.every_s,
     )
+
     sys.exit(_finish(report))
 
 

@@ -53,8 +53,10 @@ def record(
     run_seconds: float,
     overran: bool = False,
     result: str | None = None,
+    interval_seconds: float | None = None,
 ) -> None:
-    """Send one run's outcome to every sink; a sink that fails is logged, never fatal."""
+    """Send one run's outcome to every sink; a sink that fails is logged, never fatal.
+    ``interval_seconds``: the schedule, exported for the not-reporting alert."""
     if report is not None and sinks.history is not None:
         from lkice.history import append
 
@@ -64,7 +66,14 @@ def record(
             log.error("history_write_failed", path=str(sinks.history), error=str(exc))
     if sinks.metrics is None:
         return
-    sinks.metrics.update(report, probe=job, run_seconds=run_seconds, overran=overran, result=result)
+    sinks.metrics.update(
+        report,
+        probe=job,
+        run_seconds=run_seconds,
+        overran=overran,
+        result=result,
+        interval_seconds=interval_seconds,
+    )
     if sinks.textfile is None and sinks.push is None:
         return
     from lkice import metrics
@@ -176,7 +185,9 @@ class ProbeDaemon:
                     run_seconds=seconds,
                     overran=overran,
                     result=result,
+                    interval_seconds=self.every,
                 )
+
                 if self.max_runs is not None and self.runs >= self.max_runs:
                     break
                 if overran:

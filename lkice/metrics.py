@@ -2,22 +2,27 @@
 each probe and its run bookkeeping, served by the daemon on /metrics, written as a
 node_exporter textfile or pushed to a Pushgateway by one-shot runs.
 
-Conventions: base units in names (``_seconds``, ``_ratio``), ``_total`` counters, ``_info`` for
-one-valued facts. Labels are bounded: ``probe`` (the definition's name), the definition's own
-labels (site, office, ...: at most 8), and per path ``region``, ``kind`` (stun, turn, sfu),
-``transport`` (udp, tcp, tls) and ``route`` (server for STUN/TURN; direct or relay for the SFU).
-No host, address or port is a label unless ``server_labels`` asks for ``server``. Paths that
-share a label set are aggregated: ``up`` is 1 if any works; every other figure is that of the
-best working path (lowest median RTT, else the first that works). A figure the run did not
-measure is not exported (never a made-up 0). See docs/metrics.md.
+Conventions: base units in names (``_seconds``, ``_ratio``, ``_timestamp_seconds``), ``_total``
+counters, ``_info`` for one-valued facts. Labels are bounded: ``probe`` (the definition's name),
+the definition's own labels (site, office, ...: at most 8), and per path ``region``, ``kind``
+(stun, turn, sfu), ``transport`` (udp, tcp, tls) and ``route`` (server for STUN/TURN; direct or
+relay for the SFU). No host, address or port is a label unless ``server_labels`` asks for
+``server``. Paths that share a label set are aggregated: ``up`` is 1 if any works; every other
+figure is that of the best working path (lowest median RTT; ties and unmeasured RTT resolved by
+server and URI, so the choice never depends on the order of ``paths[]``). A figure the run did
+not measure is not exported (never a made-up 0); paths that are no evidence either way
+(``not_tested``, cut by the deadline or Ctrl-C) are left out. See docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import http.client
+import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from prometheus_client.registry import Collector
 from lkice import __version__
 
 __all__ = [
+    "COUNTER_NAMES",
     "METRIC_NAMES",
     "PushError",
     "ReportMetrics",
@@ -39,11 +45,42 @@ __all__ = [
 ]
 
 VERDICT_STATUS = {"ok": 0, "degraded": 1, "failed": 2}
+UNKNOWN_STATUS = 3
 SETUP_PHASES = ("dns", "connect", "tls", "binding", "allocate", "ice", "dtls")
 SIGNAL_PHASES = ("dns", "connect", "tls", "validate", "websocket", "join")
-# Not a "quantile" label: Prometheus reserves that for summaries (promtool rejects it).
+# Not a "quantile" label: Prometheus reserves that for summaries (promtool rejects it on a gauge).
 RTT_STATS = ("p50", "p95", "p99", "max")
-# Every family this module exports (the dashboard and alert tests check against it).
+# Errors that say nothing about the network (lkice.findings.NOT_EVIDENCE_KINDS): such a path is
+# neither up nor down, so it is left out rather than exported as a failure.
+NOT_EVIDENCE = frozenset({"not_tested", "deadline", "interrupted"})
+PATH_LABELS = ("region", "kind", "transport", "route")
+# Labels lkice sets itself; a definition label of the same name is exported as exported_<name>
+# (as Prometheus does on a scrape conflict) instead of being overwritten or duplicated.
+OWN_LABELS = frozenset(
+    {
+        *PATH_LABELS,
+        "probe",
+        "server",
+        "measure",
+        "phase",
+        "stat",
+        "id",
+        "severity",
+        "verdict",
+        "result",
+        "version",
+        "job",
+        "instance",
+        "quantile",
+        "le",
+    }
+)
+MAX_PROBE_LABELS = 8
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+# Every family this module exports, by its name in the exposition (the dashboard and alert
+# tests check their queries against it).
+COUNTER_NAMES = ("lkice_runs_total", "lkice_run_overruns_total")
 METRIC_NAMES = (
     "lkice_build_info",
     "lkice_path_up",
@@ -63,14 +100,37 @@ METRIC_NAMES = (
     "lkice_last_run_timestamp_seconds",
     "lkice_last_success_timestamp_seconds",
     "lkice_run_duration_seconds",
-    "lkice_runs_total",
-    "lkice_run_overruns_total",
+    "lkice_schedule_interval_seconds",
+    *COUNTER_NAMES,
 )
-PATH_LABELS = ("region", "kind", "transport", "route")
+
+_HELP = {
+    "lkice_build_info": "lkice version",
+    "lkice_path_up": "1 if a path of this region/kind/transport/route works, else 0",
+    "lkice_path_setup_seconds": "Setup time per phase of the best working path",
+    "lkice_path_rtt_seconds": "Round-trip time of the best working path (stat: p50, p95, p99, max)",
+    "lkice_path_jitter_seconds": "RFC 3550 interarrival jitter of the best working path",
+    "lkice_path_loss_ratio": "Fraction of probes lost on the best working path",
+    "lkice_path_hol_stall_seconds": "Longest head-of-line stall on the best working path (TCP/TLS)",
+    "lkice_path_hol_stalled_ratio": "Fraction of probes held by head-of-line stalls (TCP/TLS)",
+    "lkice_path_mos": "E-model MOS estimate of the best working path",
+    "lkice_signal_up": "1 if LiveKit signaling (validate, WebSocket, join) works, else 0",
+    "lkice_signal_setup_seconds": "LiveKit signaling time per step",
+    "lkice_verdict": "Verdict as exit status: 0 ok, 1 degraded, 2 failed, 3 unknown",
+    "lkice_verdict_info": "The verdict of the last report, as a label",
+    "lkice_finding": "1 for each finding of the last report",
+    "lkice_recommended_region_info": "The recommended region and transport of the last report",
+    "lkice_last_run_timestamp_seconds": "When the last run ended (any result)",
+    "lkice_last_success_timestamp_seconds": "When a run last ended with verdict ok or degraded",
+    "lkice_run_duration_seconds": "How long the last run took",
+    "lkice_schedule_interval_seconds": "The probe's schedule: seconds between run starts",
+    "lkice_runs_total": "Runs by result (a verdict, interrupted, config_error or error)",
+    "lkice_run_overruns_total": "Runs that took longer than the schedule's interval",
+}
 
 
 class PushError(Exception):
-    """The Pushgateway could not be reached or refused the push."""
+    """The Pushgateway could not be reached or refused the push (the message names its URL)."""
 
 
 @dataclass
@@ -82,6 +142,23 @@ class _ProbeState:
     last_run: float | None = None
     last_success: float | None = None
     run_seconds: float | None = None
+    interval: float | None = None
+
+
+def probe_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
+    """The definition's labels as Prometheus labels: valid names only, at most 8 (by name), and
+    a name lkice sets itself renamed ``exported_<name>``."""
+    out: dict[str, str] = {}
+    for name in sorted(labels or {}):
+        if len(out) >= MAX_PROBE_LABELS:
+            break
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            continue
+        value = (labels or {})[name]
+        if value is None:
+            continue
+        out[f"exported_{name}" if name in OWN_LABELS else name] = str(value)
+    return out
 
 
 def _route(path: Mapping[str, Any]) -> str:
@@ -90,13 +167,20 @@ def _route(path: Mapping[str, Any]) -> str:
     return "relay" if path.get("relay") else "direct"
 
 
-def _p50(path: Mapping[str, Any]) -> float:
-    for source in ("relay_quality", "quality"):
-        q = path.get(source) or {}
-        value = (q.get("rtt_ms") or {}).get("p50")
-        if value is not None:
-            return float(value)
-    return float("inf")
+def _p50(quality: Mapping[str, Any] | None) -> float:
+    value = ((quality or {}).get("rtt_ms") or {}).get("p50")
+    return math.inf if value is None else float(value)
+
+
+def _best_key(path: Mapping[str, Any]) -> tuple[float, float, str, str]:
+    """Lower is better: the media path's median RTT (through the TURN relay) first, then the
+    median RTT to the server or SFU; server and URI break ties deterministically."""
+    return (
+        _p50(path.get("relay_quality")),
+        _p50(path.get("quality")),
+        str(path.get("server")),
+        str(path.get("uri")),
+    )
 
 
 def _measures(path: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -106,9 +190,17 @@ def _measures(path: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]
         yield "relay_echo", path["relay_quality"]
 
 
+def _number(value: Any) -> float | None:
+    """A measured number, or None (absent, null, or not a finite number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 class ReportMetrics(Collector):
     """The latest report of each probe, plus its run counters; thread-safe (the HTTP server
-    collects from its own thread)."""
+    collects from its own thread while the scheduler updates)."""
 
     def __init__(self, *, server_labels: bool = False) -> None:
         self.server_labels = server_labels
@@ -119,27 +211,41 @@ class ReportMetrics(Collector):
         self,
         report: Mapping[str, Any] | None,
         *,
-        probe: str,
         run_seconds: float,
         overran: bool = False,
+        probe: str | None = None,
         result: str | None = None,
         labels: Mapping[str, str] | None = None,
+        interval_seconds: float | None = None,
         now: float | None = None,
     ) -> None:
-        """Record one run: ``report`` None when it could not start (``result`` says why)."""
+        """Record one run that ended ``now``. ``report`` is None when the run could not start
+        (``result`` says why: config_error, error); ``probe`` defaults to the report's
+        ``probe.name``, ``labels`` to its ``probe.labels``; ``result`` to ``interrupted`` or the
+        verdict. ``interval_seconds``: the schedule, for the not-reporting alert."""
         now = time.time() if now is None else now
+        meta: Mapping[str, Any] = (report or {}).get("probe") or {}
+        if probe is None:
+            probe = meta.get("name")
+        if not probe:
+            raise ValueError("a probe name is needed: pass probe= or a report with probe.name")
         if result is None:
-            result = "error" if report is None else str(report.get("verdict"))
+            if report is None:
+                result = "error"
+            else:
+                result = "interrupted" if report.get("interrupted") else str(report.get("verdict"))
         with self._lock:
             state = self._probes.setdefault(probe, _ProbeState())
             if labels is not None:
-                state.labels = dict(labels)
-            elif report is not None and report.get("probe"):
-                state.labels = dict(report["probe"].get("labels") or {})
+                state.labels = probe_labels(labels)
+            elif report is not None and meta:
+                state.labels = probe_labels(meta.get("labels"))
             state.runs[result] = state.runs.get(result, 0) + 1
             state.overruns += bool(overran)
             state.last_run = now
             state.run_seconds = run_seconds
+            if interval_seconds is not None:
+                state.interval = interval_seconds
             if report is not None:
                 state.report = dict(report)
                 if report.get("verdict") in ("ok", "degraded") and not report.get("interrupted"):
@@ -147,88 +253,83 @@ class ReportMetrics(Collector):
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            probes = {name: _ProbeState(**vars(s)) for name, s in self._probes.items()}
-        build = GaugeMetricFamily("lkice_build_info", "lkice version", labels=["version"])
-        build.add_metric([__version__], 1)
-        yield build
+            probes = {
+                name: replace(s, labels=dict(s.labels), runs=dict(s.runs))
+                for name, s in self._probes.items()
+            }
         families = _Families(self.server_labels)
+        families.gauge("lkice_build_info", {"version": __version__}, 1)
         for name, state in sorted(probes.items()):
             families.add_probe(name, state)
-        yield from families.all()
+        return families.all()
 
 
 class _Families:
+    """Families built per collect; a family's samples may carry different probe labels (each
+    probe has its own), hence ``Metric.add_sample`` rather than fixed label names."""
+
     def __init__(self, server_labels: bool) -> None:
         self.server_labels = server_labels
-        self.gauges: dict[str, GaugeMetricFamily] = {}
-        self.counters: dict[str, CounterMetricFamily] = {}
-        self.help = {
-            "lkice_path_up": "1 if a path of this kind/transport/route works, else 0",
-            "lkice_path_setup_seconds": "Setup time per phase of the best working path",
-            "lkice_path_rtt_seconds": "Round-trip time of the best working path (stat: p50..max)",
-            "lkice_path_jitter_seconds": "RFC 3550 interarrival jitter",
-            "lkice_path_loss_ratio": "Fraction of probes lost",
-            "lkice_path_hol_stall_seconds": "Longest head-of-line stall (TCP/TLS)",
-            "lkice_path_hol_stalled_ratio": "Fraction of probes held by head-of-line stalls",
-            "lkice_path_mos": "E-model MOS estimate",
-            "lkice_signal_up": "1 if LiveKit signaling (validate, WebSocket, join) works",
-            "lkice_signal_setup_seconds": "LiveKit signaling time per step",
-            "lkice_verdict": "Verdict as exit status: 0 ok, 1 degraded, 2 failed, 3 unknown",
-            "lkice_verdict_info": "The verdict of the last run, as a label",
-            "lkice_finding": "1 for each finding of the last run",
-            "lkice_recommended_region_info": "The recommended region and transport",
-            "lkice_last_run_timestamp_seconds": "When the last run ended",
-            "lkice_last_success_timestamp_seconds": "When a run last ended ok or degraded",
-            "lkice_run_duration_seconds": "How long the last run took",
-        }
+        self.families: dict[str, Metric] = {}
+
+    def _family(self, name: str, counter: bool) -> Metric:
+        family = self.families.get(name)
+        if family is None:
+            if counter:
+                family = CounterMetricFamily(name.removesuffix("_total"), _HELP[name])
+            else:
+                family = GaugeMetricFamily(name, _HELP[name])
+            self.families[name] = family
+        return family
 
     def gauge(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        family = self.gauges.get(name)
-        if family is None:
-            family = self.gauges[name] = GaugeMetricFamily(name, self.help[name], labels=[])
-        family.samples.append(_sample(name, labels, value))
+        self._family(name, False).add_sample(name, dict(labels), float(value))
 
-    def counter(self, name: str, doc: str, labels: Mapping[str, str], value: float) -> None:
-        family = self.counters.get(name)
-        if family is None:
-            family = self.counters[name] = CounterMetricFamily(name, doc, labels=[])
-        family.samples.append(_sample(f"{name}_total", labels, value))
+    def counter(self, name: str, labels: Mapping[str, str], value: float) -> None:
+        self._family(name, True).add_sample(name, dict(labels), float(value))
 
-    def all(self) -> Iterator[Metric]:
-        yield from self.gauges.values()
-        yield from self.counters.values()
+    def all(self) -> list[Metric]:
+        return list(self.families.values())
 
     def add_probe(self, name: str, state: _ProbeState) -> None:
         base = {**state.labels, "probe": name}
 
         for result, count in sorted(state.runs.items()):
-            self.counter("lkice_runs", "Runs by result", {**base, "result": result}, count)
-        self.counter("lkice_run_overruns", "Runs longer than the schedule", base, state.overruns)
+            self.counter("lkice_runs_total", {**base, "result": result}, count)
+        self.counter("lkice_run_overruns_total", base, state.overruns)
         if state.last_run is not None:
             self.gauge("lkice_last_run_timestamp_seconds", base, state.last_run)
         if state.last_success is not None:
             self.gauge("lkice_last_success_timestamp_seconds", base, state.last_success)
         if state.run_seconds is not None:
             self.gauge("lkice_run_duration_seconds", base, state.run_seconds)
+        if state.interval is not None:
+            self.gauge("lkice_schedule_interval_seconds", base, state.interval)
         report = state.report
         if report is None:
             return
         verdict = str(report.get("verdict"))
-        status = 3 if report.get("interrupted") else VERDICT_STATUS.get(verdict, 3)
+        if report.get("interrupted"):
+            status = UNKNOWN_STATUS
+        else:
+            status = VERDICT_STATUS.get(verdict, UNKNOWN_STATUS)
         self.gauge("lkice_verdict", base, status)
         self.gauge("lkice_verdict_info", {**base, "verdict": verdict}, 1)
-        for finding in report.get("findings") or []:
-            labels = {**base, "id": str(finding["id"]), "severity": str(finding["severity"])}
-            self.gauge("lkice_finding", labels, 1)
+        findings = {
+            (str(f.get("id")), str(f.get("severity"))) for f in report.get("findings") or []
+        }
+        for fid, severity in sorted(findings):
+            self.gauge("lkice_finding", {**base, "id": fid, "severity": severity}, 1)
         rec = report.get("recommendation")
         if rec and rec.get("transport"):
             labels = {**base, "region": str(rec.get("region") or ""), "transport": rec["transport"]}
             self.gauge("lkice_recommended_region_info", labels, 1)
         signal = report.get("signal")
-        if signal:
+        if signal and (signal.get("error") or {}).get("kind") not in NOT_EVIDENCE:
             self.gauge("lkice_signal_up", base, 1 if signal.get("ok") else 0)
+            timings = signal.get("timings_ms") or {}
             for phase in SIGNAL_PHASES:
-                value = (signal.get("timings_ms") or {}).get(phase)
+                value = _number(timings.get(phase))
                 if value is not None:
                     self.gauge("lkice_signal_setup_seconds", {**base, "phase": phase}, value / 1000)
         self.add_paths(base, report.get("paths") or [])
@@ -236,8 +337,7 @@ class _Families:
     def add_paths(self, base: Mapping[str, str], paths: list[Mapping[str, Any]]) -> None:
         groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
         for path in paths:
-            error = path.get("error") or {}
-            if error.get("kind") == "not_tested":
+            if (path.get("error") or {}).get("kind") in NOT_EVIDENCE:
                 continue  # not a measurement of this network
             key: tuple[str, ...] = (
                 str(path.get("region") or ""),
@@ -248,65 +348,81 @@ class _Families:
             if self.server_labels:
                 key += (str(path.get("server")),)
             groups.setdefault(key, []).append(path)
-        names: tuple[str, ...] = (*PATH_LABELS, "server") if self.server_labels else PATH_LABELS
+        names = (*PATH_LABELS, "server") if self.server_labels else PATH_LABELS
         for group, members in sorted(groups.items()):
             labels = {**base, **dict(zip(names, group, strict=True))}
             working = [p for p in members if p.get("ok")]
             self.gauge("lkice_path_up", labels, 1 if working else 0)
-            if not working:
-                continue
-            best = min(working, key=_p50)
-            timings = best.get("timings_ms") or {}
-            for phase in SETUP_PHASES:
-                value = timings.get(phase)
+            if working:
+                self.add_best(labels, min(working, key=_best_key))
+
+    def add_best(self, labels: Mapping[str, str], best: Mapping[str, Any]) -> None:
+        timings = best.get("timings_ms") or {}
+        for phase in SETUP_PHASES:
+            value = _number(timings.get(phase))
+            if value is not None:
+                self.gauge("lkice_path_setup_seconds", {**labels, "phase": phase}, value / 1000)
+        for measure, q in _measures(best):
+            m = {**labels, "measure": measure}
+            rtt = q.get("rtt_ms") or {}
+            for stat in RTT_STATS:
+                value = _number(rtt.get(stat))
                 if value is not None:
-                    self.gauge("lkice_path_setup_seconds", {**labels, "phase": phase}, value / 1000)
-            for measure, q in _measures(best):
-                m = {**labels, "measure": measure}
-                rtt = q.get("rtt_ms") or {}
-                for stat in RTT_STATS:
-                    if rtt.get(stat) is not None:
-                        self.gauge("lkice_path_rtt_seconds", {**m, "stat": stat}, rtt[stat] / 1000)
-                if q.get("jitter_ms") is not None:
-                    self.gauge("lkice_path_jitter_seconds", m, q["jitter_ms"] / 1000)
-                if q.get("loss") is not None and q.get("samples"):
-                    self.gauge("lkice_path_loss_ratio", m, q["loss"])
-                if q.get("mos") is not None:
-                    self.gauge("lkice_path_mos", m, q["mos"])
-                hol = q.get("hol")
-                if hol is not None:  # measured on TCP/TLS: no stall is a real 0
-                    stall = hol.get("max_stall_ms") if hol.get("detected") else 0.0
-                    self.gauge("lkice_path_hol_stall_seconds", m, float(stall or 0) / 1000)
-                    self.gauge(
-                        "lkice_path_hol_stalled_ratio", m, float(hol.get("stalled_fraction") or 0)
-                    )
-
-
-def _sample(name: str, labels: Mapping[str, str], value: float) -> Any:
-    from prometheus_client.samples import Sample
-
-    return Sample(name, dict(labels), float(value), None, None)
+                    self.gauge("lkice_path_rtt_seconds", {**m, "stat": stat}, value / 1000)
+            jitter = _number(q.get("jitter_ms"))
+            if jitter is not None:
+                self.gauge("lkice_path_jitter_seconds", m, jitter / 1000)
+            loss = _number(q.get("loss"))
+            if loss is not None and q.get("samples"):
+                self.gauge("lkice_path_loss_ratio", m, loss)
+            mos = _number(q.get("mos"))
+            if mos is not None:
+                self.gauge("lkice_path_mos", m, mos)
+            hol = q.get("hol")
+            if hol:  # measured (TCP/TLS); null on UDP, where there is no head-of-line blocking
+                stall = _number(hol.get("max_stall_ms")) if hol.get("detected") else 0.0
+                if stall is not None:  # no stall detected: a measured 0
+                    self.gauge("lkice_path_hol_stall_seconds", m, stall / 1000)
+                stalled = _number(hol.get("stalled_fraction"))
+                if stalled is not None:
+                    self.gauge("lkice_path_hol_stalled_ratio", m, stalled)
 
 
 def registry_with(metrics: ReportMetrics) -> CollectorRegistry:
+    """A registry holding only ``metrics`` (no process/platform collectors): the same one serves
+    /metrics, a textfile and a push."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
     return registry
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format (0.0.4) of ``registry``."""
     return generate_latest(registry)
 
 
 def write_textfile(path: Path | str, registry: CollectorRegistry) -> None:
-    """Atomically (a temporary file renamed over ``path``), as node_exporter expects."""
+    """Atomically (a temporary file in the same directory renamed over ``path``), as
+    node_exporter's textfile collector expects. Raises OSError."""
     write_to_textfile(str(path), registry)
 
 
-def push(url: str, job: str, registry: CollectorRegistry, grouping_key: dict[str, str]) -> None:
+def push(
+    url: str,
+    job: str,
+    registry: CollectorRegistry,
+    grouping_key: Mapping[str, str],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Replace this job/grouping key's metrics on the Pushgateway at ``url`` (HTTP PUT).
+    Any failure (unreachable, refused, not a Pushgateway, a malformed URL) is a PushError."""
     try:
-        push_to_gateway(url, job=job, registry=registry, grouping_key=grouping_key, timeout=10)
-    except OSError as exc:  # URLError and HTTPError are OSErrors
+        push_to_gateway(
+            url, job=job, registry=registry, grouping_key=dict(grouping_key), timeout=timeout
+        )
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # URLError and HTTPError are OSErrors; a non-HTTP answer is an HTTPException.
         raise PushError(f"push to {url} failed: {exc}") from None
 
 

@@ -119,7 +119,13 @@ def test_slow_runs_are_reported_and_not_stacked(coturn: TurnLab, tmp_path: Path)
     one at a time, and the log says so."""
     config, history = tmp_path / "slow.toml", tmp_path / "history.jsonl"
     config.write_text(definition(coturn, "slow", quality=1.5))
-    proc = start(coturn, config, "--every", "1s", "--max-runs", "3", "--history", str(history))
+    textfile = tmp_path / "slow.prom"
+    proc = start(
+        coturn,
+        config,
+        *("--every", "1s", "--max-runs", "3"),
+        *("--history", str(history), "--textfile", str(textfile)),
+    )
     _, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     overruns = [e for e in events(err) if e["event"] == "run_overran"]
@@ -128,6 +134,10 @@ def test_slow_runs_are_reported_and_not_stacked(coturn: TurnLab, tmp_path: Path)
     runs = lines(history)
     assert len(runs) == 3
     assert all(float(str(r["duration_ms"])) > 1000 for r in runs)  # each longer than 1 s
+    # The metrics say the same: the schedule (for the not-reporting alert) and the overruns.
+    exposition = textfile.read_text()
+    assert 'lkice_schedule_interval_seconds{probe="slow",site="lab"} 1.0' in exposition
+    assert 'lkice_run_overruns_total{probe="slow",site="lab"} 3.0' in exposition
 
 
 def test_a_missing_secret_is_a_logged_run_not_a_crash(coturn: TurnLab, tmp_path: Path) -> None:
