@@ -30,6 +30,39 @@ EXIT_UNKNOWN = 3
 log = logging.getLogger("lkice")
 
 
+def _proxy_env() -> dict[str, str]:
+    from lkice.probe.proxy import system_proxy_env
+
+    return system_proxy_env(os.environ)
+
+
+def _proxy_with_password(url: str | None) -> str | None:
+    """``--proxy`` as given, or with the password asked for (not echoed) when the URL names a
+    user without one; without a terminal to ask on, a usage error."""
+    if not url:
+        return None
+    from urllib.parse import quote, urlsplit
+
+    text = url if "://" in url else f"http://{url}"
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return url  # parse_proxy_url names the problem
+    if parts.username is None or parts.password is not None:
+        return url
+    where = parts.netloc.rsplit("@", 1)[-1]
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"--proxy names user {parts.username!r} but no password, and there is no terminal "
+            f"to ask for it: give http://user:password@{where}"
+        )
+    password = click.prompt(
+        f"Password for {parts.username} at proxy {where}", hide_input=True, err=True
+    )
+    netloc = f"{parts.username}:{quote(password, safe='')}@{where}"
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
@@ -224,6 +257,19 @@ def probe_options(fn: Any) -> Any:
     help="A region to compare (repeatable): URI is a LiveKit URL (its signaling and TURN are "
     "probed) or a STUN/TURN URI. All regions are probed at once and ranked.",
 )
+@click.option(
+    "--proxy",
+    metavar="URL",
+    help="Web proxy, http://[user[:password]@]host[:port] (default port 3128; asks for the "
+    "password if only the user is given). Default: HTTPS_PROXY/https_proxy, with NO_PROXY. "
+    "Signaling and TURN over TLS (and TCP 443) go through it; UDP is always direct.",
+)
+@click.option(
+    "--no-proxy",
+    "no_proxy",
+    is_flag=True,
+    help="Ignore HTTPS_PROXY/https_proxy: connect directly only.",
+)
 @probe_options
 def run(
     uris: tuple[str, ...],
@@ -238,6 +284,8 @@ def run(
     insecure: bool,
     nameserver: str | None,
     region_options: tuple[str, ...],
+    proxy: str | None,
+    no_proxy: bool,
     deadline: float,
     udp_timeout: float,
     timeout: float,
@@ -281,6 +329,8 @@ def run(
         timeout=timeout,
         quality_duration=quality_duration,
         quality_interval=quality_interval,
+        proxy=_proxy_with_password(proxy),
+        proxy_env={} if no_proxy else _proxy_env(),
     )
     progress = progress_for(not as_json and verbose == 0)
     report = asyncio.run(diagnose(request, progress))
@@ -293,7 +343,7 @@ def run(
     "--network",
     metavar="PROFILE",
     help="Run inside the namespace lab behind this firewall profile instead of on loopback "
-    "(needs root): open, udp-blocked, tcp443-only, symmetric-nat, nat.",
+    "(needs root): open, udp-blocked, tcp443-only, proxy-only, symmetric-nat, nat.",
 )
 @click.option(
     "--rtt", type=click.FloatRange(0, 5000), default=0.0, help="With --network: added RTT, ms."
@@ -597,7 +647,7 @@ def probe(
     _setup_logging(verbose)
     try:
         definition = load(config)
-        request = to_request(definition)
+        request = to_request(definition, _proxy_env())
     except DefinitionError as exc:
         raise UsageError("\n".join(exc.problems)) from None
     progress = progress_for(not as_json and verbose == 0)
@@ -751,6 +801,8 @@ def _demo_in_network(
                 f"turns:{host}:5349?transport=tcp", f"turns:{host}:443?transport=tcp",
                 *lab.turn_args(), *passthrough,
             ]  # fmt: skip
+            if lab.web_proxy_url is not None:
+                argv += ["--proxy", lab.web_proxy_url]
             proc = lab.run_in_client(argv, timeout=600)
     except LabError as exc:
         raise UsageError(f"cannot start the namespace lab: {exc}") from None

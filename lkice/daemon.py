@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -229,7 +230,9 @@ class ProbeDaemon:
         report: Report | None = None
         result: str
         try:
-            request = to_request(definition)
+            from lkice.probe.proxy import system_proxy_env
+
+            request = to_request(definition, system_proxy_env(os.environ))
             run = self._diagnose or diagnose
             report = await run(request, stop=self._run_stop)
         except (DefinitionError, UsageError) as exc:

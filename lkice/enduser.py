@@ -52,12 +52,13 @@ def embedded() -> dict[str, Any] | None:
 def default_request(folder: Path) -> tuple[RunRequest, str] | None:
     """(what to run, where it came from), or None when there is nothing to run."""
     from lkice.job import RunRequest
+    from lkice.probe.proxy import system_proxy_env
     from lkice.probedef import DefinitionError, load, to_request
 
     config = folder / CONFIG_NAME
     if config.exists():
         try:
-            return to_request(load(config)), str(config)
+            return to_request(load(config), system_proxy_env(os.environ)), str(config)
         except DefinitionError as exc:
             raise UsageError("\n".join(exc.problems)) from None
     default = embedded()
@@ -68,6 +69,7 @@ def default_request(folder: Path) -> tuple[RunRequest, str] | None:
         token=default.get("token") or os.environ.get("LIVEKIT_TOKEN"),
         api_key=os.environ.get("LIVEKIT_API_KEY"),
         api_secret=os.environ.get("LIVEKIT_API_SECRET"),
+        proxy_env=system_proxy_env(os.environ),  # the user's HTTPS_PROXY, as their browser uses it
     )
     return request, "the default built into this program"
 

@@ -20,6 +20,7 @@ from lkice.credentials import TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.nat import FILTER_TIMEOUT, NatBehaviour, discover_nat
 from lkice.probe.path import ProbeSettings, probe_path
+from lkice.probe.proxy import Proxies, ProxyConfig, tunnelled
 from lkice.probe.resolve import Resolution, resolve
 from lkice.probe.train import LoopMonitor
 from lkice.probe.turn import Redirect
@@ -42,6 +43,9 @@ class EngineSettings:
     # RFC 5780 NAT behaviour discovery against the first STUN/TURN server reachable over UDP
     # (it needs OTHER-ADDRESS; see probe/nat.py); runs beside the paths.
     nat_discovery: bool = True
+    # Web proxies (--proxy, https_proxy): TURN over TLS, and over TCP on 443, is also tried
+    # through the proxy as browsers do; the direct paths are tried as before.
+    proxies: Proxies | None = None
 
 
 def _family(ip: str) -> str:
@@ -75,8 +79,33 @@ class _Run:
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.tasks.add(asyncio.ensure_future(coro))
 
+    def _proxied(self, uri: IceUri, transports: Sequence[Transport]) -> None:
+        """The URI's paths through the web proxy, if one applies: no local DNS (the proxy
+        resolves the name), one path per tunnelled transport."""
+        proxy = (
+            None
+            if self.settings.proxies is None
+            else self.settings.proxies.for_(uri.host, uri.port)
+        )
+        if proxy is None:
+            return
+        for transport in transports:
+            if not tunnelled(transport.value, uri.port):
+                continue
+            path = PathResult(
+                server=uri.server,
+                transport=transport.value,
+                kind=uri.kind,
+                uri=str(uri),
+                proxy=proxy.label,
+            )
+            self.paths.append(path)
+            # No redirect through a proxy: an ALTERNATE-SERVER is an address, not a name.
+            self.spawn(self.path(uri, transport, (uri.host, uri.port), path, False, proxy))
+
     async def target(self, uri: IceUri) -> None:
         transports = uri.transports()
+        self._proxied(uri, transports)
         placeholders = [
             PathResult(
                 server=uri.server, transport=t.value, kind=uri.kind, uri=str(uri), phase=Phase.DNS
@@ -135,9 +164,10 @@ class _Run:
         address: tuple[str, int],
         result: PathResult,
         follow: bool,
+        proxy: ProxyConfig | None = None,
     ) -> None:
         try:
-            probe = self.settings.probe
+            probe = replace(self.settings.probe, proxy=proxy)
             override = self.credentials.get(str(uri))
             if override is not None:
                 probe = replace(probe, credentials=override)
@@ -237,12 +267,29 @@ class _Run:
             self.paths,
             key=lambda p: (
                 rank.get(p.uri, len(rank)),
+                p.proxy is not None,
                 p.redirected_from is not None,
                 p.family or "",
                 p.address or "",
                 transports.index(p.transport),
             ),
         )
+
+
+def _proxy_settings(proxies: Proxies | None) -> dict[str, Any]:
+    """The report's record of the proxy in use: where it came from and its address, never its
+    credentials; whether it needed them."""
+    proxy = None if proxies is None else proxies.configured()
+    if proxies is None or proxy is None:
+        return {"proxy": None}
+    return {
+        "proxy": {
+            "address": proxy.label,
+            "source": proxies.source(),
+            "credentials": proxy.username is not None,
+            "no_proxy": proxies.env.get("no_proxy", proxies.env.get("NO_PROXY")) or None,
+        }
+    }
 
 
 async def run(
@@ -294,6 +341,7 @@ async def run(
             if settings.nameserver is None
             else format_address(settings.nameserver),
             "tls_verify": probe.tls_context is None or probe.tls_context.verify_mode != 0,
+            **_proxy_settings(settings.proxies),
             "auth": None if probe.credentials is None else probe.credentials.mode,
             "quality": None
             if probe.train is None

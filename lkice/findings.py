@@ -186,6 +186,8 @@ def _label(p: Path) -> str:
     address = p.get("address")
     if address and address != server and kind != "sfu":
         text += f" ({address})"
+    if p.get("proxy"):
+        text += f" through the web proxy {p['proxy']}"
     return text
 
 
@@ -443,6 +445,41 @@ def _rule_proxy(ctx: _Ctx) -> list[Finding]:
     msg = _message(err)
     hosts = _join(ctx.signal_hosts()) or "the LiveKit server"
     needs_auth = "407" in msg
+    through = signal.get("proxy")
+    if through:
+        # lkice itself went through the proxy (--proxy, HTTPS_PROXY): the proxy said no.
+        if "rejected the credentials" in msg:
+            summary = f"The web proxy {through} rejected the login lkice gave it."
+            advice = (
+                "Check the proxy user name and password (the ones your browser uses); lkice "
+                "never shows them."
+            )
+        elif "authentication" in msg:
+            summary = (
+                f"The web proxy {through} demands a login (HTTP 407) before anything reaches "
+                "LiveKit."
+            )
+            advice = (
+                f"Give lkice the proxy login, as your browser has it: --proxy "
+                f"http://USER@{through} (it asks for the password), or ask IT to let {hosts} "
+                "through the proxy without one."
+            )
+        else:
+            summary = f"The web proxy {through} refuses to connect to the LiveKit server {hosts}."
+            advice = (
+                f"Ask IT to allow HTTPS and WebSocket connections through the proxy to {hosts} "
+                "(port 443), without TLS inspection."
+            )
+        return [
+            _finding(
+                "proxy-required",
+                "critical",
+                summary,
+                "Calls cannot start: the connection to LiveKit is stopped at the proxy.",
+                [f"signaling to {_mask(str(signal.get('url')))}: {msg}"],
+                advice,
+            )
+        ]
     summary = (
         "A web proxy on this network demands a login (HTTP 407) before anything reaches LiveKit."
         if needs_auth
@@ -710,6 +747,8 @@ def _rule_udp_blocked(ctx: _Ctx) -> list[Finding]:
     if sfu:
         rules.append(sfu)
     via = _join(c.upper() for c in fallback) or "TCP/TLS"
+    if fallback and not _works_directly(ctx, fallback):
+        via += " through the web proxy"
     return [
         _finding(
             "udp-blocked",
@@ -772,6 +811,8 @@ def _rule_only(ctx: _Ctx) -> list[Finding]:
     if not failed_other and only == "tcp":
         return []  # TLS not tried: "only TCP" would claim more than was measured
     ok_paths = [(i, p) for i, p in ctx.of(only) if p.get("ok")]
+    if all(p.get("proxy") for _, p in ok_paths):
+        return []  # only through the web proxy: _rule_via_proxy says so
     ports = sorted({_port(p.get("address")) or _port(p.get("server")) or "?" for _, p in ok_paths})
     port_text = _join(ports)
     if only == "tls":
@@ -799,6 +840,161 @@ def _rule_only(ctx: _Ctx) -> list[Finding]:
             [i for i, _ in ok_paths] + [i for i, _ in failed_other],
         )
     ]
+
+
+def _works_directly(ctx: _Ctx, classes: Sequence[str]) -> bool:
+    """A media path (TURN or SFU) of one of these transport classes worked without the proxy."""
+    return any(
+        p.get("ok") and not p.get("proxy") for c in classes for _, p in ctx.of(c, ("turn", "sfu"))
+    )
+
+
+def _proxy_failure(p: Path) -> str | None:
+    """How a path through the web proxy failed at the proxy itself, or None (it failed beyond)."""
+    if not p.get("proxy") or p.get("ok"):
+        return None
+    err = p.get("error") or {}
+    message = str(err.get("message") or "")
+    if err.get("kind") == "proxy":
+        if "credentials" in message:
+            return "auth-rejected"
+        return "auth-required" if "authentication" in message else "policy"
+    if "unreachable" in message or "did not answer CONNECT" in message:
+        return "unreachable"
+    return None
+
+
+def _rule_via_proxy(ctx: _Ctx) -> list[Finding]:
+    """Paths tunnelled through the web proxy: media reachable only that way (and what it
+    costs), or the proxy refusing them (login, policy, unreachable)."""
+    proxied = [(i, p) for i, p in ctx.indexed if p.get("proxy")]
+    if not proxied:
+        return []
+    proxy = str(proxied[0][1]["proxy"])
+    out: list[Finding] = []
+    ok = [(i, p) for i, p in proxied if p.get("ok") and p.get("kind") in ("turn", "sfu")]
+    direct = [(i, p) for i, p in ctx.indexed if not p.get("proxy")]
+    direct_media = any(p.get("ok") and p.get("kind") in ("turn", "sfu") for _, p in direct)
+    direct_any = any(p.get("ok") for _, p in direct)
+    if ok and not direct_media:
+        failed = [(i, p) for i, p in direct if not p.get("ok")]
+        best = _best(
+            [
+                m
+                for m in (
+                    _Measure(i, p, s, p[s])
+                    for i, p in ok
+                    for s in ("relay_quality", "quality")
+                    if p.get(s)
+                )
+                if m.rtt is not None
+            ]
+        )
+        tunnel = min(
+            (
+                float(t)
+                for _, p in ok
+                if (t := (p.get("timings_ms") or {}).get("proxy")) is not None
+            ),
+            default=None,
+        )
+        costs = []
+        if tunnel is not None:
+            costs.append(f"the proxy took {_ms(tunnel)} ms to open each tunnel")
+        if best is not None:
+            costs.append(f"media round trip p50 {_ms(best.rtt)} ms through it, {best.count()}")
+        protocols = sorted({"UDP" if p.get("transport") == "udp" else "TCP" for _, p in failed})
+        summary = (
+            f"The media servers are reachable only through the web proxy {proxy}: calls can "
+            "connect over TURN/TLS through it"
+            + (
+                f", while direct {' and '.join(protocols)} "
+                f"{'are' if len(protocols) > 1 else 'is'} blocked."
+                if failed
+                else "."
+            )
+        )
+        if direct_any:
+            summary = (
+                f"Media (a TURN relay) works only through the web proxy {proxy}; directly, only "
+                "STUN answered."
+            )
+        rules = _open_rules(_ports_by_proto(failed))
+        sfu = _sfu_udp_rule(ctx)
+        if sfu:
+            rules.append(sfu)
+        hosts = _join(dict.fromkeys(_host(str(p.get("server"))) for _, p in ok))
+        out.append(
+            _finding(
+                "proxy-only",
+                "warning",
+                summary,
+                "Calls connect, but all audio and video go through the proxy inside one TCP "
+                "connection: an extra hop"
+                + (f" ({'; '.join(costs)})" if costs else "")
+                + ", and every lost packet holds the audio behind it until TCP resends it "
+                "(head-of-line blocking: short freezes, robotic sound). Browsers use this route "
+                "last, after UDP and direct TCP have failed, so joining takes longer; proxies "
+                "may also cut long connections or inspect them.",
+                [_path_evidence(p) for _, p in ok] + [_path_evidence(p) for _, p in failed],
+                (f"Ask IT to allow {_join(rules)}, bypassing the proxy; " if rules else "Ask IT ")
+                + f"at least to let {hosts} bypass the web proxy (and its TLS inspection).",
+                [i for i, _ in ok] + [i for i, _ in failed],
+            )
+        )
+    refused: dict[str, list[tuple[int, Path]]] = {}
+    for i, p in proxied:
+        how = _proxy_failure(p)
+        if how is not None:
+            refused.setdefault(how, []).append((i, p))
+    anything = ctx.any_ok()
+    reached = {_host(str(p.get("server"))) for _, p in ok}
+    for how, items in refused.items():
+        # Refused to one port of a server the proxy does let through on another: a detail.
+        minor = how == "policy" and all(_host(str(p.get("server"))) in reached for _, p in items)
+        targets = _join(dict.fromkeys(str(p.get("server")) for _, p in items))
+        summary, advice = {
+            "auth-required": (
+                f"The web proxy {proxy} demands a login (HTTP 407) before it lets media "
+                f"through to {targets}.",
+                "Give lkice the proxy login, as your browser has it: --proxy "
+                f"http://USER@{proxy} (it asks for the password), or ask IT to let {targets} "
+                "through the proxy without one.",
+            ),
+            "auth-rejected": (
+                f"The web proxy {proxy} rejected the login lkice gave it.",
+                "Check the proxy user name and password (the ones your browser uses); lkice "
+                "never shows them.",
+            ),
+            "policy": (
+                f"The web proxy {proxy} refuses to open a tunnel to {targets}: its policy "
+                "blocks that destination or port.",
+                f"Ask IT to allow HTTPS (CONNECT) through the proxy to {targets}: TURN over TLS "
+                "looks like any HTTPS site to it.",
+            ),
+            "unreachable": (
+                f"The web proxy {proxy} could not be reached.",
+                "Check the proxy address (--proxy, HTTPS_PROXY or the system's proxy setting) "
+                "with IT.",
+            ),
+        }[how]
+        out.append(
+            _finding(
+                f"proxy-{how}",
+                "info" if minor else "warning" if anything else "critical",
+                summary,
+                "Media cannot use the route through the proxy"
+                + (
+                    "; the paths that work are named in the other findings."
+                    if anything
+                    else ", and no other route worked: calls cannot carry audio or video."
+                ),
+                [_path_evidence(p) for _, p in items],
+                advice,
+                [i for i, _ in items],
+            )
+        )
+    return out
 
 
 def _canonical(url: str) -> str | None:
@@ -839,6 +1035,7 @@ def _same_host_answers(ctx: _Ctx, dead: Sequence[tuple[int, Path]]) -> list[tupl
         if i not in dead_ids
         and p.get("ok")
         and p.get("kind") in ("stun", "turn")
+        and not p.get("proxy")  # through the web proxy says nothing of the server's own ports
         and (_host(str(p.get("server"))) in hosts or _ip(p) in ips)
     ]
 
@@ -1234,8 +1431,13 @@ def _rule_hol(ctx: _Ctx) -> list[Finding]:
         )
     classes = {str(h[1].get("transport")) for h in hits}
     transports = _join(f"TURN/{c.upper()}" for c in CLASSES if c in classes)
+    cause = (
+        "TCP through the web proxy holds audio back"
+        if all(h[1].get("proxy") for h in hits)
+        else "packet loss on this network makes TCP hold audio back"
+    )
     summary = (
-        f"{transports} {'works' if len(classes) == 1 else 'work'}, but packet loss on this network makes TCP hold audio back: "
+        f"{transports} {'works' if len(classes) == 1 else 'work'}, but {cause}: "
         f"stalls of up to {_ms(n_ms)} ms were measured."
     )
     impact = (
@@ -1308,8 +1510,9 @@ def _rule_works(ctx: _Ctx) -> list[Finding]:
             _finding(
                 "signal-ok",
                 "info",
-                f"The LiveKit server {_join(ctx.signal_hosts())} is reachable and accepted the "
-                "join.",
+                f"The LiveKit server {_join(ctx.signal_hosts())} is reachable"
+                + (f" through the web proxy {signal['proxy']}" if signal.get("proxy") else "")
+                + " and accepted the join.",
                 "Calls can start from this network.",
                 [
                     f"signaling to {_mask(str(signal.get('url')))}: join in {_ms(t.get('join'))} ms"
@@ -1421,6 +1624,7 @@ _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _rule_no_path,
     _rule_udp_blocked,
     _rule_only,
+    _rule_via_proxy,
     _rule_turn_tls,
     _rule_advertised_dead,
     _rule_server_refused,
@@ -1441,7 +1645,14 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
     findings: list[Finding] = []
     for rule in _RULES:
         findings.extend(rule(ctx))
-    covered = {i for f in findings if f["severity"] != "info" for i in f["paths"]}
+    # An info finding explains a failure only when it says so (a proxy refusing one port of a
+    # server it lets through on another); "works" findings explain nothing.
+    covered = {
+        i
+        for f in findings
+        if f["severity"] != "info" or f["id"].startswith("proxy-")
+        for i in f["paths"]
+    }
     findings.extend(_rule_unexplained(ctx, covered))
     return sorted(findings, key=lambda f: _RANK[f["severity"]])
 

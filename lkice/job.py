@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lkice.credentials import Secret, TurnCredentials
     from lkice.engine import EngineSettings
     from lkice.livekit import LiveKitUrl
+    from lkice.probe.proxy import Proxies
     from lkice.probe.signal import IceServer, SignalSettings
     from lkice.probe.train import TrainSettings
     from lkice.render.progress import Progress
@@ -235,9 +236,25 @@ async def _sfu_paths(
         known=lambda uri: finished.error(uri, settings.probe.timeout + 1.0),
         tls_context=livekit.settings.tls_context,
         custom_ca=livekit.custom_ca,
+        proxies=livekit.settings.proxies,
     )
     make_token = room_token_factory(livekit.api_key, livekit.api_secret)
-    return await probe_sfu_paths(livekit.url, make_token, servers, sfu, progress.path_done)
+    paths = await probe_sfu_paths(livekit.url, make_token, servers, sfu, progress.path_done)
+    proxies = livekit.settings.proxies
+    for path in paths:
+        relay = next((s.uri for s in servers if str(s.uri) == path.relay), None)
+        if (
+            proxies is not None
+            and relay is not None
+            and (relay.secure or relay.transport == "tcp")
+            and proxies.for_(relay.host, relay.port) is not None
+        ):
+            path.notes.append(
+                "the WebRTC stack (aiortc) reaches TURN directly: it cannot tunnel through the "
+                "web proxy, so this session tried the direct route only; TURN through the proxy "
+                "is measured on its own path"
+            )
+    return paths
 
 
 class _EngineAnswers:
@@ -377,6 +394,7 @@ def livekit_job(
     timeout: float,
     tls: ssl.SSLContext,
     nameserver: tuple[str, int] | None,
+    proxies: Proxies | None = None,
 ) -> LiveKitJob | None:
     from lkice.credentials import Secret
     from lkice.livekit import check_token_fresh, diagnostic_token, is_livekit_url, parse_livekit_url
@@ -399,7 +417,9 @@ def livekit_job(
             "one) or --token (LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_TOKEN in the environment)"
         )
     check_token_fresh(secret)
-    signal_settings = SignalSettings(timeout=timeout, tls_context=tls, nameserver=nameserver)
+    signal_settings = SignalSettings(
+        timeout=timeout, tls_context=tls, nameserver=nameserver, proxies=proxies
+    )
     if token is None and api_key and api_secret:
         return LiveKitJob(url, secret, signal_settings, api_key, Secret(api_secret))
     return LiveKitJob(url, secret, signal_settings)
@@ -433,6 +453,10 @@ class RunRequest:
     turn_secret_by_uri: Mapping[str, str] = field(default_factory=dict)
     # Quality thresholds of this probe (lkice.findings.Limits keys); the field's otherwise.
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    # The web proxy: an http:// URL (credentials may be in it), and the environment whose
+    # https_proxy/HTTPS_PROXY and NO_PROXY apply (the CLI passes the process's; empty: none).
+    proxy: str | None = None
+    proxy_env: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # the secrets must not reach a log or a traceback
         return f"RunRequest(targets={self.targets!r}, regions={self.regions!r})"
@@ -452,6 +476,7 @@ def prepare(request: RunRequest) -> Prepared:
     """Check and turn a request into what the probes take; every mistake is a UsageError."""
     from lkice.engine import EngineSettings
     from lkice.probe.path import ProbeSettings
+    from lkice.probe.proxy import Proxies, parse_proxy_url
     from lkice.probe.resolve import parse_nameserver
     from lkice.uri import parse_ice_uri
 
@@ -477,8 +502,18 @@ def prepare(request: RunRequest) -> Prepared:
                 f"--nameserver {request.nameserver!r}: expected IP or IP:PORT"
             ) from None
     tls = tls_context(request.ca_files, request.insecure)
+    proxies = Proxies.from_environment(
+        request.proxy_env, parse_proxy_url(request.proxy) if request.proxy else None
+    )
     livekit = livekit_job(
-        targets, request.api_key, request.api_secret, request.token, request.timeout, tls, ns
+        targets,
+        request.api_key,
+        request.api_secret,
+        request.token,
+        request.timeout,
+        tls,
+        ns,
+        proxies,
     )
     if livekit is not None and request.ca_files:
         livekit = replace(livekit, custom_ca=True)
@@ -506,6 +541,7 @@ def prepare(request: RunRequest) -> Prepared:
         deadline=setup_deadline(request.deadline, train),
         dns_timeout=min(request.timeout, request.deadline),
         nameserver=ns,
+        proxies=proxies,
     )
     return Prepared(parsed, settings, livekit, region_of_uri, by_uri, dict(request.thresholds))
 

@@ -501,8 +501,10 @@ class _Checker:
         )
 
 
-def to_request(definition: ProbeDefinition) -> RunRequest:
-    """The run a definition asks for, with its secrets read now (every unreadable one named)."""
+def to_request(definition: ProbeDefinition, env: Mapping[str, str] | None = None) -> RunRequest:
+    """The run a definition asks for, with its secrets read now (every unreadable one named).
+    ``env``: whose HTTPS_PROXY/https_proxy and NO_PROXY apply (a service's environment file is
+    where a proxy and its credentials belong); None: connect directly."""
     from lkice.job import RunRequest
 
     problems: list[str] = []
@@ -555,4 +557,5 @@ def to_request(definition: ProbeDefinition) -> RunRequest:
         turn_by_uri=turn_by_uri,
         turn_secret_by_uri=turn_secret_by_uri,
         thresholds=dict(definition.thresholds),
+        proxy_env=dict(env or {}),
     )

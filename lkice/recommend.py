@@ -136,7 +136,10 @@ def _row(name: str | None, paths: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not usable:
             continue
         scored = [(p, _figures(p)) for p in usable]
-        best, figures = min(scored, key=lambda s: _quality_key(s[1]))
+        # A direct path beats one through the web proxy (one hop and one TCP connection less).
+        best, figures = min(
+            scored, key=lambda s: (s[0].get("proxy") is not None, _quality_key(s[1]))
+        )
         blocked = [x.upper() for x in CLASSES[: CLASSES.index(c)]]
         why = f"{c.upper()} works"
         if blocked:
@@ -144,6 +147,8 @@ def _row(name: str | None, paths: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 why += " (UDP is blocked: no answer over UDP)"
             else:
                 why += f" ({' and '.join(blocked)} did not work)"
+        if best.get("proxy"):
+            why += f" only through the web proxy {best['proxy']}"
         if figures["mos"] is not None:
             why += f"; best {best.get('server')}, MOS {figures['mos']:.1f}"
         return {
@@ -151,6 +156,7 @@ def _row(name: str | None, paths: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "usable": True,
             "transport": c,
             "server": best.get("server"),
+            "proxy": best.get("proxy"),
             **figures,
             "distance_ms": distance,
             "why": why,
@@ -167,6 +173,7 @@ def _row(name: str | None, paths: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "usable": False,
         "transport": None,
         "server": None,
+        "proxy": None,
         "rtt_ms": None,
         "jitter_ms": None,
         "loss": None,
@@ -182,7 +189,7 @@ def _rank_key(row: dict[str, Any]) -> tuple[Any, ...]:
     if not row["usable"]:
         dist = row["distance_ms"]
         return (1, 0, (dist if dist is not None else _INF), 0, 0, 0, 0)
-    return (0, CLASSES.index(row["transport"]), *_quality_key(row))
+    return (0, CLASSES.index(row["transport"]), row["proxy"] is not None, *_quality_key(row))
 
 
 def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -202,6 +209,7 @@ def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
             "region": None,
             "transport": None,
             "server": None,
+            "proxy": None,
             "reason": "No region is usable from this network: "
             + "; ".join(f"{r['region']}: {r['why']}" for r in rows)
             + ".",
@@ -211,6 +219,7 @@ def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
         "region": top["region"],
         "transport": top["transport"],
         "server": top["server"],
+        "proxy": top["proxy"],  # the web proxy the recommended path goes through, if any
         "reason": _reason(top, rows),
         "ranking": rows,
     }
@@ -219,6 +228,8 @@ def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
 def _reason(top: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
     name = top["region"]
     how = str(top["transport"]).upper()
+    if top["proxy"]:
+        how += f" through the web proxy {top['proxy']}"
     at = f" at {_ms(top['distance_ms'])} ms" if top["distance_ms"] is not None else ""
     measured = [r for r in rows if r["distance_ms"] is not None]
     nearest = min(measured, key=lambda r: r["distance_ms"]) if measured else None

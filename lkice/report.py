@@ -19,7 +19,18 @@ from lkice.errors import ErrorKind, Phase, ProbeError
 
 SCHEMA_ID = "lkice.report/1"
 
-TIMING_KEYS = ("dns", "connect", "tls", "binding", "allocate_challenge", "allocate", "deallocate")
+# "proxy": the HTTP CONNECT round trip when the path went through a web proxy ("connect" is then
+# the TCP connect to the proxy).
+TIMING_KEYS = (
+    "dns",
+    "connect",
+    "proxy",
+    "tls",
+    "binding",
+    "allocate_challenge",
+    "allocate",
+    "deallocate",
+)
 
 
 @dataclass
@@ -80,6 +91,9 @@ class PathResult:
     relay: str | None = (
         None  # kind "sfu": the TURN URI the session was forced through; None: direct
     )
+    # The web proxy (host:port) this path was tunnelled through with HTTP CONNECT; None: direct.
+    # The proxy resolves the server's name, so ``address`` is then None.
+    proxy: str | None = None
 
     notes: list[str] = field(default_factory=list)
     # Not reported: the phase in progress, so an interrupted probe can say where it stopped.
@@ -98,7 +112,7 @@ class PathResult:
         return data
 
 
-SIGNAL_TIMING_KEYS = ("dns", "connect", "tls", "validate", "websocket", "join")
+SIGNAL_TIMING_KEYS = ("dns", "connect", "proxy", "tls", "validate", "websocket", "join")
 
 
 @dataclass
@@ -118,7 +132,9 @@ class SignalResult:
     room: str | None = None
     ice_servers: list[dict[str, Any]] = field(default_factory=list)  # urls; never credentials
     force_relay: bool | None = None
+    proxy: str | None = None  # the web proxy signaling went through; None: direct
     notes: list[str] = field(default_factory=list)
+
     phase: str | None = field(default=None, repr=False, compare=False)
 
     def fail(self, exc: ProbeError) -> None:

@@ -7,7 +7,6 @@ RFC 8656 section 12.5 (ChannelData padded to 4 bytes over TCP).
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -117,8 +116,12 @@ def parse(data: bytes, phase: Phase) -> stun.Message:
 
 
 def format_address(addr: tuple[str, int]) -> str:
+    """``ip:port`` or ``[ipv6]:port``; a host name (a destination asked of a web proxy, which
+    resolves it) as ``name:port``."""
     host = addr[0]
-    return f"[{host}]:{addr[1]}" if ipaddress.ip_address(host).version == 6 else f"{host}:{addr[1]}"
+    if ":" in host:
+        return f"[{host}]:{addr[1]}"
+    return f"{host}:{addr[1]}"
 
 
 _ERROR_KINDS = {

@@ -4,7 +4,13 @@ through a real tinyproxy to a real coturn's TLS port, with refusals and 407 name
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import secrets
 import ssl
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 from aioice import stun
@@ -14,8 +20,15 @@ from lkice.errors import ErrorKind, ProbeError, UsageError
 from lkice.lab.coturn import free_port
 from lkice.lab.pki import LabPki
 from lkice.lab.proxy import TinyProxy, tinyproxy_path
-from lkice.probe.proxy import connect_via_proxy, parse_proxy_url, proxy_for
-from tests.conftest import TurnLab
+from lkice.probe.proxy import (
+    Proxies,
+    connect_via_proxy,
+    parse_proxy_url,
+    proxy_for,
+    system_proxy_env,
+    tunnelled,
+)
+from tests.conftest import TurnLab, validate_report
 
 needs_tinyproxy = pytest.mark.skipif(
     tinyproxy_path() is None, reason="tinyproxy is not installed (apt-get install tinyproxy)"
@@ -117,3 +130,147 @@ async def test_unreachable_proxy_is_named() -> None:
         await connect_via_proxy(parse_proxy_url(f"http://127.0.0.1:{port}"), ("h", 443), 2.0)
     assert caught.value.kind is ErrorKind.CONNECT_REFUSED
     assert f"proxy 127.0.0.1:{port} unreachable" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("host", "no_proxy", "direct"),
+    [
+        ("127.0.0.1", "", True),
+        ("::1", "", True),
+        ("localhost", "", True),
+        ("127.0.0.1", "<-loopback>", False),
+        ("127.0.0.1", "<-loopback>, 127.0.0.0/8", True),
+        ("198.18.0.1", "", False),
+    ],
+)
+def test_loopback_is_direct_unless_asked(host: str, no_proxy: str, direct: bool) -> None:
+    env = {"https_proxy": "http://proxy:3128", "no_proxy": no_proxy}
+    assert (proxy_for(host, 443, env) is None) is direct
+
+
+def test_proxies_keep_only_proxy_variables_and_say_where_from() -> None:
+    env = {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "x", "LIVEKIT_API_SECRET": "s3cr3t"}
+    proxies = Proxies.from_environment(env)
+    assert dict(proxies.env) == {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "x"}
+    assert proxies.source() == "HTTPS_PROXY"
+    assert Proxies.from_environment(env, parse_proxy_url("http://q:2")).source() == "--proxy"
+    assert Proxies.from_environment({}).configured() is None
+    with pytest.raises(UsageError, match="not supported"):
+        Proxies.from_environment({"https_proxy": "socks5://p:1"})
+    # The environment's own proxy wins over the system's settings.
+    assert system_proxy_env({"https_proxy": "http://p:1", "PATH": "/bin"}) == {
+        "https_proxy": "http://p:1"
+    }
+
+
+def test_tunnelled_transports() -> None:
+    assert tunnelled("tls", 5349)
+    assert tunnelled("tcp", 443)
+    assert not tunnelled("tcp", 3478)
+    assert not tunnelled("udp", 443)
+
+
+def _run_through_proxy(
+    coturn: TurnLab, pki: LabPki, proxy_url: str, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    env = {
+        **os.environ,
+        "LKICE_TURN_USERNAME": coturn.user,
+        "LKICE_TURN_CREDENTIAL": coturn.password,
+        "NO_PROXY": "<-loopback>",  # the lab is on loopback, which is otherwise never proxied
+    }
+    env.pop("https_proxy", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lkice",
+            "run",
+            f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp",
+            f"turn:127.0.0.1:{coturn.port}?transport=udp",
+            "--ca-file",
+            str(pki.ca_file),
+            "--quality-duration",
+            "0.5",
+            "--json",
+            "-vv",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "HTTPS_PROXY": proxy_url},
+        check=False,
+    )
+    return done, json.loads(done.stdout)
+
+
+@needs_tinyproxy
+def test_turn_tls_through_the_proxy_beside_the_direct_paths(coturn: TurnLab, pki: LabPki) -> None:
+    with TinyProxy(connect_ports=[coturn.tls_port]) as proxy:
+        done, report = _run_through_proxy(coturn, pki, proxy.url)
+    validate_report(report)
+    assert done.returncode == 0, done.stderr
+    by_route = {(p["transport"], p["proxy"]): p for p in report["paths"]}
+    label = proxy.url.removeprefix("http://")
+    tunnelled_tls = by_route[("tls", label)]
+    assert tunnelled_tls["ok"], tunnelled_tls["error"]
+    assert tunnelled_tls["address"] is None  # the proxy resolved the name
+    assert tunnelled_tls["timings_ms"]["proxy"] > 0
+    assert tunnelled_tls["relayed_address"]
+    assert tunnelled_tls["relay_quality"]["samples"] > 0  # the relayed echo, through the tunnel
+    assert tunnelled_tls["tls"]["verified"] is True
+    # The direct paths are still tried, and UDP never goes to the proxy.
+    assert by_route[("tls", None)]["ok"]
+    assert by_route[("udp", None)]["ok"]
+    assert ("udp", label) not in by_route
+    assert report["settings"]["proxy"] == {
+        "address": label,
+        "source": "HTTPS_PROXY",
+        "credentials": False,
+        "no_proxy": "<-loopback>",
+    }
+
+
+@needs_tinyproxy
+def test_proxy_failures_are_named_and_credentials_never_echoed(
+    coturn: TurnLab, pki: LabPki
+) -> None:
+    password = f"pw-{secrets.token_hex(6)}"
+    with TinyProxy(connect_ports=[coturn.tls_port], auth=("alice", password)) as proxy:
+        anonymous, report = _run_through_proxy(coturn, pki, proxy.url)
+        wrong = f"wrong-{secrets.token_hex(6)}"
+        bad_url = proxy.url.replace("http://", f"http://alice:{wrong}@")
+        rejected, bad_report = _run_through_proxy(coturn, pki, proxy.url, "--proxy", bad_url)
+        good_url = proxy.url.replace("http://", f"http://alice:{password}@")
+        good, good_report = _run_through_proxy(coturn, pki, proxy.url, "--proxy", good_url)
+    label = proxy.url.removeprefix("http://")
+
+    def tunnelled_path(r: dict[str, Any]) -> dict[str, Any]:
+        return next(p for p in r["paths"] if p["proxy"] == label)
+
+    assert anonymous.returncode == 1  # the direct paths work: degraded, not failed
+    error = tunnelled_path(report)["error"]
+    assert error["kind"] == "proxy"
+    assert "requires authentication (407" in error["message"]
+    error = tunnelled_path(bad_report)["error"]
+    assert "rejected the credentials" in error["message"]
+    assert good_report["settings"]["proxy"]["credentials"] is True
+    assert tunnelled_path(good_report)["ok"]
+    for text in (rejected.stdout, rejected.stderr, good.stdout, good.stderr):
+        assert wrong not in text
+        assert password not in text
+
+
+def test_proxy_user_without_password_and_no_terminal_is_a_usage_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lkice", "run", "stun:127.0.0.1", "--proxy", "http://bob@p:3128"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert "no password" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -27,9 +27,14 @@ pytestmark = [
 API_KEY = "APIlkicescenario"
 
 
+_STARTED: dict[str, tuple[str, str]] = {}  # lab token -> the LiveKit URL and secret in eu
+
+
 def livekit_run(lab: NetLab, *extra: str, quality: str = "2") -> tuple[int, dict[str, Any]]:
-    secret = secrets.token_urlsafe(32)
-    url = lab.start_livekit("eu", API_KEY, secret)
+    if lab.token not in _STARTED:
+        secret = secrets.token_urlsafe(32)
+        _STARTED[lab.token] = (lab.start_livekit("eu", API_KEY, secret), secret)
+    url, secret = _STARTED[lab.token]
     proc = lab.run_in_client(
         ["python3", "-m", "lkice", "run", url, "--ca-file", str(lab.ca_file), "--json",
          "--quality-duration", quality, "--udp-timeout", "1", *extra],
@@ -155,3 +160,65 @@ def test_nearest_region_udp_blocked_recommends_the_next_over_udp() -> None:
     us = next(r for r in rec["ranking"] if r["region"] == "us")
     assert eu["rtt_ms"] < us["rtt_ms"]  # eu really is nearer: measured, not assumed
     assert "udp-blocked" in findings(run.report)
+
+
+def test_proxy_only_network() -> None:
+    """No direct egress at all: a real tinyproxy on the firewall (CONNECT to 443 only) is the way
+    out. Signaling and TURN/TLS go through it; UDP and direct TCP are blocked, and said so."""
+    with NetLab(regions=("eu",), profile="proxy-only") as lab:
+        proxy = lab.web_proxy_url
+        assert proxy is not None
+        status, report = livekit_run(lab, "--proxy", proxy)
+    label = proxy.removeprefix("http://")
+    assert status == 1, report["findings"]
+    signal = report["signal"]
+    assert signal["ok"], signal["error"]
+    assert signal["proxy"] == label
+    assert signal["address"] is None  # the proxy resolved the name, not the client
+    assert signal["timings_ms"]["proxy"] > 0
+    turn = [p for p in report["paths"] if p["kind"] == "turn"]
+    through = [p for p in turn if p["proxy"]]
+    direct = [p for p in turn if not p["proxy"]]
+    assert [p["transport"] for p in through] == ["tls"]  # only TLS is tunnelled; 443 only here
+    assert through[0]["ok"], through[0]["error"]
+    assert through[0]["server"].endswith(":443")
+    assert direct and not any(p["ok"] for p in direct)
+    kinds = {p["transport"]: p["error"]["kind"] for p in direct}
+    assert kinds["udp"] == "udp_no_response"
+    assert kinds["tcp"] == "connect_timeout"
+    found = findings(report)
+    assert "proxy-only" in found, list(found)
+    assert "udp-blocked" in found, list(found)
+    only = found["proxy-only"]
+    assert label in only["summary"]
+    assert "head-of-line" in only["impact"]
+    assert "extra hop" in only["impact"]
+    assert "bypass" in only["advice"]
+    assert report["recommendation"]["proxy"] == label
+    assert report["recommendation"]["transport"] == "tls"
+
+
+def test_proxy_demanding_a_login() -> None:
+    """The proxy wants Basic authentication: without it 407 is named; wrong credentials are
+    named and never echoed; the right ones work."""
+    password = secrets.token_urlsafe(12)
+    with NetLab(regions=("eu",), profile="proxy-only") as lab:
+        proxy = lab.start_web_proxy(auth=("alice", password))
+        status, report = livekit_run(lab, "--proxy", proxy, quality="0")
+        wrong = secrets.token_urlsafe(12)
+        bad_url = proxy.replace("http://", f"http://alice:{wrong}@")
+        bad_status, bad_report = livekit_run(lab, "--proxy", bad_url, quality="0")
+        good_url = proxy.replace("http://", f"http://alice:{password}@")
+        good_status, good_report = livekit_run(lab, "--proxy", good_url, quality="0")
+    assert status == 2
+    required = findings(report)["proxy-required"]
+    assert "407" in required["summary"]
+    assert "--proxy" in required["advice"]
+    assert bad_status == 2
+    rejected = findings(bad_report)["proxy-required"]
+    assert "rejected the login" in rejected["summary"]
+    assert wrong not in json.dumps(bad_report)
+    assert good_status == 1, good_report["findings"]
+    assert good_report["signal"]["ok"]
+    assert good_report["settings"]["proxy"]["credentials"] is True
+    assert password not in json.dumps(good_report)

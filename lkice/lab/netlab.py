@@ -17,7 +17,8 @@ the lab's own firewall (the firewall routes only the lab's ranges, so anything e
 unreachable there).
 
 - **Firewall** (``fw``): nftables forward chain with a switchable :class:`Profile` (see
-  :data:`PROFILES`): ``open``, ``udp-blocked``, ``tcp443-only``, ``nat`` and ``symmetric-nat``.
+  :data:`PROFILES`): ``open``, ``udp-blocked``, ``tcp443-only``, ``proxy-only`` (a real
+  tinyproxy on the firewall is the only way out), ``nat`` and ``symmetric-nat``.
   Filtering profiles *drop* (a firewall that filters, not one that rejects), counted. The lab's
   DNS (dnsmasq for ``lab.test``) runs here on 198.18.0.1, so DNS never crosses the filter.
 - **Router** (``router``): policy routing (``ip rule iif <veth> lookup 100``, table 100's default
@@ -75,6 +76,7 @@ from typing import Any
 from lkice.lab.coturn import Coturn, CoturnConfig, LabError, terminate, turnserver_path
 from lkice.lab.dns import Dnsmasq, dnsmasq_path
 from lkice.lab.pki import LabPki
+from lkice.lab.proxy import TinyProxy
 
 __all__ = [
     "PROFILES",
@@ -190,6 +192,13 @@ PROFILES: dict[str, Profile] = {
             "tcp443-only",
             "stateful firewall letting only TCP to port 443 out, dropping everything else",
             egress=("tcp dport 443 accept", "{drop}"),
+            udp_egress=False,
+        ),
+        Profile(
+            "proxy-only",
+            "no direct egress at all: the only way out is the web proxy (tinyproxy) on the "
+            f"firewall, http://{FW_LAN_IP}:3128, which lets CONNECT reach port 443 only",
+            egress=("{drop}",),
             udp_egress=False,
         ),
         Profile(
@@ -673,6 +682,7 @@ class NetLab:
         self._echo: dict[str, _Helper] = {}
         self._livekit: dict[str, _Helper] = {}
         self._interceptor: _Helper | None = None
+        self._web_proxy: TinyProxy | None = None
         self._coturn: dict[str, Coturn] = {}
         self._dns: Dnsmasq | None = None
         self._ca_file: Path | None = None
@@ -859,6 +869,30 @@ class NetLab:
         )
         return f"O={organization}, OU={unit}"
 
+    def start_web_proxy(self, auth: tuple[str, str] | None = None) -> str:
+        """(Re)start the firewall's web proxy (Debian's tinyproxy on 198.18.0.1:3128, CONNECT
+        to port 443 only, Basic authentication when ``auth`` is given) and return its URL. The
+        proxy's own traffic leaves from the firewall itself, so no profile filters it; the
+        ``proxy-only`` profile starts one without authentication."""
+        self._require_running()
+        if self._web_proxy is not None:
+            self._web_proxy.stop()
+            self._web_proxy = None
+        proxy = TinyProxy(
+            connect_ports=[TURN_TLS_ALT_PORT],
+            auth=auth,
+            listen=FW_LAN_IP,
+            ready_timeout=self.ready_timeout,
+            netns=self.fw_ns,
+        )
+        proxy.start()
+        self._web_proxy = proxy
+        return proxy.url
+
+    @property
+    def web_proxy_url(self) -> str | None:
+        return None if self._web_proxy is None else self._web_proxy.url
+
     def turn_host(self, region: str) -> str:
         self._index(region)
         return f"turn.{region}.{DOMAIN}"
@@ -945,6 +979,12 @@ class NetLab:
                 self._livekit.clear()
                 self._router = None
                 self._interceptor = None
+                if self._web_proxy is not None:
+                    try:
+                        self._web_proxy.stop()
+                    except (OSError, subprocess.SubprocessError) as exc:
+                        problems.append(f"stopping the web proxy: {exc}")
+                    self._web_proxy = None
                 for server in [*self._coturn.values()]:
                     try:
                         server.stop()
@@ -1009,6 +1049,8 @@ class NetLab:
         )
         self._dns.start()
         self._start_coturns(work)
+        if PROFILES[self._profile].name == "proxy-only":
+            self.start_web_proxy()
 
     def _add_namespace(self, ns: str) -> None:
         _run(["ip", "netns", "add", ns])
@@ -1057,13 +1099,14 @@ class NetLab:
 
     def _write_resolv_conf(self) -> None:
         """``ip netns exec`` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the
-        client's resolver is the lab's dnsmasq."""
-        directory = _ETC_NETNS / self.client_ns
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "resolv.conf").write_text(
-            f"# lkice network lab {self.token}\nnameserver {FW_LAN_IP}\n"
-            "options timeout:1 attempts:2\n"
-        )
+        resolver of the client (and of the web proxy on the firewall) is the lab's dnsmasq."""
+        for ns in (self.client_ns, self.fw_ns):
+            directory = _ETC_NETNS / ns
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "resolv.conf").write_text(
+                f"# lkice network lab {self.token}\nnameserver {FW_LAN_IP}\n"
+                "options timeout:1 attempts:2\n"
+            )
 
     def _make_pki(self, work: Path) -> dict[str, LabPki]:
         """One lab CA, one certificate per region naming its host and addresses."""
@@ -1229,6 +1272,8 @@ class NetLab:
             raise ValueError(f"unknown profile {name!r}: one of {', '.join(PROFILES)}")
         self._require_running()
         self._apply_profile(name)
+        if name == "proxy-only" and self._web_proxy is None:
+            self.start_web_proxy()
 
     # -- impairments -------------------------------------------------------------------------
 

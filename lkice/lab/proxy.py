@@ -13,9 +13,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from lkice.lab.coturn import LabError, free_port, terminate
+from lkice.lab.coturn import LabError, free_port, netns_argv, terminate, wait_in_netns
 
-__all__ = ["TinyProxy", "tinyproxy_path"]
+__all__ = ["TinyProxy", "listening_here", "tinyproxy_path"]
+
+PROXY_PORT = 3128  # in a namespace (where the port is surely free): squid's and tinyproxy's
+
+
+def listening_here(ip: str, port: int, timeout: float) -> bool:
+    """Poll until ``ip:port`` accepts TCP (run inside a lab namespace by wait_in_netns)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((ip, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+_READY = (
+    "import sys; from lkice.lab.proxy import listening_here as ready; "
+    "sys.exit(0 if ready(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])) else 1)"
+)
 
 
 def tinyproxy_path() -> str | None:
@@ -34,10 +54,14 @@ class TinyProxy:
         auth: tuple[str, str] | None = None,
         listen: str = "127.0.0.1",
         ready_timeout: float = 10.0,
+        netns: str | None = None,
     ) -> None:
+        """``netns``: run inside this network namespace (``listen`` is one of its addresses;
+        port 3128)."""
         self.connect_ports = list(connect_ports)
         self.auth = auth
         self.listen = listen
+        self.netns = netns
         self.port = 0
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,7 +77,7 @@ class TinyProxy:
             raise LabError("tinyproxy is not installed: apt-get install tinyproxy")
         self._dir = tempfile.TemporaryDirectory(prefix="lkice-tinyproxy-")
         work = Path(self._dir.name)
-        self.port = free_port(self.listen)
+        self.port = free_port(self.listen) if self.netns is None else PROXY_PORT
         lines = [
             f"Port {self.port}",
             f"Listen {self.listen}",
@@ -71,10 +95,25 @@ class TinyProxy:
         config = work / "tinyproxy.conf"
         config.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen(
-            [binary, "-d", "-c", str(config)],
+            [*netns_argv(self.netns), binary, "-d", "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        if self.netns is not None:
+            log = work / "tinyproxy.log"
+            try:
+                wait_in_netns(
+                    self.netns,
+                    [_READY, self.listen, str(self.port), str(self.ready_timeout)],
+                    self.process,
+                    self.ready_timeout,
+                    "tinyproxy",
+                    lambda: log.read_text(errors="replace")[-400:] if log.exists() else "",
+                )
+            except BaseException:
+                self.stop()
+                raise
+            return self
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

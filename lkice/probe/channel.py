@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aioice import stun
 
@@ -23,6 +23,9 @@ from lkice import stun as codec
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.tcp import tls_failure, tls_info
 from lkice.report import TlsInfo
+
+if TYPE_CHECKING:
+    from lkice.probe.proxy import ProxyConfig
 
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
 
@@ -265,6 +268,7 @@ async def attach_stream(
     timeout: float,
     tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    proxy: ProxyConfig | None = None,
 ) -> tuple[StreamChannel, TlsInfo | None]:
     """Wrap a connected socket in a STUN channel, after a TLS handshake when ``tls`` is given."""
     loop = asyncio.get_running_loop()
@@ -286,7 +290,7 @@ async def attach_stream(
         )
     except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
         sock.close()
-        raise await tls_failure(exc, address, server_hostname, timeout) from exc
+        raise await tls_failure(exc, address, server_hostname, timeout, proxy) from exc
     except BaseException:
         sock.close()
         raise

@@ -27,6 +27,7 @@ from lkice.probe.channel import (
     elapsed_ms,
     open_udp,
 )
+from lkice.probe.proxy import ProxyConfig, connect_via_proxy
 from lkice.probe.tcp import connect_tcp
 from lkice.probe.train import LoopMonitor, Train, TrainResult, TrainSettings
 from lkice.probe.turn import Allocation, Redirect, allocate, create_permission, release
@@ -53,6 +54,9 @@ class ProbeSettings:
     # UDP paths: the first socket's local address (default: ephemeral). A retry after 437
     # always takes a fresh port.
     udp_local: tuple[str, int] | None = None
+    # Stream paths: tunnel through this web proxy (HTTP CONNECT to the URI's host name and
+    # port; the proxy resolves it) instead of connecting directly.
+    proxy: ProxyConfig | None = None
 
 
 async def probe_path(
@@ -129,11 +133,17 @@ async def _open(
     result.phase = Phase.CONNECT
     result.socket_options = ["TCP_NODELAY"]
     start = time.perf_counter()
-    sock = await connect_tcp(address, settings.timeout)
-    result.timings_ms["connect"] = elapsed_ms(start)
+    if settings.proxy is not None:
+        tunnel = await connect_via_proxy(settings.proxy, (uri.host, uri.port), settings.timeout)
+        sock = tunnel.sock
+        result.timings_ms["connect"] = tunnel.connect_ms
+        result.timings_ms["proxy"] = tunnel.tunnel_ms
+    else:
+        sock = await connect_tcp(address, settings.timeout)
+        result.timings_ms["connect"] = elapsed_ms(start)
     log.debug(
         "%s %s: TCP connected in %.1f ms",
-        result.address,
+        result.address or result.server,
         transport.value,
         result.timings_ms["connect"],
     )
@@ -148,7 +158,9 @@ async def _open(
         settings.timeout,
         tls=settings.tls_context or ssl.create_default_context(),
         server_hostname=uri.host,
+        proxy=settings.proxy,
     )
+
     result.timings_ms["tls"] = elapsed_ms(start)
     log.debug(
         "%s tls: handshake in %.1f ms, %s", result.address, result.timings_ms["tls"], result.tls

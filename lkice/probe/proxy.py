@@ -6,7 +6,9 @@ over it as it would over a direct connection.
 
 Environment rules (curl's): the lower-case variable wins over the upper-case one; ``NO_PROXY``
 is a comma list of host names (a leading dot or none: the name and its subdomains), IP
-addresses, CIDR blocks, optional ``:port``, or ``*`` for everything.
+addresses, CIDR blocks, optional ``:port``, or ``*`` for everything. Loopback is always direct
+(as in browsers) unless ``NO_PROXY`` holds Chrome's ``<-loopback>``. Where the environment
+names no proxy, the system's setting is used (Windows Internet Options, macOS preferences).
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ import ipaddress
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
 
 from lkice.credentials import Secret
 from lkice.errors import ErrorKind, Phase, ProbeError, UsageError
 from lkice.probe.tcp import connect_tcp
 from lkice.stun import format_address
 
-__all__ = ["ProxyConfig", "connect_via_proxy", "parse_proxy_url", "proxy_for"]
+__all__ = [
+    "Proxies",
+    "ProxyConfig",
+    "Tunnel",
+    "connect_via_proxy",
+    "parse_proxy_url",
+    "proxy_for",
+    "system_proxy_env",
+    "tunnelled",
+]
 
 MAX_HEAD = 16 * 1024  # a proxy's answer to CONNECT is a few hundred bytes
 
@@ -48,6 +59,17 @@ class ProxyConfig:
     def __repr__(self) -> str:  # never the credentials
         auth = " with credentials" if self.username is not None else ""
         return f"ProxyConfig({self.label}{auth})"
+
+    def url(self) -> str:
+        """The proxy as a URL, credentials included: for libraries that take one (the SFU
+        probe's WebSocket); never for display."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        auth = ""
+        if self.username is not None:
+            user = quote(self.username.reveal(), safe="")
+            password = quote(self.password.reveal() if self.password else "", safe="")
+            auth = f"{user}:{password}@"
+        return f"http://{auth}{host}:{self.port}"
 
 
 def _is_ip(text: str) -> bool:
@@ -104,17 +126,91 @@ def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
     return host == entry or host.endswith("." + entry)
 
 
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def proxy_for(
     host: str, port: int, env: Mapping[str, str], explicit: ProxyConfig | None = None
 ) -> ProxyConfig | None:
-    """The proxy to reach ``host:port`` through, or None for a direct connection."""
-    no_proxy = env.get("no_proxy", env.get("NO_PROXY", ""))
-    if any(_no_proxy_matches(e, host, port) for e in no_proxy.split(",")):
+    """The proxy to reach ``host:port`` through, or None for a direct connection. Loopback is
+    direct (as in browsers) unless ``NO_PROXY`` holds Chrome's ``<-loopback>``."""
+    entries = [e.strip() for e in env.get("no_proxy", env.get("NO_PROXY", "")).split(",")]
+    if _loopback(host) and "<-loopback>" not in entries:
+        return None
+    if any(_no_proxy_matches(e, host, port) for e in entries if e != "<-loopback>"):
         return None
     if explicit is not None:
         return explicit
     url = env.get("https_proxy") or env.get("HTTPS_PROXY")
     return parse_proxy_url(url) if url else None
+
+
+@dataclass(frozen=True)
+class Proxies:
+    """A run's proxy choice: ``--proxy`` (``explicit``) or the environment's ``https_proxy``,
+    both subject to ``NO_PROXY``. Only TCP goes through a proxy: UDP is always direct."""
+
+    explicit: ProxyConfig | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(
+        cls, env: Mapping[str, str], explicit: ProxyConfig | None = None
+    ) -> Proxies:
+        """Only the variables that matter are kept (the environment itself holds secrets).
+        Raises UsageError for an unreadable ``https_proxy``."""
+        keep = {k: v for k, v in env.items() if k.lower() in ("https_proxy", "no_proxy")}
+        proxies = cls(explicit, keep)
+        proxies.configured()  # an invalid environment URL is an error now, not mid-run
+        return proxies
+
+    def configured(self) -> ProxyConfig | None:
+        """The proxy in use for destinations it applies to, if any."""
+        if self.explicit is not None:
+            return self.explicit
+        url = self.env.get("https_proxy") or self.env.get("HTTPS_PROXY")
+        return parse_proxy_url(url) if url else None
+
+    def source(self) -> str | None:
+        """Where the proxy came from, for the report."""
+        if self.explicit is not None:
+            return "--proxy"
+        if self.env.get("https_proxy"):
+            return "https_proxy"
+        return "HTTPS_PROXY" if self.env.get("HTTPS_PROXY") else None
+
+    def for_(self, host: str, port: int) -> ProxyConfig | None:
+        if self.configured() is None:
+            return None
+        return proxy_for(host, port, self.env, self.explicit)
+
+
+def system_proxy_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The proxy variables of ``environ``, completed from the system's settings where the
+    environment has none: on Windows the Internet Options proxy (registry), on macOS the
+    network preferences, as ``urllib.request.getproxies`` reads them. Auto-config (PAC/WPAD)
+    scripts are not evaluated: give ``--proxy`` then."""
+    env = {k: v for k, v in environ.items() if k.lower() in ("https_proxy", "no_proxy")}
+    if not (env.get("https_proxy") or env.get("HTTPS_PROXY")):
+        import urllib.request
+
+        found = urllib.request.getproxies().get("https")
+        if found:
+            # A registry entry may be "host:port" or name another scheme's proxy.
+            env["https_proxy"] = found if found.startswith("http://") else f"http://{found}"
+    return env
+
+
+def tunnelled(transport: str, port: int) -> bool:
+    """Whether a TURN path goes through the proxy, as browsers do it: TURN over TLS always,
+    TURN over TCP when it is on port 443 (what proxies let CONNECT reach); UDP never."""
+    return transport == "tls" or (transport == "tcp" and port == 443)
 
 
 @dataclass(frozen=True)

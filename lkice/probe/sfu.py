@@ -42,6 +42,7 @@ from lkice.credentials import Secret
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.livekit import LiveKitUrl
 from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials
+from lkice.probe.proxy import Proxies
 from lkice.probe.signal import IceServer
 from lkice.quality import Sample, summarize
 from lkice.report import ErrorInfo, PathResult
@@ -78,6 +79,9 @@ class SfuSettings:
     # The user added trust anchors (--ca-file). aiortc checks turns: certificates against the
     # system store only, so a verification failure then says nothing about the network.
     custom_ca: bool = False
+    # The web proxy for the signal WebSocket, when one applies (media never goes through it:
+    # aiortc cannot tunnel TURN through an HTTP proxy).
+    proxies: Proxies | None = None
     # What the STUN/TURN engine, running at the same time, already found for a TURN URI (its
     # error, or None): reused to explain a relay path with no candidate, instead of asking the
     # TURN server a second time and waiting for it again.
@@ -516,7 +520,13 @@ class _Participant:
 
     async def _open(self) -> rtc.JoinResponse:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidHandshake, InvalidStatus
+        from websockets.exceptions import (
+            InvalidHandshake,
+            InvalidProxy,
+            InvalidProxyStatus,
+            InvalidStatus,
+            ProxyError,
+        )
 
         query = urlencode(
             {
@@ -531,6 +541,11 @@ class _Participant:
         if self.url.secure:
             ssl_arg = self.settings.tls_context or True
         self.path.result.phase = Phase.WEBSOCKET
+        proxy = (
+            None
+            if self.settings.proxies is None
+            else self.settings.proxies.for_(self.url.host, self.url.port)
+        )
         try:
             self.ws = await connect(
                 f"{self.url.ws_url}/rtc?{query}",
@@ -541,8 +556,24 @@ class _Participant:
                 max_size=4 * 1024 * 1024,
                 logger=_WS_LOG,
                 ssl=ssl_arg,
-                proxy=None,
+                proxy=None if proxy is None else proxy.url(),
             )
+        except InvalidProxyStatus as exc:
+            # Our own words: the library's would carry the proxy URL, credentials included.
+            assert proxy is not None
+            status = exc.response.status_code
+            raise ProbeError(
+                ErrorKind.PROXY,
+                f"the proxy {proxy.label} refused the signal WebSocket's CONNECT (HTTP {status})",
+                Phase.WEBSOCKET,
+            ) from None
+        except (ProxyError, InvalidProxy):
+            assert proxy is not None
+            raise ProbeError(
+                ErrorKind.PROXY,
+                f"the proxy {proxy.label} did not open a tunnel for the signal WebSocket",
+                Phase.WEBSOCKET,
+            ) from None
         except InvalidStatus as exc:
             status = exc.response.status_code
             body = " ".join(exc.response.body.decode("utf-8", errors="replace").split())[:200]

@@ -30,6 +30,7 @@ from lkice.credentials import Secret, TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.livekit import LiveKitUrl
 from lkice.probe.channel import elapsed_ms
+from lkice.probe.proxy import Proxies, ProxyConfig, connect_via_proxy
 from lkice.probe.resolve import resolve
 from lkice.probe.tcp import connect_tcp, tls_failure, tls_info
 from lkice.report import SignalResult
@@ -54,6 +55,7 @@ class SignalSettings:
     join_timeout: float = 10.0
     tls_context: ssl.SSLContext | None = None
     nameserver: tuple[str, int] | None = None
+    proxies: Proxies | None = None  # signaling goes through the web proxy when one applies
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,40 @@ class _Http:
         return int(parts[1]), headers, body.decode("utf-8", errors="replace")
 
 
+async def _route(
+    url: LiveKitUrl, result: SignalResult, settings: SignalSettings
+) -> tuple[tuple[str, int], ProxyConfig | None]:
+    """Where to connect: the resolved address, or the proxy (which resolves the name itself,
+    so no local DNS: on proxy-only networks it often cannot resolve outside names)."""
+    proxy = None if settings.proxies is None else settings.proxies.for_(url.host, url.port)
+    if proxy is not None:
+        result.proxy = proxy.label
+        return (url.host, url.port), proxy
+    result.phase = Phase.DNS.value
+    resolution = await resolve(url.host, timeout=settings.timeout, nameserver=settings.nameserver)
+    result.timings_ms["dns"] = resolution.elapsed_ms
+    address = (resolution.addresses[0], url.port)
+    result.address = format_address(address)
+    return address, None
+
+
 async def _open(
-    url: LiveKitUrl, result: SignalResult, settings: SignalSettings, address: tuple[str, int]
+    url: LiveKitUrl,
+    result: SignalResult,
+    settings: SignalSettings,
+    address: tuple[str, int],
+    proxy: ProxyConfig | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     result.phase = Phase.CONNECT.value
     start = time.perf_counter()
-    sock = await connect_tcp(address, settings.timeout)
-    result.timings_ms["connect"] = elapsed_ms(start)
+    if proxy is not None:
+        tunnel = await connect_via_proxy(proxy, address, settings.timeout)
+        sock = tunnel.sock
+        result.timings_ms["connect"] = tunnel.connect_ms
+        result.timings_ms["proxy"] = tunnel.tunnel_ms
+    else:
+        sock = await connect_tcp(address, settings.timeout)
+        result.timings_ms["connect"] = elapsed_ms(start)
     if not url.secure:
         return await asyncio.open_connection(sock=sock)
     result.phase = Phase.TLS.value
@@ -131,7 +160,7 @@ async def _open(
         )
     except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
         sock.close()
-        raise await tls_failure(exc, address, url.host, settings.timeout) from exc
+        raise await tls_failure(exc, address, url.host, settings.timeout, proxy) from exc
     result.timings_ms["tls"] = elapsed_ms(start)
     result.tls = tls_info(
         writer.get_extra_info("ssl_object"), verified=ctx.verify_mode != ssl.CERT_NONE
@@ -315,14 +344,8 @@ async def probe_signal(
     writer: asyncio.StreamWriter | None = None
     servers: list[IceServer] = []
     try:
-        result.phase = Phase.DNS.value
-        resolution = await resolve(
-            url.host, timeout=settings.timeout, nameserver=settings.nameserver
-        )
-        result.timings_ms["dns"] = resolution.elapsed_ms
-        address = (resolution.addresses[0], url.port)
-        result.address = format_address(address)
-        reader, writer = await _open(url, result, settings, address)
+        address, proxy = await _route(url, result, settings)
+        reader, writer = await _open(url, result, settings, address, proxy)
         http = _Http(reader, writer)
 
         result.phase = Phase.VALIDATE.value
@@ -350,7 +373,7 @@ async def probe_signal(
             result.notes.append(
                 "the server closed the connection after /rtc/validate; the WebSocket used a new one"
             )
-            reader, writer = await _open(url, result, settings, address)
+            reader, writer = await _open(url, result, settings, address, proxy)
 
         result.phase = Phase.WEBSOCKET.value
         start = time.perf_counter()
@@ -423,10 +446,8 @@ async def fetch_regions(
     scratch = SignalResult(url=url.given)
     writer: asyncio.StreamWriter | None = None
     try:
-        resolution = await resolve(
-            url.host, timeout=settings.timeout, nameserver=settings.nameserver
-        )
-        reader, writer = await _open(url, scratch, settings, (resolution.addresses[0], url.port))
+        address, proxy = await _route(url, scratch, settings)
+        reader, writer = await _open(url, scratch, settings, address, proxy)
         status, _, body = await _Http(reader, writer).get(
             f"{url.prefix}/settings/regions", url.host, token, settings.timeout
         )

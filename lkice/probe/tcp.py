@@ -11,12 +11,16 @@ import asyncio
 import hashlib
 import socket
 import ssl
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.report import TlsInfo
 from lkice.stun import format_address
+
+if TYPE_CHECKING:
+    from lkice.probe.proxy import ProxyConfig
 
 __all__ = ["connect_tcp", "tls_failure", "tls_info"]
 
@@ -59,13 +63,18 @@ async def connect_tcp(address: tuple[str, int], timeout: float) -> socket.socket
 
 
 async def tls_failure(
-    exc: BaseException, address: tuple[str, int], server_hostname: str | None, timeout: float
+    exc: BaseException,
+    address: tuple[str, int],
+    server_hostname: str | None,
+    timeout: float,
+    proxy: ProxyConfig | None = None,
 ) -> ProbeError:
     """Translate a failed TLS handshake into ``tls_verify`` (naming the presented issuer) or
-    ``tls_handshake``."""
+    ``tls_handshake``. ``proxy``: the handshake ran in a tunnel through it (``address`` is then
+    the host name and port asked of the proxy)."""
     label = format_address(address)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        presented = await _presented_certificate(address, server_hostname, timeout)
+        presented = await _presented_certificate(address, server_hostname, timeout, proxy)
         return ProbeError(ErrorKind.TLS_VERIFY, _verify_message(label, exc, presented), Phase.TLS)
     return ProbeError(ErrorKind.TLS_HANDSHAKE, _handshake_message(label, exc, timeout), Phase.TLS)
 
@@ -119,21 +128,29 @@ def _fill_certificate(info: TlsInfo, der: bytes) -> None:
 
 
 async def _presented_certificate(
-    address: tuple[str, int], server_hostname: str | None, timeout: float
+    address: tuple[str, int],
+    server_hostname: str | None,
+    timeout: float,
+    proxy: ProxyConfig | None = None,
 ) -> TlsInfo | None:
     """After a verification failure, connect once more without verifying, only to learn who
-    issued the certificate: that is how a TLS-inspecting proxy is recognised."""
+    issued the certificate: that is how a TLS-inspecting proxy is recognised (on the same
+    route: through the web proxy if the failed handshake went through it)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        if proxy is not None:
+            from lkice.probe.proxy import connect_via_proxy  # it builds on this module
+
+            sock = (await connect_via_proxy(proxy, address, timeout)).sock
+            opened = asyncio.open_connection(sock=sock, ssl=ctx, server_hostname=server_hostname)
+        else:
+            opened = asyncio.open_connection(
                 address[0], address[1], ssl=ctx, server_hostname=server_hostname
-            ),
-            2 * timeout,
-        )
-    except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            )
+        _, writer = await asyncio.wait_for(opened, 2 * timeout)
+    except (OSError, asyncio.TimeoutError, ssl.SSLError, ProbeError):
         return None
     try:
         info = tls_info(writer.get_extra_info("ssl_object"), verified=False)

@@ -194,6 +194,8 @@ def _path_label(path: dict[str, Any]) -> str:
     label = f"{path.get('kind', '?')} {path.get('server', '?')} {path.get('transport', '?')}"
     if path.get("kind") == "sfu":  # the same SFU is reached directly and through each relay
         label += " (relayed)" if path.get("relay") else " (direct)"
+    if path.get("proxy"):
+        label += f" through the web proxy {path['proxy']}"
     return label
 
 
@@ -330,6 +332,7 @@ def _recommendation(value: object) -> str:
         f"region <strong>{_e(rec['region'])}</strong>" if rec.get("region") else "",
         f"transport <strong>{_e(rec['transport'])}</strong>" if rec.get("transport") else "",
         f"server <code>{_e(rec['server'])}</code>" if rec.get("server") else "",
+        f"through the web proxy <code>{_e(rec['proxy'])}</code>" if rec.get("proxy") else "",
     ]
     text = ", ".join(w for w in where if w) or "the paths below"
     out.append(f'<p class="rec">Recommended: {text}.</p>')

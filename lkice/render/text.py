@@ -87,6 +87,8 @@ def _recommendation(rec: dict[str, Any] | None) -> list[str]:
         return []
     where = rec.get("region") or "this deployment"
     how = str(rec.get("transport") or "no transport").upper()
+    if rec.get("proxy"):
+        how += f" through the web proxy {rec['proxy']}"
     out = _wrap(
         f"{where} over {how}" + (f" ({rec['server']})" if rec.get("server") else ""),
         "Recommended: ",
@@ -108,7 +110,10 @@ def _recommendation(rec: dict[str, Any] | None) -> list[str]:
 
 
 def _signal(signal: dict[str, Any]) -> list[str]:
-    out = _wrap(f"{signal['url']}  {'ok' if signal['ok'] else 'FAILED'}", "LiveKit signaling: ")
+    through = f" (through the web proxy {signal['proxy']})" if signal.get("proxy") else ""
+    out = _wrap(
+        f"{signal['url']}{through}  {'ok' if signal['ok'] else 'FAILED'}", "LiveKit signaling: "
+    )
     server = signal.get("server") or {}
     if server:
         facts = [f"{k} {v}" for k, v in server.items() if v]
@@ -143,7 +148,7 @@ def _table(paths: list[dict[str, Any]]) -> list[str]:
     if not paths:
         return []
     out = [
-        f"{'kind':<4} {'server':<21} {'via':<3} {'result':<15} "
+        f"{'kind':<4} {'server':<21} {'via':<5} {'result':<15} "
         f"{'conn':>6} {'tls':>6} {'bind':>6} {'alloc':>6}"
     ]
     for p in paths:
@@ -151,9 +156,27 @@ def _table(paths: list[dict[str, Any]]) -> list[str]:
         result = "ok" if p["ok"] else p["error"]["kind"]
         server = _clip(p["server"], 21)
         cells = " ".join(f"{_ms(t.get(key)):>6}" for key, _ in _PHASES)
-        out.append(f"{p['kind']:<4} {server:<21} {p['transport']:<3} {result[:15]:<15} {cells}")
-    out.append(f"{'':<47}(milliseconds)")
+        out.append(f"{p['kind']:<4} {server:<21} {_via(p):<5} {result[:15]:<15} {cells}")
+    out.append(f"{'':<49}(milliseconds)")
+    out += _proxy_legend(paths)
     return out
+
+
+def _via(p: dict[str, Any]) -> str:
+    """The transport, marked "/p" when the path went through the web proxy."""
+    return f"{p['transport']}/p" if p.get("proxy") else str(p["transport"])
+
+
+def _proxy_legend(paths: list[dict[str, Any]]) -> list[str]:
+    proxies = list(dict.fromkeys(str(p["proxy"]) for p in paths if p.get("proxy")))
+    if not proxies:
+        return []
+    return _wrap(
+        f"/p: through the web proxy {', '.join(proxies)} (HTTP CONNECT; conn is the TCP "
+        "connect to the proxy)",
+        "",
+        "  ",
+    )
 
 
 def _quality_cells(q: dict[str, Any]) -> str:
@@ -180,13 +203,11 @@ def _quality(paths: list[dict[str, Any]]) -> list[str]:
         return []
     out = [
         "Path quality (probe train)",
-        f"{'kind':<4} {'server':<21} {'via':<3} {'n':>4} {'p50':>6} {'p95':>6} {'jit':>5} "
+        f"{'kind':<4} {'server':<21} {'via':<5} {'n':>4} {'p50':>6} {'p95':>6} {'jit':>5} "
         f"{'loss':>5} {'stall':>9} {'MOS':>4}",
     ]
     for p, kind, q in rows:
-        out.append(
-            f"{kind:<4} {_clip(p['server'], 21):<21} {p['transport']:<3} {_quality_cells(q)}"
-        )
+        out.append(f"{kind:<4} {_clip(p['server'], 21):<21} {_via(p):<5} {_quality_cells(q)}")
     out.append("(ms; n probes sent; stall: head-of-line stalls x longest, TCP/TLS only;")
     out.append(" echo: data through the TURN relay and back, the path's transport both ways)")
     return out
@@ -240,6 +261,11 @@ def _details(paths: list[dict[str, Any]]) -> list[str]:
             where += f" ({p['address']})"
         if p.get("relay"):
             where += f" via {p['relay']}"
+        if p.get("proxy"):
+            tunnel = p["timings_ms"].get("proxy")
+            where += f" through the web proxy {p['proxy']}"
+            if tunnel is not None:
+                where += f" (CONNECT {_ms(tunnel)} ms)"
         if p["error"] is not None:
             out += _wrap(f"{where}: {p['error']['message']}", "x ", "  ")
         elif p["relayed_address"]:
