@@ -182,7 +182,8 @@ def test_proxy_only_network() -> None:
     assert [p["transport"] for p in through] == ["tls"]  # only TLS is tunnelled; 443 only here
     assert through[0]["ok"], through[0]["error"]
     assert through[0]["server"].endswith(":443")
-    assert direct and not any(p["ok"] for p in direct)
+    assert direct
+    assert not any(p["ok"] for p in direct)
     kinds = {p["transport"]: p["error"]["kind"] for p in direct}
     assert kinds["udp"] == "udp_no_response"
     assert kinds["tcp"] == "connect_timeout"
