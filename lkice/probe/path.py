@@ -27,8 +27,7 @@ from lkice.probe.channel import (
     elapsed_ms,
     open_udp,
 )
-from lkice.probe.proxy import ProxyConfig, connect_via_proxy
-from lkice.probe.tcp import connect_tcp
+from lkice.probe.proxy import ProxyConfig, connect_stream
 from lkice.probe.train import LoopMonitor, Train, TrainResult, TrainSettings
 from lkice.probe.turn import Allocation, Redirect, allocate, create_permission, release
 from lkice.quality import Sample, summarize
@@ -132,15 +131,8 @@ async def _open(
         return await open_udp(address, settings.udp_timeout, settings.udp_local)
     result.phase = Phase.CONNECT
     result.socket_options = ["TCP_NODELAY"]
-    start = time.perf_counter()
-    if settings.proxy is not None:
-        tunnel = await connect_via_proxy(settings.proxy, (uri.host, uri.port), settings.timeout)
-        sock = tunnel.sock
-        result.timings_ms["connect"] = tunnel.connect_ms
-        result.timings_ms["proxy"] = tunnel.tunnel_ms
-    else:
-        sock = await connect_tcp(address, settings.timeout)
-        result.timings_ms["connect"] = elapsed_ms(start)
+    target = address if settings.proxy is None else (uri.host, uri.port)
+    sock = await connect_stream(target, settings.proxy, settings.timeout, result.timings_ms)
     log.debug(
         "%s %s: TCP connected in %.1f ms",
         result.address or result.server,

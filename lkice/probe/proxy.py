@@ -31,6 +31,7 @@ __all__ = [
     "Proxies",
     "ProxyConfig",
     "Tunnel",
+    "connect_stream",
     "connect_via_proxy",
     "parse_proxy_url",
     "proxy_for",
@@ -218,6 +219,26 @@ class Tunnel:
     sock: socket.socket
     connect_ms: float  # TCP to the proxy
     tunnel_ms: float  # CONNECT sent -> 200 received
+
+
+async def connect_stream(
+    target: tuple[str, int],
+    proxy: ProxyConfig | None,
+    timeout: float,
+    timings: dict[str, float | None],
+) -> socket.socket:
+    """A connected TCP socket to ``target``: directly, or through ``proxy`` (``target`` is then
+    the name and port asked of it). Fills ``timings``: ``connect`` (to the proxy, through one)
+    and ``proxy`` (the CONNECT round trip)."""
+    start = time.perf_counter()
+    if proxy is None:
+        sock = await connect_tcp(target, timeout)
+        timings["connect"] = (time.perf_counter() - start) * 1000.0
+        return sock
+    tunnel = await connect_via_proxy(proxy, target, timeout)
+    timings["connect"] = tunnel.connect_ms
+    timings["proxy"] = tunnel.tunnel_ms
+    return tunnel.sock
 
 
 async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout: float) -> Tunnel:

@@ -30,9 +30,9 @@ from lkice.credentials import Secret, TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.livekit import LiveKitUrl
 from lkice.probe.channel import elapsed_ms
-from lkice.probe.proxy import Proxies, ProxyConfig, connect_via_proxy
+from lkice.probe.proxy import Proxies, ProxyConfig, connect_stream
 from lkice.probe.resolve import resolve
-from lkice.probe.tcp import connect_tcp, tls_failure, tls_info
+from lkice.probe.tcp import tls_failure, tls_info
 from lkice.report import SignalResult
 from lkice.stun import format_address
 from lkice.uri import IceUri, parse_ice_uri
@@ -137,15 +137,7 @@ async def _open(
     proxy: ProxyConfig | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     result.phase = Phase.CONNECT.value
-    start = time.perf_counter()
-    if proxy is not None:
-        tunnel = await connect_via_proxy(proxy, address, settings.timeout)
-        sock = tunnel.sock
-        result.timings_ms["connect"] = tunnel.connect_ms
-        result.timings_ms["proxy"] = tunnel.tunnel_ms
-    else:
-        sock = await connect_tcp(address, settings.timeout)
-        result.timings_ms["connect"] = elapsed_ms(start)
+    sock = await connect_stream(address, proxy, settings.timeout, result.timings_ms)
     if not url.secure:
         return await asyncio.open_connection(sock=sock)
     result.phase = Phase.TLS.value
