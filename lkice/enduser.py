@@ -35,7 +35,12 @@ EMBEDDED = "embedded.json"
 
 
 def executable_dir() -> Path:
-    """The folder of the binary (frozen) or of the ``lkice`` script."""
+    """The folder of the binary (frozen) or of the ``lkice`` script. The one-file binary's
+    launcher (packaging/binary/launcher.py) runs the program from the user's cache and names
+    itself in ``LKICE_PROGRAM``."""
+    launcher = os.environ.get("LKICE_PROGRAM")
+    if launcher and getattr(sys, "frozen", False):
+        return Path(launcher).resolve().parent
     return Path(sys.executable if getattr(sys, "frozen", False) else sys.argv[0]).resolve().parent
 
 
