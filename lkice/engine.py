@@ -45,7 +45,7 @@ class EngineSettings:
     nat_discovery: bool = True
     # Web proxies (--proxy, https_proxy): TURN over TLS, and over TCP on 443, is also tried
     # through the proxy as browsers do; the direct paths are tried as before.
-    proxies: Proxies | None = None
+    proxies: Proxies = field(default_factory=Proxies)  # none by default: direct only
 
 
 def _family(ip: str) -> str:
@@ -82,11 +82,7 @@ class _Run:
     def _proxied(self, uri: IceUri, transports: Sequence[Transport]) -> None:
         """The URI's paths through the web proxy, if one applies: no local DNS (the proxy
         resolves the name), one path per tunnelled transport."""
-        proxy = (
-            None
-            if self.settings.proxies is None
-            else self.settings.proxies.for_(uri.host, uri.port)
-        )
+        proxy = self.settings.proxies.for_(uri.host, uri.port)
         if proxy is None:
             return
         for transport in transports:
@@ -276,11 +272,11 @@ class _Run:
         )
 
 
-def _proxy_settings(proxies: Proxies | None) -> dict[str, Any]:
+def _proxy_settings(proxies: Proxies) -> dict[str, Any]:
     """The report's record of the proxy in use: where it came from and its address, never its
     credentials; whether it needed them."""
-    proxy = None if proxies is None else proxies.configured()
-    if proxies is None or proxy is None:
+    proxy = proxies.configured()
+    if proxy is None:
         return {"proxy": None}
     return {
         "proxy": {

@@ -448,28 +448,12 @@ def _rule_proxy(ctx: _Ctx) -> list[Finding]:
     through = signal.get("proxy")
     if through:
         # lkice itself went through the proxy (--proxy, HTTPS_PROXY): the proxy said no.
-        if "rejected the credentials" in msg:
-            summary = f"The web proxy {through} rejected the login lkice gave it."
-            advice = (
-                "Check the proxy user name and password (the ones your browser uses); lkice "
-                "never shows them."
-            )
-        elif "authentication" in msg:
-            summary = (
-                f"The web proxy {through} demands a login (HTTP 407) before anything reaches "
-                "LiveKit."
-            )
-            advice = (
-                f"Give lkice the proxy login, as your browser has it: --proxy "
-                f"http://USER@{through} (it asks for the password), or ask IT to let {hosts} "
-                "through the proxy without one."
-            )
-        else:
-            summary = f"The web proxy {through} refuses to connect to the LiveKit server {hosts}."
-            advice = (
-                f"Ask IT to allow HTTPS and WebSocket connections through the proxy to {hosts} "
-                "(port 443), without TLS inspection."
-            )
+        how = _proxy_refusal(err) or "policy"
+        summary, advice = _proxy_login(how, through, hosts, "anything reaches LiveKit") or (
+            f"The web proxy {through} refuses to connect to the LiveKit server {hosts}.",
+            f"Ask IT to allow HTTPS and WebSocket connections through the proxy to {hosts} "
+            "(port 443), without TLS inspection.",
+        )
         return [
             _finding(
                 "proxy-required",
@@ -849,18 +833,36 @@ def _works_directly(ctx: _Ctx, classes: Sequence[str]) -> bool:
     )
 
 
-def _proxy_failure(p: Path) -> str | None:
-    """How a path through the web proxy failed at the proxy itself, or None (it failed beyond)."""
-    if not p.get("proxy") or p.get("ok"):
-        return None
-    err = p.get("error") or {}
+def _proxy_refusal(err: dict[str, Any] | None) -> str | None:
+    """How the web proxy lkice went through refused (the words of lkice.probe.proxy), or None
+    (the failure was beyond it): auth-rejected, auth-required, policy or unreachable."""
+    err = err or {}
     message = str(err.get("message") or "")
     if err.get("kind") == "proxy":
-        if "credentials" in message:
+        if "rejected the credentials" in message:
             return "auth-rejected"
         return "auth-required" if "authentication" in message else "policy"
     if "unreachable" in message or "did not answer CONNECT" in message:
         return "unreachable"
+    return None
+
+
+def _proxy_login(how: str, proxy: str, targets: str, gate: str) -> tuple[str, str] | None:
+    """(summary, advice) when the proxy refused for want of a (right) login, else None;
+    ``gate``: what the login stands before ("anything reaches LiveKit")."""
+    if how == "auth-required":
+        return (
+            f"The web proxy {proxy} demands a login (HTTP 407) before {gate}.",
+            "Give lkice the proxy login, as your browser has it: --proxy "
+            f"http://USER@{proxy} (it asks for the password), or ask IT to let {targets} "
+            "through the proxy without one.",
+        )
+    if how == "auth-rejected":
+        return (
+            f"The web proxy {proxy} rejected the login lkice gave it.",
+            "Check the proxy user name and password (the ones your browser uses); lkice "
+            "never shows them.",
+        )
     return None
 
 
@@ -904,20 +906,21 @@ def _rule_via_proxy(ctx: _Ctx) -> list[Finding]:
         if best is not None:
             costs.append(f"media round trip p50 {_ms(best.rtt)} ms through it, {best.count()}")
         protocols = sorted({"UDP" if p.get("transport") == "udp" else "TCP" for _, p in failed})
-        summary = (
-            f"The media servers are reachable only through the web proxy {proxy}: calls can "
-            "connect over TURN/TLS through it"
-            + (
-                f", while direct {' and '.join(protocols)} "
-                f"{'are' if len(protocols) > 1 else 'is'} blocked."
-                if failed
-                else "."
-            )
-        )
         if direct_any:
             summary = (
                 f"Media (a TURN relay) works only through the web proxy {proxy}; directly, only "
                 "STUN answered."
+            )
+        else:
+            summary = (
+                f"The media servers are reachable only through the web proxy {proxy}: calls "
+                "can connect over TURN/TLS through it"
+                + (
+                    f", while direct {' and '.join(protocols)} "
+                    f"{'are' if len(protocols) > 1 else 'is'} blocked."
+                    if failed
+                    else "."
+                )
             )
         rules = _open_rules(_ports_by_proto(failed))
         sfu = _sfu_udp_rule(ctx)
@@ -944,7 +947,7 @@ def _rule_via_proxy(ctx: _Ctx) -> list[Finding]:
         )
     refused: dict[str, list[tuple[int, Path]]] = {}
     for i, p in proxied:
-        how = _proxy_failure(p)
+        how = None if p.get("ok") else _proxy_refusal(p.get("error"))
         if how is not None:
             refused.setdefault(how, []).append((i, p))
     anything = ctx.any_ok()
@@ -953,31 +956,22 @@ def _rule_via_proxy(ctx: _Ctx) -> list[Finding]:
         # Refused to one port of a server the proxy does let through on another: a detail.
         minor = how == "policy" and all(_host(str(p.get("server"))) in reached for _, p in items)
         targets = _join(dict.fromkeys(str(p.get("server")) for _, p in items))
-        summary, advice = {
-            "auth-required": (
-                f"The web proxy {proxy} demands a login (HTTP 407) before it lets media "
-                f"through to {targets}.",
-                "Give lkice the proxy login, as your browser has it: --proxy "
-                f"http://USER@{proxy} (it asks for the password), or ask IT to let {targets} "
-                "through the proxy without one.",
-            ),
-            "auth-rejected": (
-                f"The web proxy {proxy} rejected the login lkice gave it.",
-                "Check the proxy user name and password (the ones your browser uses); lkice "
-                "never shows them.",
-            ),
-            "policy": (
-                f"The web proxy {proxy} refuses to open a tunnel to {targets}: its policy "
-                "blocks that destination or port.",
-                f"Ask IT to allow HTTPS (CONNECT) through the proxy to {targets}: TURN over TLS "
-                "looks like any HTTPS site to it.",
-            ),
-            "unreachable": (
-                f"The web proxy {proxy} could not be reached.",
-                "Check the proxy address (--proxy, HTTPS_PROXY or the system's proxy setting) "
-                "with IT.",
-            ),
-        }[how]
+        summary, advice = (
+            _proxy_login(how, proxy, targets, f"it lets media through to {targets}")
+            or {
+                "policy": (
+                    f"The web proxy {proxy} refuses to open a tunnel to {targets}: its policy "
+                    "blocks that destination or port.",
+                    f"Ask IT to allow HTTPS (CONNECT) through the proxy to {targets}: TURN over TLS "
+                    "looks like any HTTPS site to it.",
+                ),
+                "unreachable": (
+                    f"The web proxy {proxy} could not be reached.",
+                    "Check the proxy address (--proxy, HTTPS_PROXY or the system's proxy setting) "
+                    "with IT.",
+                ),
+            }[how]
+        )
         out.append(
             _finding(
                 f"proxy-{how}",

@@ -244,8 +244,7 @@ async def _sfu_paths(
     for path in paths:
         relay = next((s.uri for s in servers if str(s.uri) == path.relay), None)
         if (
-            proxies is not None
-            and relay is not None
+            relay is not None
             and (relay.secure or relay.transport == "tcp")
             and proxies.for_(relay.host, relay.port) is not None
         ):
@@ -394,7 +393,7 @@ def livekit_job(
     timeout: float,
     tls: ssl.SSLContext,
     nameserver: tuple[str, int] | None,
-    proxies: Proxies | None = None,
+    proxies: Proxies,
 ) -> LiveKitJob | None:
     from lkice.credentials import Secret
     from lkice.livekit import check_token_fresh, diagnostic_token, is_livekit_url, parse_livekit_url

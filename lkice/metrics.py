@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lkice import __version__
+from lkice.findings import NOT_EVIDENCE_KINDS  # such a path is neither up nor down: left out
 
 __all__ = [
     "COUNTER_NAMES",
@@ -50,9 +51,6 @@ SETUP_PHASES = ("dns", "connect", "tls", "binding", "allocate", "ice", "dtls")
 SIGNAL_PHASES = ("dns", "connect", "tls", "validate", "websocket", "join")
 # Not a "quantile" label: Prometheus reserves that for summaries (promtool rejects it on a gauge).
 RTT_STATS = ("p50", "p95", "p99", "max")
-# Errors that say nothing about the network (lkice.findings.NOT_EVIDENCE_KINDS): such a path is
-# neither up nor down, so it is left out rather than exported as a failure.
-NOT_EVIDENCE = frozenset({"not_tested", "deadline", "interrupted"})
 PATH_LABELS = ("region", "kind", "transport", "route")
 # Labels lkice sets itself; a definition label of the same name is exported as exported_<name>
 # (as Prometheus does on a scrape conflict) instead of being overwritten or duplicated.
@@ -78,32 +76,10 @@ OWN_LABELS = frozenset(
 MAX_PROBE_LABELS = 8
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
-# Every family this module exports, by its name in the exposition (the dashboard and alert
-# tests check their queries against it).
 COUNTER_NAMES = ("lkice_runs_total", "lkice_run_overruns_total")
-METRIC_NAMES = (
-    "lkice_build_info",
-    "lkice_path_up",
-    "lkice_path_setup_seconds",
-    "lkice_path_rtt_seconds",
-    "lkice_path_jitter_seconds",
-    "lkice_path_loss_ratio",
-    "lkice_path_hol_stall_seconds",
-    "lkice_path_hol_stalled_ratio",
-    "lkice_path_mos",
-    "lkice_signal_up",
-    "lkice_signal_setup_seconds",
-    "lkice_verdict",
-    "lkice_verdict_info",
-    "lkice_finding",
-    "lkice_recommended_region_info",
-    "lkice_last_run_timestamp_seconds",
-    "lkice_last_success_timestamp_seconds",
-    "lkice_run_duration_seconds",
-    "lkice_schedule_interval_seconds",
-    *COUNTER_NAMES,
-)
 
+# Every family this module exports, by its name in the exposition, with its help text (the
+# dashboard and alert tests check their queries against the names).
 _HELP = {
     "lkice_build_info": "lkice version",
     "lkice_path_up": "1 if a path of this region/kind/transport/route works, else 0",
@@ -127,6 +103,7 @@ _HELP = {
     "lkice_runs_total": "Runs by result (a verdict, interrupted, config_error or error)",
     "lkice_run_overruns_total": "Runs that took longer than the schedule's interval",
 }
+METRIC_NAMES = tuple(_HELP)
 
 
 class PushError(Exception):
@@ -325,7 +302,7 @@ class _Families:
             labels = {**base, "region": str(rec.get("region") or ""), "transport": rec["transport"]}
             self.gauge("lkice_recommended_region_info", labels, 1)
         signal = report.get("signal")
-        if signal and (signal.get("error") or {}).get("kind") not in NOT_EVIDENCE:
+        if signal and (signal.get("error") or {}).get("kind") not in NOT_EVIDENCE_KINDS:
             self.gauge("lkice_signal_up", base, 1 if signal.get("ok") else 0)
             timings = signal.get("timings_ms") or {}
             for phase in SIGNAL_PHASES:
@@ -337,7 +314,7 @@ class _Families:
     def add_paths(self, base: Mapping[str, str], paths: list[Mapping[str, Any]]) -> None:
         groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
         for path in paths:
-            if (path.get("error") or {}).get("kind") in NOT_EVIDENCE:
+            if (path.get("error") or {}).get("kind") in NOT_EVIDENCE_KINDS:
                 continue  # not a measurement of this network
             key: tuple[str, ...] = (
                 str(path.get("region") or ""),

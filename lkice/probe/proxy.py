@@ -51,11 +51,7 @@ class ProxyConfig:
 
     @property
     def label(self) -> str:
-        return (
-            format_address((self.host, self.port))
-            if _is_ip(self.host)
-            else (f"{self.host}:{self.port}")
-        )
+        return format_address((self.host, self.port))
 
     def __repr__(self) -> str:  # never the credentials
         auth = " with credentials" if self.username is not None else ""
@@ -64,21 +60,12 @@ class ProxyConfig:
     def url(self) -> str:
         """The proxy as a URL, credentials included: for libraries that take one (the SFU
         probe's WebSocket); never for display."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
         auth = ""
         if self.username is not None:
             user = quote(self.username.reveal(), safe="")
             password = quote(self.password.reveal() if self.password else "", safe="")
             auth = f"{user}:{password}@"
-        return f"http://{auth}{host}:{self.port}"
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+        return f"http://{auth}{self.label}"
 
 
 def parse_proxy_url(text: str) -> ProxyConfig:
@@ -152,6 +139,11 @@ def proxy_for(
     return parse_proxy_url(url) if url else None
 
 
+def _proxy_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """HTTPS_PROXY/https_proxy and NO_PROXY/no_proxy of ``env``, nothing else."""
+    return {k: v for k, v in env.items() if k.lower() in ("https_proxy", "no_proxy")}
+
+
 @dataclass(frozen=True)
 class Proxies:
     """A run's proxy choice: ``--proxy`` (``explicit``) or the environment's ``https_proxy``,
@@ -166,8 +158,7 @@ class Proxies:
     ) -> Proxies:
         """Only the variables that matter are kept (the environment itself holds secrets).
         Raises UsageError for an unreadable ``https_proxy``."""
-        keep = {k: v for k, v in env.items() if k.lower() in ("https_proxy", "no_proxy")}
-        proxies = cls(explicit, keep)
+        proxies = cls(explicit, _proxy_variables(env))
         proxies.configured()  # an invalid environment URL is an error now, not mid-run
         return proxies
 
@@ -187,8 +178,6 @@ class Proxies:
         return "HTTPS_PROXY" if self.env.get("HTTPS_PROXY") else None
 
     def for_(self, host: str, port: int) -> ProxyConfig | None:
-        if self.configured() is None:
-            return None
         return proxy_for(host, port, self.env, self.explicit)
 
 
@@ -197,7 +186,7 @@ def system_proxy_env(environ: Mapping[str, str]) -> dict[str, str]:
     environment has none: on Windows the Internet Options proxy (registry), on macOS the
     network preferences, as ``urllib.request.getproxies`` reads them. Auto-config (PAC/WPAD)
     scripts are not evaluated: give ``--proxy`` then."""
-    env = {k: v for k, v in environ.items() if k.lower() in ("https_proxy", "no_proxy")}
+    env = _proxy_variables(environ)
     if not (env.get("https_proxy") or env.get("HTTPS_PROXY")):
         import urllib.request
 

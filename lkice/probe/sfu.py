@@ -81,7 +81,7 @@ class SfuSettings:
     custom_ca: bool = False
     # The web proxy for the signal WebSocket, when one applies (media never goes through it:
     # aiortc cannot tunnel TURN through an HTTP proxy).
-    proxies: Proxies | None = None
+    proxies: Proxies = field(default_factory=Proxies)
     # What the STUN/TURN engine, running at the same time, already found for a TURN URI (its
     # error, or None): reused to explain a relay path with no candidate, instead of asking the
     # TURN server a second time and waiting for it again.
@@ -541,11 +541,7 @@ class _Participant:
         if self.url.secure:
             ssl_arg = self.settings.tls_context or True
         self.path.result.phase = Phase.WEBSOCKET
-        proxy = (
-            None
-            if self.settings.proxies is None
-            else self.settings.proxies.for_(self.url.host, self.url.port)
-        )
+        proxy = self.settings.proxies.for_(self.url.host, self.url.port)
         try:
             self.ws = await connect(
                 f"{self.url.ws_url}/rtc?{query}",

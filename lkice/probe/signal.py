@@ -15,7 +15,7 @@ import json
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -55,7 +55,8 @@ class SignalSettings:
     join_timeout: float = 10.0
     tls_context: ssl.SSLContext | None = None
     nameserver: tuple[str, int] | None = None
-    proxies: Proxies | None = None  # signaling goes through the web proxy when one applies
+    # Signaling goes through the web proxy when one applies (none by default: direct only).
+    proxies: Proxies = field(default_factory=Proxies)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ async def _route(
 ) -> tuple[tuple[str, int], ProxyConfig | None]:
     """Where to connect: the resolved address, or the proxy (which resolves the name itself,
     so no local DNS: on proxy-only networks it often cannot resolve outside names)."""
-    proxy = None if settings.proxies is None else settings.proxies.for_(url.host, url.port)
+    proxy = settings.proxies.for_(url.host, url.port)
     if proxy is not None:
         result.proxy = proxy.label
         return (url.host, url.port), proxy
