@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from lkice.credentials import TurnCredentials
-from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.errors import ErrorKind, Phase, ProbeBug, ProbeError
 from lkice.probe.nat import FILTER_TIMEOUT, NatBehaviour, discover_nat
 from lkice.probe.path import ProbeSettings, probe_path
 from lkice.probe.proxy import Proxies, ProxyConfig, tunnelled
@@ -32,6 +32,10 @@ from lkice.verdict import decide
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[PathResult], None]
+
+# A name may resolve to many addresses (a hostile or broken DNS answer: hundreds); WebRTC stacks
+# try a few. Each family keeps its first ones; the path notes say what was left out.
+MAX_ADDRESSES_PER_FAMILY = 4
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class _Run:
         )
         for path in placeholders:
             self.paths.remove(path)
+        addresses, dropped = _bounded_addresses(resolution.addresses)
         if not self._nat_started and Transport.UDP in transports and resolution.addresses:
             self._nat_started = True
             address = (resolution.addresses[0], uri.port)
@@ -139,7 +144,7 @@ class _Run:
             )
             self.nat_address = format_address(address)
             self.spawn(self._until(mapped))
-        for ip in resolution.addresses:
+        for ip in addresses:
             for transport in transports:
                 path = PathResult(
                     server=uri.server,
@@ -150,6 +155,12 @@ class _Run:
                     family=_family(ip),
                 )
                 path.timings_ms["dns"] = resolution.elapsed_ms
+                if dropped:
+                    path.notes.append(
+                        f"{uri.host} resolved to {len(resolution.addresses)} addresses; lkice "
+                        f"probed the first {MAX_ADDRESSES_PER_FAMILY} of each family and left "
+                        f"out {dropped}"
+                    )
                 self.paths.append(path)
                 self.spawn(self.path(uri, transport, (ip, uri.port), path, True))
 
@@ -168,6 +179,8 @@ class _Run:
             if override is not None:
                 probe = replace(probe, credentials=override)
             await probe_path(uri, transport, address, result, probe, follow)
+            if result.redirected_from is not None and result.auth not in (None, "none"):
+                self._note_foreign_credentials(uri, address, result)
         except Redirect as redirect:
             alt = redirect.alternate
             followed = PathResult(
@@ -183,6 +196,26 @@ class _Run:
             self.paths.append(followed)
             self.spawn(self.path(uri, transport, alt, followed, False))
         self._done(result)
+
+    def _note_foreign_credentials(
+        self, uri: IceUri, address: tuple[str, int], result: PathResult
+    ) -> None:
+        """Credentials went to an address the server named in its 300, not the user: say so,
+        unless it is one of the addresses the name the user gave resolves to."""
+        lookup = self._resolutions.get(uri.host)
+        named = (
+            lookup.result().addresses
+            if lookup is not None and lookup.done() and not lookup.cancelled()
+            and lookup.exception() is None
+            else [uri.host]
+        )  # fmt: skip
+        if address[0] in named:
+            return
+        result.notes.append(
+            f"the TURN username and a MESSAGE-INTEGRITY keyed with the password were sent to "
+            f"{format_address(address)}, an address named by {result.redirected_from} in its "
+            f"300 Try Alternate, not by you: check that it belongs to your TURN provider"
+        )
 
     async def end_nat_discovery(self) -> None:
         if self.nat_task is not None:
@@ -248,12 +281,16 @@ class _Run:
                 path.fail(interrupted_error(kind, path.phase))
 
     def reraise_bugs(self) -> None:
-        """A probe task only ends in an exception through a bug: surface it, never drop it."""
-        for task in self.tasks:
-            if task.done() and not task.cancelled():
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
+        """A probe task only ends in an exception through a bug: surface it, never drop it.
+        Every task's exception is retrieved (so asyncio never logs one, with its contents, as
+        "never retrieved"); the first is raised with its type and no message of the probe's."""
+        bugs = [
+            exc
+            for task in self.tasks
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None
+        ]
+        if bugs:
+            raise ProbeBug(bugs[0], len(bugs)) from bugs[0]
 
     def ordered(self, uris: Sequence[IceUri]) -> list[PathResult]:
         """Paths in the order the user gave the targets, whatever order they finished in."""
@@ -270,6 +307,17 @@ class _Run:
                 transports.index(p.transport),
             ),
         )
+
+
+def _bounded_addresses(addresses: Sequence[str]) -> tuple[list[str], int]:
+    kept: list[str] = []
+    per_family: dict[int, int] = {}
+    for ip in dict.fromkeys(addresses):
+        version = ipaddress.ip_address(ip).version
+        if per_family.get(version, 0) < MAX_ADDRESSES_PER_FAMILY:
+            per_family[version] = per_family.get(version, 0) + 1
+            kept.append(ip)
+    return kept, len(addresses) - len(kept)
 
 
 def _proxy_settings(proxies: Proxies) -> dict[str, Any]:
@@ -308,6 +356,9 @@ async def run(
         settings = replace(settings, probe=replace(settings.probe, monitor=monitor))
     state = _Run(settings, on_path_done)
     state.credentials = dict(credentials or {})
+    # The same URI given twice (500 copies of one target, or a JoinResponse repeating what
+    # the user gave) is one set of paths.
+    uris = list(dict.fromkeys(uris))
     try:
         for uri in uris:
             state.spawn(state.target(uri))
@@ -321,34 +372,37 @@ async def run(
             await monitor.stop()
     state.reraise_bugs()
     duration = (time.perf_counter() - t0) * 1000
-    probe = settings.probe
     return Report(
         started_at=started_at,
         duration_ms=duration,
         targets=[str(u) for u in uris],
         paths=state.ordered(uris),
         verdict=decide(state.paths).value,
-        settings={
-            "deadline_s": settings.deadline,
-            "udp_timeout_s": probe.udp_timeout,
-            "timeout_s": probe.timeout,
-            "dns_timeout_s": settings.dns_timeout,
-            "nameserver": None
-            if settings.nameserver is None
-            else format_address(settings.nameserver),
-            "tls_verify": probe.tls_context is None or probe.tls_context.verify_mode != 0,
-            **_proxy_settings(settings.proxies),
-            "auth": None if probe.credentials is None else probe.credentials.mode,
-            "quality": None
-            if probe.train is None
-            else {
-                "interval_ms": probe.train.interval * 1000,
-                "duration_s": probe.train.duration,
-                "probes": probe.train.count,
-                "probe": "STUN Binding request, one transaction per probe, no retransmission",
-            },
-        },
+        settings=settings_record(settings),
         interrupted=interrupted,
         loop_stalls=None if monitor is None else monitor.summary(),
         nat=None if state.nat is None else state.nat.to_dict(),
     )
+
+
+def settings_record(settings: EngineSettings) -> dict[str, Any]:
+    """The report's ``settings``: what the run was allowed (never a credential)."""
+    probe = settings.probe
+    return {
+        "deadline_s": settings.deadline,
+        "udp_timeout_s": probe.udp_timeout,
+        "timeout_s": probe.timeout,
+        "dns_timeout_s": settings.dns_timeout,
+        "nameserver": None if settings.nameserver is None else format_address(settings.nameserver),
+        "tls_verify": probe.tls_context is None or probe.tls_context.verify_mode != 0,
+        **_proxy_settings(settings.proxies),
+        "auth": None if probe.credentials is None else probe.credentials.mode,
+        "quality": None
+        if probe.train is None
+        else {
+            "interval_ms": probe.train.interval * 1000,
+            "duration_s": probe.train.duration,
+            "probes": probe.train.count,
+            "probe": "STUN Binding request, one transaction per probe, no retransmission",
+        },
+    }

@@ -3,6 +3,7 @@
     Exception
      +-- UsageError        bad input from the user (exit 3); message is safe to print
      +-- ProbeError        a probe step failed; carries an ErrorKind, a phase and a one-line message
+     +-- ProbeBug          a probe task failed through a bug in lkice (message: type and place)
 
 Foreign exceptions (OSError, ssl.SSLError, dns.exception.*) are translated where the I/O happens,
 with ``raise ProbeError(...) from exc``, so nothing above the probe layer sees them.
@@ -11,6 +12,10 @@ with ``raise ProbeError(...) from exc``, so nothing above the probe layer sees t
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lkice.report import TlsInfo
 
 
 class ErrorKind(str, enum.Enum):
@@ -41,6 +46,9 @@ class ErrorKind(str, enum.Enum):
     JOIN_TIMEOUT = "join_timeout"
     # A path this agent's own stack cannot exercise: neither a success nor a failure.
     NOT_TESTED = "not_tested"
+    # This computer could not open the socket (local port in use, no free port, too many open
+    # files): says nothing about the network.
+    LOCAL = "local"
 
 
 class Phase(str, enum.Enum):
@@ -79,6 +87,38 @@ class ProbeError(Exception):
         self.message = message
         self.phase = phase
         self.stun_code = stun_code  # the server's STUN ERROR-CODE, when it answered with one
+        # tls_verify: the certificate that was presented (read without verifying) and what was
+        # wrong with it, for the report's ``tls``.
+        self.tls: TlsInfo | None = None
 
     def __repr__(self) -> str:
         return f"ProbeError({self.kind.value!r}, {self.message!r}, phase={self.phase})"
+
+
+def _place(exc: BaseException) -> str:
+    """Where an exception was raised: the innermost frame's file and line."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "unknown place"
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
+
+
+class ProbeBug(Exception):
+    """A probe task failed through a bug in lkice. The message names only the exception's type
+    and where it was raised: the original's text and arguments (which may hold what a server
+    sent, or a credential being encoded) stay out of every output."""
+
+    def __init__(self, original: BaseException, count: int) -> None:
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        super().__init__(
+            f"a probe failed with {type(original).__name__} at {_place(original)}{more}"
+        )
+
+
+def bug_summary(exc: BaseException) -> str:
+    """A bug, for a message or a log: its type and place, never its text."""
+    if isinstance(exc, ProbeBug):
+        return str(exc)
+    return f"{type(exc).__name__} at {_place(exc)}"

@@ -12,20 +12,23 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+import time
+from asyncio import FIRST_COMPLETED
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from lkice.errors import UsageError
+from lkice.errors import ErrorKind, UsageError
 
 if TYPE_CHECKING:
     import ssl
+    from datetime import datetime
 
     from lkice.credentials import Secret, TurnCredentials
     from lkice.engine import EngineSettings
     from lkice.livekit import LiveKitUrl
     from lkice.probe.proxy import Proxies
-    from lkice.probe.signal import IceServer, SignalSettings
+    from lkice.probe.signal import IceServer, Region, SignalSettings
     from lkice.probe.train import TrainSettings
     from lkice.render.progress import Progress
     from lkice.report import ErrorInfo, PathResult, Report, SignalResult
@@ -33,11 +36,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lkice")
 
+T = TypeVar("T")
+# After a cut, how long cancelled probes get to record where they were; their cleanups are
+# bounded well under this, so a partial report follows within a fraction of a second.
+CANCEL_GRACE_S = 0.4
+
 
 def tls_context(ca_files: Sequence[str], insecure: bool) -> ssl.SSLContext:
     import ssl
 
-    ctx = ssl.create_default_context()
+    from lkice.probe.tcp import client_tls_context
+
+    ctx = client_tls_context()
     for ca in ca_files:
         try:
             ctx.load_verify_locations(cafile=ca)
@@ -118,6 +128,86 @@ def conclude(report: Report) -> None:
     report.verdict = verdict_from_findings(report.findings)
 
 
+class _Clock:
+    """One budget for the whole diagnosis (signaling, regions, STUN/TURN, the SFU) and one
+    stop event (Ctrl-C, SIGTERM, a scheduler): every stage runs under both, so a slow or
+    hostile server can hold the run no longer than ``--deadline`` (+ the quality train)."""
+
+    def __init__(self, budget: float, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.end = self.loop.time() + budget
+        self.stop = stop
+        self.start = time.perf_counter()
+        self.stages: dict[str, float] = {}
+        self.cut: ErrorKind | None = None  # why the run was cut short, once it was
+
+    def remaining(self) -> float:
+        return self.end - self.loop.time()
+
+    async def bounded(self, stage: str, coro: Coroutine[Any, Any, T]) -> T | None:
+        """``coro``'s result, or None when the deadline or the stop event came first (then it
+        is cancelled, and given a moment to record where it was)."""
+        started = time.perf_counter()
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait(
+                {task, stopper}, timeout=max(0.0, self.remaining()), return_when=FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+            self.stages[stage] = self.stages.get(stage, 0.0) + _ms(started)
+        if task.done() and not task.cancelled():
+            return task.result()
+        self.cut = ErrorKind.INTERRUPTED if self.stop.is_set() else ErrorKind.DEADLINE
+        task.cancel()
+        # Probes end at once when cancelled (their cleanups are bounded); the wait only
+        # collects them, and never holds the partial report back.
+        await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+        if not task.done():
+            task.add_done_callback(_retrieved)  # whatever it ends with is read, never logged
+        elif not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]  # a bug in a probe: never dropped
+        return None
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event, own: bool) -> Iterator[None]:
+    """The first Ctrl-C or SIGTERM sets ``stop`` (a partial report follows at once); a second
+    Ctrl-C falls back to the default. ``own`` False: a scheduler handles signals itself."""
+    if not own:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def on_signal(signum: int) -> None:
+        stop.set()
+        if signum == signal.SIGINT:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    # Not on the main thread, or not supported (Windows): Ctrl-C then ends without a report.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+
+
 async def _diagnose(
     uris: Sequence[IceUri],
     settings: EngineSettings,
@@ -127,49 +217,97 @@ async def _diagnose(
     given_stop: asyncio.Event | None,
 ) -> Report:
     """``given_stop`` set (by a scheduler, which handles signals itself) ends the run with a
-    partial report; without it, the first Ctrl-C does."""
-    from lkice import engine
+    partial report; without it, the first Ctrl-C or SIGTERM does."""
+    from datetime import datetime, timezone
 
-    loop = asyncio.get_running_loop()
     stop = given_stop or asyncio.Event()
-
-    def on_sigint() -> None:
-        # First Ctrl-C: finish with a partial report. A second one falls back to the default.
-        stop.set()
-        loop.remove_signal_handler(signal.SIGINT)
-
-    # Not on the main thread, or not supported (Windows): Ctrl-C then ends without a report.
-    if given_stop is None:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
+    started_at = datetime.now(timezone.utc)
+    with _stop_on_signals(stop, own=given_stop is None):
+        clock = _Clock(settings.deadline, stop)
         if livekit is None:
             progress.stage("probing STUN/TURN paths")
-            return await engine.run(
-                uris,
-                settings,
-                credentials=own_credentials,
-                stop=stop,
-                on_path_done=progress.path_done,
+            report = await _engine(uris, settings, own_credentials, clock, progress.path_done)
+        else:
+            report = await _diagnose_livekit(
+                uris, settings, livekit, progress, own_credentials, clock
             )
-        from lkice.probe.signal import probe_signal
-        from lkice.verdict import livekit_verdict
+    report.started_at = started_at
+    report.duration_ms = (time.perf_counter() - clock.start) * 1000
+    report.stages_ms = dict(clock.stages)
+    if clock.cut is ErrorKind.INTERRUPTED or stop.is_set():
+        report.interrupted = True
+    return report
 
-        progress.stage(f"LiveKit signaling to {livekit.url.host}")
-        signal_result, servers = await probe_signal(livekit.url, livekit.token, livekit.settings)
-        given = [name for name, url in livekit.regions if url == livekit.url.given]
-        main_region = (
-            given[0] if given else (signal_result.server or {}).get("region") or livekit.url.host
+
+async def _engine(
+    uris: Sequence[IceUri],
+    settings: EngineSettings,
+    credentials: Mapping[str, TurnCredentials],
+    clock: _Clock,
+    on_path_done: Callable[[PathResult], None],
+) -> Report:
+    """The STUN/TURN engine on what is left of the budget (it keeps its own deadline and stop:
+    its paths are cut with their partial figures)."""
+    from lkice import engine
+
+    started = time.perf_counter()
+    try:
+        return await engine.run(
+            uris,
+            replace(settings, deadline=max(0.0, clock.remaining())),
+            credentials=credentials,
+            stop=clock.stop,
+            on_path_done=on_path_done,
         )
-        region_of = {str(s.uri): main_region for s in servers}
-        regions: list[dict[str, object]] | None = None
-        if signal_result.ok:
-            progress.stage("regions")
-            regions, region_servers = await _probe_regions(livekit, signal_result)
-            for name, found in region_servers:
-                servers += found
-                for s in found:
-                    region_of.setdefault(str(s.uri), name)
+    finally:
+        clock.stages["turn"] = _ms(started)
+
+
+async def _diagnose_livekit(
+    uris: Sequence[IceUri],
+    settings: EngineSettings,
+    livekit: LiveKitJob,
+    progress: Progress,
+    own_credentials: Mapping[str, TurnCredentials],
+    clock: _Clock,
+) -> Report:
+    from lkice.probe.signal import probe_signal
+    from lkice.report import Report, SignalResult
+
+    progress.stage(f"LiveKit signaling to {livekit.url.host}")
+    signal_result = SignalResult(url=livekit.url.given)
+    probed = await clock.bounded(
+        "signal", probe_signal(livekit.url, livekit.token, livekit.settings, signal_result)
+    )
+    servers = [] if probed is None else probed[1]
+    if probed is None:
+        _cut(signal_result, clock)
+    given = [name for name, url in livekit.regions if url == livekit.url.given]
+    main_region = (
+        given[0] if given else (signal_result.server or {}).get("region") or livekit.url.host
+    )
+    region_of = {str(s.uri): main_region for s in servers}
+    regions: list[dict[str, object]] | None = None
+    if signal_result.ok and clock.cut is None:
+        progress.stage("regions")
+        probe = _RegionProbe(livekit, signal_result)
+        await clock.bounded("regions", probe.run())
+        regions = probe.summary(clock)
+        for name, found in probe.found:
+            servers += found
+            for s in found:
+                region_of.setdefault(str(s.uri), name)
+    sfu_paths: list[PathResult] = []
+    if clock.cut is not None:
+        report = Report(
+            started_at=datetime_now(),
+            duration_ms=0.0,
+            targets=[str(u) for u in uris],
+            paths=[],
+            verdict="failed",
+            settings=_settings_record(settings),
+        )
+    else:
         advertised = list(dict.fromkeys(s.uri for s in servers))
         credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
         credentials.update(own_credentials)
@@ -181,79 +319,110 @@ async def _diagnose(
             progress.path_done(path)
 
         progress.stage("ICE servers and media sessions through the SFU")
-        report, sfu_paths = await asyncio.gather(
-            engine.run(
-                [*advertised, *uris],
-                settings,
-                credentials=credentials,
-                stop=stop,
-                on_path_done=engine_path_done,
-            ),
-            _sfu_paths(livekit, signal_result, main_servers, settings, finished, progress),
+        sfu = _SfuStage(livekit, signal_result, main_servers, settings, finished, progress)
+        report, _ = await asyncio.gather(
+            _engine([*advertised, *uris], settings, credentials, clock, engine_path_done),
+            clock.bounded("sfu", sfu.run()),
         )
-        for path in report.paths:
-            path.region = region_of.get(path.uri)
+        sfu_paths = sfu.paths
         for path in sfu_paths:
-            path.region = main_region
-        report.paths.extend(sfu_paths)
-        report.signal = signal_result
-        report.regions = regions
-        report.targets.insert(0, livekit.url.given)
-        report.verdict = livekit_verdict(report).value
-        return report
-    finally:
-        if given_stop is None:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGINT)
+            if not path.ok and path.error is None:
+                _cut(path, clock)
+    for path in report.paths:
+        path.region = region_of.get(path.uri)
+    for path in sfu_paths:
+        path.region = main_region
+    report.paths.extend(sfu_paths)
+    report.signal = signal_result
+    report.regions = regions
+    report.targets.insert(0, livekit.url.given)
+    return report
 
 
-async def _sfu_paths(
-    livekit: LiveKitJob,
-    signal_result: SignalResult,
-    servers: list[IceServer],
-    settings: EngineSettings,
-    finished: _EngineAnswers,
-    progress: Progress,
-) -> list[PathResult]:
-    """Media paths through the SFU (direct, and forced through each TURN URL), when lkice can
-    seat two participants of its own; otherwise the report says why they were not tested."""
-    if not signal_result.ok:
-        return []
-    if livekit.api_key is None or livekit.api_secret is None:
-        signal_result.notes.append(
-            "media paths through the SFU not tested: they need --api-key/--api-secret (two "
-            "participants of lkice's own in one room), not a single --token"
-        )
-        return []
-    from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
+def datetime_now() -> datetime:
+    from datetime import datetime, timezone
 
-    train = settings.probe.train
-    sfu = SfuSettings(
-        duration=max(1.0, train.duration) if train is not None else 1.0,
-        # ICE gets the same bound as every other step (--timeout): a blocked path must not
-        # hold the verdict back longer than a refused connect would.
-        ice_timeout=settings.probe.timeout,
-        known=lambda uri: finished.error(uri, settings.probe.timeout + 1.0),
-        tls_context=livekit.settings.tls_context,
-        custom_ca=livekit.custom_ca,
-        proxies=livekit.settings.proxies,
-    )
-    make_token = room_token_factory(livekit.api_key, livekit.api_secret)
-    paths = await probe_sfu_paths(livekit.url, make_token, servers, sfu, progress.path_done)
-    proxies = livekit.settings.proxies
-    for path in paths:
-        relay = next((s.uri for s in servers if str(s.uri) == path.relay), None)
-        if (
-            relay is not None
-            and (relay.secure or relay.transport == "tcp")
-            and proxies.for_(relay.host, relay.port) is not None
-        ):
-            path.notes.append(
-                "the WebRTC stack (aiortc) reaches TURN directly: it cannot tunnel through the "
-                "web proxy, so this session tried the direct route only; TURN through the proxy "
-                "is measured on its own path"
+    return datetime.now(timezone.utc)
+
+
+def _settings_record(settings: EngineSettings) -> dict[str, Any]:
+    from lkice.engine import settings_record
+
+    return settings_record(settings)
+
+
+def _cut(result: PathResult | SignalResult, clock: _Clock) -> None:
+    """Mark a result the deadline or the stop event cut, with the step it was in."""
+    from lkice.errors import Phase
+    from lkice.report import interrupted_error
+
+    phase = result.phase
+    try:
+        step = None if phase is None else Phase(phase)
+    except ValueError:
+        step = None
+    result.fail(interrupted_error(clock.cut or ErrorKind.DEADLINE, step))
+    result.phase = None
+
+
+class _SfuStage:
+    """The media paths through the SFU (direct, and forced through each TURN URL), when lkice
+    can seat two participants of its own; otherwise the report says why they were not tested.
+    ``paths`` holds each result from the moment it exists, so a cut keeps what was measured."""
+
+    def __init__(
+        self,
+        livekit: LiveKitJob,
+        signal_result: SignalResult,
+        servers: list[IceServer],
+        settings: EngineSettings,
+        finished: _EngineAnswers,
+        progress: Progress,
+    ) -> None:
+        self.livekit, self.signal_result, self.servers = livekit, signal_result, servers
+        self.settings, self.finished, self.progress = settings, finished, progress
+        self.paths: list[PathResult] = []
+
+    async def run(self) -> None:
+        livekit, settings, servers = self.livekit, self.settings, self.servers
+        if not self.signal_result.ok:
+            return
+        if livekit.api_key is None or livekit.api_secret is None:
+            self.signal_result.notes.append(
+                "media paths through the SFU not tested: they need --api-key/--api-secret (two "
+                "participants of lkice's own in one room), not a single --token"
             )
-    return paths
+            return
+        from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
+
+        train = settings.probe.train
+        sfu = SfuSettings(
+            duration=max(1.0, train.duration) if train is not None else 1.0,
+            # ICE gets the same bound as every other step (--timeout): a blocked path must not
+            # hold the verdict back longer than a refused connect would.
+            ice_timeout=settings.probe.timeout,
+            known=lambda uri: self.finished.error(uri, settings.probe.timeout + 1.0),
+            tls_context=livekit.settings.tls_context,
+            custom_ca=livekit.custom_ca,
+            proxies=livekit.settings.proxies,
+        )
+        make_token = room_token_factory(livekit.api_key, livekit.api_secret)
+        await probe_sfu_paths(
+            livekit.url, make_token, servers, sfu, self.progress.path_done, out=self.paths
+        )
+        proxies = livekit.settings.proxies
+        for path in self.paths:
+            relay = next((s.uri for s in servers if str(s.uri) == path.relay), None)
+            if (
+                relay is not None
+                and (relay.secure or relay.transport == "tcp")
+                and proxies.for_(relay.host, relay.port) is not None
+            ):
+                path.notes.append(
+                    "the WebRTC stack (aiortc) reaches TURN directly: it cannot tunnel through "
+                    "the web proxy, so this session tried the direct route only; TURN through "
+                    "the proxy is measured on its own path"
+                )
 
 
 class _EngineAnswers:
@@ -282,39 +451,59 @@ class _EngineAnswers:
         return paths[0].error
 
 
-async def _probe_regions(
-    livekit: LiveKitJob, signal_result: SignalResult
-) -> tuple[list[dict[str, object]] | None, list[tuple[str, list[IceServer]]]]:
-    """LiveKit Cloud: every region's signaling at once, and the ICE servers each one offers."""
-    from lkice.livekit import parse_livekit_url
-    from lkice.probe.signal import Region, fetch_regions, probe_signal
+class _RegionProbe:
+    """LiveKit Cloud: every region's signaling at once, and the ICE servers each one offers.
+    Each region's result exists before it is probed, so a cut keeps what was measured."""
 
-    regions: list[Region]
-    if livekit.regions:
-        regions = [Region(n, u, None) for n, u in livekit.regions]
-    else:
-        fetched, why = await fetch_regions(livekit.url, livekit.token, livekit.settings)
-        if fetched is None:
-            if why:
-                signal_result.notes.append(why)
-            return None, []
-        regions = fetched
-    probed = await asyncio.gather(
-        *(probe_signal(parse_livekit_url(r.url), livekit.token, livekit.settings) for r in regions)
-    )
-    summary: list[dict[str, object]] = []
-    found: list[tuple[str, list[IceServer]]] = []
-    for region, (result, servers) in zip(regions, probed, strict=True):
-        summary.append(
-            {
-                "region": region.name,
-                "url": region.url,
-                "distance": region.distance,
-                "signal": result.to_dict(),
-            }
+    def __init__(self, livekit: LiveKitJob, signal_result: SignalResult) -> None:
+        self.livekit, self.signal_result = livekit, signal_result
+        self.regions: list[Region] | None = None
+        self.results: list[SignalResult] = []
+        self.found: list[tuple[str, list[IceServer]]] = []
+
+    async def run(self) -> None:
+        from lkice.livekit import parse_livekit_url
+        from lkice.probe.signal import Region, fetch_regions, probe_signal
+        from lkice.report import SignalResult
+
+        livekit = self.livekit
+        if livekit.regions:
+            # Given on the command line: the user pointed lkice at these.
+            self.regions = [Region(n, u, None) for n, u in livekit.regions]
+        else:
+            fetched, notes = await fetch_regions(livekit.url, livekit.token, livekit.settings)
+            self.signal_result.notes.extend(notes)
+            if fetched is None:
+                return
+            self.regions = fetched
+        self.results = [SignalResult(url=r.url) for r in self.regions]
+        probed = await asyncio.gather(
+            *(
+                probe_signal(parse_livekit_url(r.url), livekit.token, livekit.settings, result)
+                for r, result in zip(self.regions, self.results, strict=True)
+            )
         )
-        found.append((region.name, servers))
-    return summary, found
+        self.found = [
+            (region.name, servers)
+            for region, (_, servers) in zip(self.regions, probed, strict=True)
+        ]
+
+    def summary(self, clock: _Clock) -> list[dict[str, object]] | None:
+        if self.regions is None:
+            return None
+        out: list[dict[str, object]] = []
+        for region, result in zip(self.regions, self.results, strict=True):
+            if not result.ok and result.error is None:
+                _cut(result, clock)
+            out.append(
+                {
+                    "region": region.name,
+                    "url": region.url,
+                    "distance": region.distance,
+                    "signal": result.to_dict(),
+                }
+            )
+        return out
 
 
 def train_settings(duration: float, interval_ms: float) -> TrainSettings | None:
@@ -396,7 +585,13 @@ def livekit_job(
     proxies: Proxies,
 ) -> LiveKitJob | None:
     from lkice.credentials import Secret
-    from lkice.livekit import check_token_fresh, diagnostic_token, is_livekit_url, parse_livekit_url
+    from lkice.livekit import (
+        check_token_fresh,
+        check_token_text,
+        diagnostic_token,
+        is_livekit_url,
+        parse_livekit_url,
+    )
     from lkice.probe.signal import SignalSettings
 
     urls = [t for t in targets if is_livekit_url(t)]
@@ -415,6 +610,7 @@ def livekit_job(
             f"{url.given} needs a token: give --api-key and --api-secret (lkice mints a short-lived "
             "one) or --token (LIVEKIT_API_KEY, LIVEKIT_API_SECRET, LIVEKIT_TOKEN in the environment)"
         )
+    check_token_text(secret)
     check_token_fresh(secret)
     signal_settings = SignalSettings(
         timeout=timeout, tls_context=tls, nameserver=nameserver, proxies=proxies
@@ -471,8 +667,40 @@ class Prepared:
     thresholds: dict[str, float] = field(default_factory=dict)
 
 
+def _check_secrets(request: RunRequest) -> None:
+    """Every secret must be text that can be sent (UTF-8). Bytes that are not (a password typed
+    in another encoding, a file in Latin-1) arrive as surrogates; they would fail deep inside a
+    probe, with the secret in the exception. Refused here, named by option, never shown."""
+    named = {
+        "--api-key": request.api_key,
+        "--api-secret": request.api_secret,
+        "--token": request.token,
+        "--username": request.username,
+        "--credential": request.credential,
+        "--turn-secret": request.turn_secret,
+        "--turn-user": request.turn_user,
+        "--proxy": request.proxy,
+    }
+    for uri, (user, password) in request.turn_by_uri.items():
+        named[f"the TURN username for {uri}"] = user
+        named[f"the TURN password for {uri}"] = password
+    for uri, secret in request.turn_secret_by_uri.items():
+        named[f"the TURN secret for {uri}"] = secret
+    for option, value in named.items():
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{option}: not valid UTF-8 text (check the terminal's or the file's encoding); "
+                "it was not sent anywhere"
+            ) from None
+
+
 def prepare(request: RunRequest) -> Prepared:
     """Check and turn a request into what the probes take; every mistake is a UsageError."""
+    _check_secrets(request)
     from lkice.engine import EngineSettings
     from lkice.probe.path import ProbeSettings
     from lkice.probe.proxy import Proxies, parse_proxy_url

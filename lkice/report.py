@@ -51,9 +51,17 @@ class TlsInfo:
     subject: str | None = None
     issuer: str | None = None
     not_after: str | None = None
+    not_before: str | None = None
     sha256: str | None = None
     verified: bool = False
     verify_error: str | None = None
+    # A rejected certificate: what was wrong with it, read from the verification and the
+    # certificate itself (see probe/tcp.py): untrusted_issuer, self_signed, name_mismatch,
+    # expired, not_yet_valid, other.
+    problem: str | None = None
+    # The names the certificate is for (subjectAltName DNS names and IP addresses, bounded).
+    names: list[str] | None = None
+    dialled: str | None = None  # the name or address the certificate was checked against
 
 
 @dataclass
@@ -81,6 +89,9 @@ class PathResult:
     tls: TlsInfo | None = None
     socket_options: list[str] = field(default_factory=list)
     auth: str | None = None
+    # TURN REST: the username form the server took (or the last one tried): "expiry:user"
+    # (coturn) or "expiry" (pion/turn).
+    auth_form: str | None = None
     alternate_server: str | None = None
     redirected_from: str | None = None
     # lkice.quality.Quality.to_dict(): the Binding train to the server, and data echoed through
@@ -171,6 +182,9 @@ class Report:
     recommendation: dict[str, Any] | None = None
     # Scheduled probes: the definition's name, labels and file (lkice probe --config).
     probe: dict[str, Any] | None = None
+    # Wall time of each stage of the diagnosis (signal, regions, turn, sfu; stages run at once
+    # overlap); ``duration_ms`` is the whole diagnosis.
+    stages_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         ok = sum(1 for p in self.paths if p.ok)
@@ -181,6 +195,9 @@ class Report:
                 timespec="milliseconds"
             ),
             "duration_ms": _round(self.duration_ms),
+            "stages_ms": None
+            if self.stages_ms is None
+            else {k: _round(v) for k, v in self.stages_ms.items()},
             "interrupted": self.interrupted,
             "agent": {
                 "os": platform.system().lower(),
@@ -201,7 +218,8 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+        # allow_nan=False: NaN and Infinity are not JSON; a value like that is a bug to surface.
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
 
 
 def _round(value: float | None) -> float | None:

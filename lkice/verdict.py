@@ -7,7 +7,8 @@ Exit statuses follow the Nagios/Icinga plugin convention because monitoring syst
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lkice.errors import ErrorKind
 from lkice.report import PathResult, Report
@@ -72,11 +73,31 @@ def livekit_verdict(report: Report) -> Verdict:
 
 
 def report_exit_status(report: Report) -> ExitStatus:
-    signal = report.signal
-    if (
-        signal is not None
-        and signal.error is not None
-        and signal.error.kind in CONFIGURATION_ERRORS
-    ):
+    return status_of(report.to_dict())
+
+
+def status_of(data: Mapping[str, Any]) -> ExitStatus:
+    """The exit status a report (a ``Report.to_dict()``, or a pasted one) stands for: UNKNOWN
+    for a configuration error (a rejected token), an interrupted run, or a run in which this
+    computer could test nothing (every path failed locally); else the verdict's."""
+    signal = data.get("signal")
+    error = signal.get("error") if isinstance(signal, Mapping) else None
+    kind = error.get("kind") if isinstance(error, Mapping) else None
+    if isinstance(kind, str) and kind in CONFIGURATION_ERRORS | {"local"}:
         return ExitStatus.UNKNOWN
-    return exit_status(Verdict(report.verdict), report.interrupted)
+    paths = data.get("paths")
+    if isinstance(paths, list) and paths and _nothing_tested(paths):
+        return ExitStatus.UNKNOWN
+    try:
+        return exit_status(Verdict(data.get("verdict")), data.get("interrupted") is True)
+    except (TypeError, ValueError):  # not a verdict (an unhashable value is a TypeError)
+        return ExitStatus.UNKNOWN
+
+
+def _nothing_tested(paths: Sequence[Any]) -> bool:
+    kinds = [
+        p.get("error", {}).get("kind") if isinstance(p.get("error"), Mapping) else None
+        for p in paths
+        if isinstance(p, Mapping)
+    ]
+    return bool(kinds) and all(k == ErrorKind.LOCAL.value for k in kinds)

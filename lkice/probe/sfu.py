@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import socket
 import ssl
 import struct
 import time
@@ -62,6 +63,8 @@ PROTOCOL_VERSION = 16
 RELIABLE_LABEL = "_reliable"
 LOSSY_LABEL = "_lossy"
 ECHO_TOPIC = "lkice-echo"
+CLOSE_S = 8.0  # leaving the room after a finished session: bounded, whatever the server does
+CANCEL_CLOSE_S = 0.3  # after a deadline or Ctrl-C: the partial report must not wait
 _ECHO = struct.Struct("!4sI")  # tag, sequence number
 SUPPORTED_RELAY = {("turn", "udp"), ("turn", "tcp"), ("turns", "tcp")}
 
@@ -190,6 +193,12 @@ class _IceTcp:
         """Bounded: each check gives up after ``timeout`` (connect, then answer)."""
         await asyncio.gather(*self._tasks)
 
+    async def cancel(self) -> None:
+        """Cut short (deadline, Ctrl-C): the checks end now; their results say where they were."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
 
 def _relay_uri(server: IceServer) -> tuple[str | None, str]:
     """(URI for aiortc or None if aiortc cannot use it, client-leg transport for the report)."""
@@ -213,9 +222,12 @@ async def probe_sfu_paths(
     ice_servers: Sequence[IceServer],
     settings: SfuSettings,
     on_path_done: Callable[[PathResult], None] | None = None,
+    out: list[PathResult] | None = None,
 ) -> list[PathResult]:
     """One full session per path, all paths at once (each has its own participants, so they
-    share nothing but the room). Never raises for a path failure."""
+    share nothing but the room). Never raises for a path failure. ``out`` gets every path's
+    result as soon as it exists, so a caller that cancels this (deadline, Ctrl-C) keeps what
+    was measured; each unfinished result's ``phase`` names the step it was in."""
     direct = _Path(PathResult(server=url.server, transport="udp", kind="sfu", uri=url.given), None)
     direct.ice_tcp = _IceTcp(url, settings.ice_tcp_timeout)
     paths = [direct]
@@ -235,9 +247,41 @@ async def probe_sfu_paths(
             for result in [path.result, *(path.ice_tcp.results if path.ice_tcp else [])]:
                 on_path_done(result)
 
+    if out is not None:
+        # ICE/TCP results join the direct session's list as candidates arrive: ``out`` holds
+        # that list itself (see the return below), filled in place.
+        out[:] = [path.result for path in paths]
+        direct.ice_tcp.results = _Appended(out, 1)
     with _loopback_gathering(url.host):
         await asyncio.gather(*(one(path) for path in paths))
     return [direct.result, *direct.ice_tcp.results, *(path.result for path in paths[1:])]
+
+
+async def _channels_ready(a: _Participant, b: _Participant) -> None:
+    # One after the other, not gather: a gather cut by wait_for's timeout or a cancellation
+    # ends with an exception nobody retrieves, which asyncio then logs.
+    await a.channels_ready()
+    await b.channels_ready()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Collect a cleanup task's outcome so asyncio never logs it as never retrieved (aiortc's
+    close raises CancelledError and friends when it is cut short)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _Appended(list[PathResult]):
+    """The ICE/TCP results, also inserted into the caller's ``out`` list after the direct
+    session's result, in order, the moment each check starts."""
+
+    def __init__(self, out: list[PathResult], at: int) -> None:
+        super().__init__()
+        self._out, self._at = out, at
+
+    def append(self, item: PathResult) -> None:
+        self._out.insert(self._at + len(self), item)
+        super().append(item)
 
 
 def _trust_for_turns(pc: RTCPeerConnection, context: ssl.SSLContext | None) -> bool:
@@ -337,6 +381,7 @@ async def _probe_path(
     a = _Participant(url, f"lkice-sfu-{suffix}-a", make_token, config, settings, path)
     b = _Participant(url, f"lkice-sfu-{suffix}-b", make_token, config, settings, path)
     a.ice_tcp = path.ice_tcp
+    cancelled = False
     try:
         # Sequential joins: A's timings are the path's; B only carries the echo.
         await a.connect()
@@ -346,9 +391,7 @@ async def _probe_path(
         result.relayed_address = a.relayed_address
         await b.connect()
         result.phase = Phase.QUALITY
-        await asyncio.wait_for(
-            asyncio.gather(a.channels_ready(), b.channels_ready()), settings.channel_timeout
-        )
+        await asyncio.wait_for(_channels_ready(a, b), settings.channel_timeout)
         samples = await _echo_train(a, b, settings)
         quality = summarize(samples, stream=False, interval=settings.interval)
         result.quality = quality.to_dict()
@@ -380,10 +423,19 @@ async def _probe_path(
                 result.phase,
             )
         )
+    except asyncio.CancelledError:
+        cancelled = True
+        raise
     finally:
+        # Cut short (deadline, Ctrl-C): end the checks and leave the room within a fraction
+        # of a second, so the partial report comes at once.
         if path.ice_tcp is not None:
-            await path.ice_tcp.wait()  # before leaving: the checks use this session's ufrag
-        await asyncio.gather(a.close(), b.close())
+            if cancelled:
+                await path.ice_tcp.cancel()
+            else:
+                await path.ice_tcp.wait()  # before leaving: the checks use this session's ufrag
+        budget = CANCEL_CLOSE_S if cancelled else CLOSE_S
+        await asyncio.gather(a.close(budget), b.close(budget))
     note = (
         f"full WebRTC session to the SFU, {what}: signaling on /rtc (v0), ICE and DTLS timed "
         "from the start of negotiation on the first participant's publisher and subscriber "
@@ -810,6 +862,8 @@ class _Participant:
         )
         self._reader = asyncio.create_task(self._read_loop())
         self._pinger = asyncio.create_task(self._ping_loop(float(join.ping_interval or 5)))
+        for task in (self._reader, self._pinger):
+            task.add_done_callback(_retrieved)  # a close cut short must not leave them unread
         result.phase = Phase.ALLOCATE if self.path.server is not None else Phase.CONNECT
         self.turns_trusted = _trust_for_turns(self.publisher, self.settings.tls_context)
         await self.publisher.setLocalDescription(await self.publisher.createOffer())
@@ -860,6 +914,31 @@ class _Participant:
         self.ice_ms = (max(s.ice_at or 0.0 for s in states) - self._start) * 1000.0
         self.dtls_ms = (max(s.dtls_at or 0.0 for s in states) - self._start) * 1000.0
 
+    async def _tcp_or_silent(self, host: str, port: int, prefix: str) -> ProbeError:
+        from lkice.probe.tcp import connect_tcp
+
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), 2.0
+            )
+            ip, resolved_port = str(infos[0][4][0]), int(infos[0][4][1])
+            sock = await connect_tcp((ip, resolved_port), 2.0)
+        except ProbeError as exc:
+            return ProbeError(exc.kind, f"{prefix}: {exc.message}", Phase.CONNECT)
+        except (OSError, asyncio.TimeoutError, IndexError):
+            return ProbeError(
+                ErrorKind.CONNECTION_CLOSED,
+                f"{prefix}: the TURN server did not answer (TCP connect or Allocate)",
+                Phase.ALLOCATE,
+            )
+        sock.close()
+        return ProbeError(
+            ErrorKind.TCP_NO_RESPONSE,
+            f"{prefix}: TCP connected, but the TURN server did not answer the Allocate",
+            Phase.ALLOCATE,
+        )
+
     async def _no_candidates(self) -> ProbeError:
         """No local candidate: on a relay path the TURN allocation failed inside aioice, which
         keeps the reason to itself; one more Allocate, directly, says what it was."""
@@ -906,9 +985,13 @@ class _Participant:
                 Phase.ALLOCATE,
             )
         except (stun.TransactionTimeout, asyncio.TimeoutError):
-            return ProbeError(
-                no_response, f"{prefix}: the TURN server did not answer", Phase.ALLOCATE
-            )
+            if transport == "udp":
+                return ProbeError(
+                    no_response, f"{prefix}: the TURN server did not answer", Phase.ALLOCATE
+                )
+            # aioice's timeout covers the TCP connect too: whether TCP got through is asked
+            # apart, so a silent server is never taken for a filtered port or the reverse.
+            return await self._tcp_or_silent(uri.host, uri.port, prefix)
         except ssl.SSLError as exc:
             if (
                 isinstance(exc, ssl.SSLCertVerificationError)
@@ -987,7 +1070,15 @@ class _Participant:
         if channel is not None and channel.readyState == "open":
             channel.send(packet.SerializeToString())
 
-    async def close(self) -> None:
+    async def close(self, budget: float = 8.0) -> None:
+        """Leave and close, within ``budget`` seconds whatever the server does."""
+        try:
+            await asyncio.wait_for(self._close(), budget)
+        except asyncio.TimeoutError:
+            if self.ws is not None:
+                self.ws.transport.abort()
+
+    async def _close(self) -> None:
         from livekit.protocol import rtc
 
         for task in (self._pinger, self._reader):
@@ -1003,7 +1094,16 @@ class _Participant:
                 )
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 2.0)
-        for pc in (self.publisher, self.subscriber):
-            if pc is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pc.close(), 5.0)
+        closing = [
+            asyncio.ensure_future(pc.close())
+            for pc in (self.publisher, self.subscriber)
+            if pc is not None
+        ]
+        if not closing:
+            return
+        try:
+            await asyncio.wait(closing, timeout=5.0)
+        finally:
+            for task in closing:
+                task.cancel()  # a no-op on the finished ones
+                task.add_done_callback(_retrieved)
