@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import secrets
 import time
 import warnings
@@ -49,30 +51,52 @@ def is_livekit_url(text: str) -> bool:
     return text.strip().lower().split(":", 1)[0] in _SCHEMES
 
 
+def _quote(raw: str, limit: int = 100) -> str:
+    """The URL for a message: its password masked, quoted, bounded."""
+    from lkice.textsafe import redact_url
+
+    shown = redact_url(raw)
+    return repr(shown if len(shown) <= limit else shown[:limit] + "...")
+
+
 def parse_livekit_url(text: str) -> LiveKitUrl:
     raw = text.strip()
     try:
         parts = urlsplit(raw)
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"{raw!r} is not a valid LiveKit URL ({exc})") from None
+        raise UsageError(f"{_quote(raw)} is not a valid LiveKit URL ({exc})") from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise UsageError(
-            f"{raw!r}: a LiveKit URL starts with wss:// (or https://, ws://, http://), "
+            f"{_quote(raw)}: a LiveKit URL starts with wss:// (or https://, ws://, http://), "
             "e.g. wss://myproject.livekit.cloud"
         )
     if not parts.hostname:
-        raise UsageError(f"{raw!r}: no host in the LiveKit URL")
+        raise UsageError(f"{_quote(raw)}: no host in the LiveKit URL")
     if parts.username or parts.password:
         raise UsageError(
-            f"{raw!r}: credentials do not belong in the URL; use --api-key/--api-secret"
+            f"{_quote(raw)}: credentials do not belong in the URL; use --api-key/--api-secret"
         )
+    if not _valid_host(parts.hostname):
+        raise UsageError(f"{_quote(raw)}: {parts.hostname!r} is not a valid host name or address")
     secure, default_port = _SCHEMES[scheme]
     prefix = parts.path.rstrip("/")
     if prefix.endswith("/rtc"):
         prefix = prefix[: -len("/rtc")]
     return LiveKitUrl(raw, parts.hostname.lower(), port or default_port, secure, prefix)
+
+
+def _valid_host(host: str) -> bool:
+    import ipaddress
+
+    from lkice.uri import HOSTNAME_RE
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return HOSTNAME_RE.match(host) is not None
+    return True
 
 
 def diagnostic_token(
@@ -105,16 +129,42 @@ def diagnostic_token(
     return Secret(token)
 
 
+# A LiveKit token is a few hundred bytes (a few KB with metadata).
+MAX_TOKEN = 64 * 1024
+# What a JWT is made of (base64url segments and dots); anything else would go into an HTTP
+# header as it is.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-=]*){0,4}")
+
+
+def check_token_text(token: Secret) -> None:
+    """A usage error for a token that cannot be one: too long, or characters no JWT has (a
+    space, a line break: they would end up in an HTTP header). Never shows the token."""
+    text = token.reveal()
+    if len(text) > MAX_TOKEN:
+        raise UsageError(f"the token is {len(text)} characters long, more than any LiveKit token")
+    if not _TOKEN_RE.fullmatch(text):
+        raise UsageError(
+            "the token holds characters a LiveKit token cannot have (a JWT is letters, digits, "
+            "'-', '_' and dots): check that it was copied whole and alone"
+        )
+
+
 def token_expiry(token: Secret) -> float | None:
     """The ``exp`` claim of a JWT, read without verifying (only the server can verify); None if
-    the token is not a readable JWT or has no expiry."""
+    the token is not a readable JWT or has no usable expiry (not a finite number)."""
     try:
         payload = token.reveal().split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    try:
+        value = float(exp)
+    except OverflowError:  # an int of 400 digits
+        return None
+    return value if math.isfinite(value) else None
 
 
 def check_token_fresh(token: Secret, now: float | None = None) -> None:

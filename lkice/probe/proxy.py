@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -259,9 +260,9 @@ async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout
             f"proxy {proxy.label} did not answer CONNECT {where} within {timeout:g} s",
             Phase.CONNECT,
         ) from None
-    except (OSError, ProbeError) as exc:
+    except BaseException as exc:  # a cancellation too: the socket is never left open
         sock.close()
-        if isinstance(exc, ProbeError):
+        if not isinstance(exc, OSError):
             raise
         raise ProbeError(
             ErrorKind.CONNECTION_CLOSED,
@@ -270,7 +271,12 @@ async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout
         ) from None
     status_line = head.split("\r\n", 1)[0]
     fields = status_line.split(" ", 2)
-    if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+    # ASCII digits only: str.isdigit() also takes '³', which int() then refuses.
+    if (
+        len(fields) < 2
+        or not fields[0].startswith("HTTP/")
+        or not re.fullmatch(r"[0-9]{3}", fields[1])
+    ):
         sock.close()
         raise ProbeError(
             ErrorKind.PROTOCOL,

@@ -20,24 +20,31 @@ from typing import Any
 from urllib.parse import urlencode
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidStatus, PayloadTooBig
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from lkice import __version__
 from lkice.credentials import Secret, TurnCredentials
-from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.errors import ErrorKind, Phase, ProbeError, UsageError
 from lkice.livekit import LiveKitUrl
 from lkice.probe.channel import elapsed_ms
 from lkice.probe.proxy import Proxies, ProxyConfig, connect_stream
 from lkice.probe.resolve import resolve
-from lkice.probe.tcp import tls_failure, tls_info
+from lkice.probe.tcp import client_tls_context, tls_failure, tls_info
 from lkice.report import SignalResult
 from lkice.stun import format_address
 from lkice.uri import IceUri, parse_ice_uri
 
-__all__ = ["IceServer", "Region", "SignalSettings", "fetch_regions", "probe_signal"]
+__all__ = [
+    "IceServer",
+    "Region",
+    "SignalSettings",
+    "fetch_regions",
+    "may_receive_token",
+    "probe_signal",
+]
 
 PROTOCOL_VERSION = 16
 
@@ -45,8 +52,18 @@ PROTOCOL_VERSION = 16
 # protocol gets a logger of its own that never emits DEBUG, whatever the application configures.
 _WS_LOG = logging.getLogger("lkice.probe.signal.websocket")
 _WS_LOG.setLevel(logging.INFO)
-MAX_HEAD = 64 * 1024
-MAX_BODY = 64 * 1024
+# Limits sized to what a real LiveKit server sends, with a wide margin.
+MAX_HEAD = 16 * 1024  # an HTTP head
+MAX_VALIDATE = 16 * 1024  # /rtc/validate: "success" or a one-line reason
+MAX_REGIONS_BODY = 256 * 1024  # /settings/regions: a few KB for a dozen regions
+MAX_JOIN = 1024 * 1024  # the JoinResponse: a few KB, more with many ICE servers
+MAX_FRAMES = 256  # WebSocket frames before the join: a server sends it first
+READ_SIZE = 16 * 1024
+_EXPECTED = {MAX_VALIDATE: "a few bytes", MAX_REGIONS_BODY: "a few KB"}
+# At most this many regions from /settings/regions are probed (LiveKit Cloud lists about a
+# dozen, nearest first), and at most this many ICE server URLs from one JoinResponse.
+MAX_REGIONS = 16
+MAX_ICE_URLS = 32
 
 
 @dataclass(frozen=True)
@@ -67,50 +84,78 @@ class IceServer:
     credentials: TurnCredentials | None
 
 
+class HttpError(Exception):
+    """An HTTP answer lkice will not read: malformed, or larger than any real LiveKit answer."""
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]  # names lower-case; values shown only through textsafe
+    body: str
+    reusable: bool  # the connection can carry the WebSocket upgrade next
+
+
 class _Http:
-    """Just enough HTTP/1.1 over asyncio streams for one GET and one upgrade."""
+    """One GET over a connection timed by the caller, parsed by h11 (sans-I/O, by the httpx
+    authors) within size limits sized to what LiveKit really sends: ``/rtc/validate`` answers a
+    few bytes, ``/settings/regions`` a few KB. A hostile chunk size or Content-Length cannot make
+    lkice read more than ``limit`` bytes."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11  # lazy: only LiveKit targets need it
+
+        self._h11 = h11
         self.reader, self.writer = reader, writer
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
-    async def get(
-        self, target: str, host: str, token: Secret, timeout: float
-    ) -> tuple[int, dict[str, str], str]:
-        request = (
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lkice/{__version__}\r\n"
-            f"Authorization: Bearer {token.reveal()}\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n"
+    async def get(self, target: str, host: str, token: Secret, limit: int) -> HttpAnswer:
+        h11 = self._h11
+        request = h11.Request(
+            method="GET",
+            target=target,
+            headers=[
+                ("Host", host),
+                ("User-Agent", f"lkice/{__version__}"),
+                ("Authorization", f"Bearer {token.reveal()}"),
+                ("Accept", "*/*"),
+            ],
         )
-        self.writer.write(request.encode())
-        return await asyncio.wait_for(self._response(), timeout)
-
-    async def _response(self) -> tuple[int, dict[str, str], str]:
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        if len(head) > MAX_HEAD:
-            raise ValueError("response headers too large")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise ValueError(f"not an HTTP response: {lines[0][:60]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        body = b""
-        if "content-length" in headers:
-            length = min(int(headers["content-length"]), MAX_BODY)
-            body = await self.reader.readexactly(length)
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            while len(body) < MAX_BODY:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                chunk = await self.reader.readexactly(size + 2)
-                if size == 0:
+        self.writer.write(self.conn.send(request) + self.conn.send(h11.EndOfMessage()))
+        status, headers, body = 0, dict[str, str](), bytearray()
+        try:
+            while True:
+                event = self.conn.next_event()
+                if event is h11.NEED_DATA:
+                    self.conn.receive_data(await self.reader.read(READ_SIZE))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    headers = {
+                        k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers
+                    }
+                    declared = headers.get("content-length", "")
+                    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+                        # Refused before any of it is read (or waited for).
+                        raise HttpError(
+                            f"announced {int(declared):,} bytes (more than {limit // 1024} KiB; a "
+                            f"LiveKit server sends {_EXPECTED.get(limit, 'far less')})"
+                        )
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > limit:
+                        raise HttpError(
+                            f"answered with more than {limit // 1024} KiB (a LiveKit server "
+                            f"sends {_EXPECTED.get(limit, 'far less')})"
+                        )
+                elif isinstance(event, h11.EndOfMessage):
                     break
-                body += chunk[:-2]
-        else:
-            body = await self.reader.read(MAX_BODY)
-            headers["connection"] = "close"  # the body ran to the end of the connection
-        return int(parts[1]), headers, body.decode("utf-8", errors="replace")
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise HttpError("closed the connection before answering")
+                # h11.InformationalResponse (1xx): keep reading for the final answer.
+        except h11.RemoteProtocolError as exc:
+            raise HttpError(f"answered with malformed HTTP ({str(exc)[:120]})") from None
+        reusable = self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        return HttpAnswer(status, headers, body.decode("utf-8", errors="replace"), reusable)
 
 
 async def _route(
@@ -142,7 +187,7 @@ async def _open(
     if not url.secure:
         return await asyncio.open_connection(sock=sock)
     result.phase = Phase.TLS.value
-    ctx = settings.tls_context or ssl.create_default_context()
+    ctx = settings.tls_context or client_tls_context()
     start = time.perf_counter()
     try:
         reader, writer = await asyncio.wait_for(
@@ -153,7 +198,9 @@ async def _open(
         )
     except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
         sock.close()
-        raise await tls_failure(exc, address, url.host, settings.timeout, proxy) from exc
+        error = await tls_failure(exc, address, url.host, settings.timeout, proxy)
+        result.tls = error.tls  # a rejected certificate: what it was and what was wrong
+        raise error from exc
     result.timings_ms["tls"] = elapsed_ms(start)
     result.tls = tls_info(
         writer.get_extra_info("ssl_object"), verified=ctx.verify_mode != ssl.CERT_NONE
@@ -216,9 +263,10 @@ async def _upgrade(
     timeout: float,
 ) -> tuple[ClientProtocol, list[Any]]:
     """The upgrade; returns the protocol and the events that came in the same reads as the 101
-    (a LiveKit server sends its join right behind it)."""
+    (a LiveKit server sends its join right behind it). websockets bounds the handshake's lines,
+    headers and body itself."""
     protocol = ClientProtocol(
-        parse_uri(f"{url.ws_url}/rtc?{_query()}"), max_size=4 * 1024 * 1024, logger=_WS_LOG
+        parse_uri(f"{url.ws_url}/rtc?{_query()}"), max_size=MAX_JOIN, logger=_WS_LOG
     )
     request = protocol.connect()
     request.headers["Authorization"] = f"Bearer {token.reveal()}"
@@ -228,7 +276,7 @@ async def _upgrade(
 
     async def handshake() -> list[Any]:
         while True:
-            data = await reader.read(65536)
+            data = await reader.read(READ_SIZE)
             if not data:
                 protocol.receive_eof()
             else:
@@ -237,6 +285,8 @@ async def _upgrade(
             for i, event in enumerate(events):
                 if isinstance(event, Response):
                     return events[i + 1 :]
+            if protocol.handshake_exc is not None:
+                return []
             if not data:
                 raise ConnectionError("connection closed during the WebSocket upgrade")
 
@@ -252,33 +302,68 @@ async def _upgrade(
             else f"WebSocket upgrade refused (HTTP {status})"
         )
         raise ProbeError(kind, f"{what}: {body or 'no reason given'}", Phase.WEBSOCKET)
-    if isinstance(exc, InvalidHandshake):
+    if exc is not None:
         raise ProbeError(
             ErrorKind.WEBSOCKET_REJECTED, f"WebSocket upgrade failed: {exc}", Phase.WEBSOCKET
         )
     return protocol, early
 
 
+def _broken_websocket(protocol: ClientProtocol) -> ProbeError | None:
+    """What websockets' parser refused, named: a frame or message over the limit, or a frame
+    that breaks the protocol."""
+    exc = protocol.parser_exc
+    if exc is None:
+        return None
+    if isinstance(exc, PayloadTooBig):
+        return ProbeError(
+            ErrorKind.PROTOCOL,
+            f"the server sent a WebSocket message larger than {MAX_JOIN // 1024} KiB before "
+            "the join (a JoinResponse is a few KB): not a LiveKit server, or a broken one",
+            Phase.JOIN,
+        )
+    return ProbeError(
+        ErrorKind.PROTOCOL,
+        f"the server broke the WebSocket protocol before the join ({exc})",
+        Phase.JOIN,
+    )
+
+
 async def _first_message(
     protocol: ClientProtocol, reader: asyncio.StreamReader, early: list[Any]
 ) -> bytes:
+    """The first whole data message; bounded in bytes (websockets' ``max_size`` covers the
+    fragments of one message) and in frames (empty fragments cost nothing in bytes)."""
     parts: list[bytes] = []
     pending = early
+    frames = 0
     while True:
         for event in pending:
-            if isinstance(event, Frame) and event.opcode in (
-                Opcode.BINARY,
-                Opcode.TEXT,
-                Opcode.CONT,
-            ):
+            if not isinstance(event, Frame):
+                continue
+            frames += 1
+            if frames > MAX_FRAMES:
+                raise ProbeError(
+                    ErrorKind.PROTOCOL,
+                    f"the server sent more than {MAX_FRAMES} WebSocket frames without a "
+                    "complete message (a LiveKit server sends the join first, in one message)",
+                    Phase.JOIN,
+                )
+            if event.opcode in (Opcode.BINARY, Opcode.TEXT, Opcode.CONT):
                 parts.append(bytes(event.data))
                 if event.fin:
                     return b"".join(parts)
-            if isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+            if event.opcode is Opcode.CLOSE:
+                broken = _broken_websocket(protocol)
+                if broken is not None:
+                    raise broken
                 raise ConnectionError(
                     f"the server closed the WebSocket ({protocol.close_reason or 'no reason'})"
                 )
-        data = await reader.read(65536)
+        broken = _broken_websocket(protocol)
+        if broken is not None:
+            raise broken
+        data = await reader.read(READ_SIZE)
         if not data:
             raise ConnectionError("the server closed the connection before sending the join")
         protocol.receive_data(data)
@@ -288,32 +373,51 @@ async def _first_message(
 def _summarize_join(join: Any, result: SignalResult) -> list[IceServer]:
     info = join.server_info
     result.server = {
-        "version": info.version or join.server_version or None,
+        "version": _short(info.version or join.server_version) or None,
         "edition": _enum_name(info, "edition"),
-        "region": info.region or join.server_region or None,
-        "node_id": info.node_id or None,
+        "region": _short(info.region or join.server_region) or None,
+        "node_id": _short(info.node_id) or None,
         "protocol": info.protocol or None,
     }
-    result.room = join.room.name or None
+    result.room = _short(join.room.name) or None
     result.force_relay = join.client_configuration.force_relay == 2  # ClientConfigSetting.ENABLED
     servers: list[IceServer] = []
+    urls = 0
+    skipped = 0
     for entry in join.ice_servers:
         creds = (
             TurnCredentials(Secret(entry.username), Secret(entry.credential))
             if entry.username or entry.credential
             else None
         )
-        result.ice_servers.append({"urls": list(entry.urls), "credentials": creds is not None})
+        kept = []
         for text in entry.urls:
+            urls += 1
+            if urls > MAX_ICE_URLS:
+                skipped += 1
+                continue
+            kept.append(_short(text))
             try:
                 servers.append(IceServer(parse_ice_uri(text), creds))
-            except ValueError as exc:  # UsageError: the server advertised something unusable
+            except UsageError as exc:  # the server advertised something unusable
                 result.notes.append(f"the server advertised an ICE URL lkice cannot use: {exc}")
+        if kept:
+            result.ice_servers.append({"urls": kept, "credentials": creds is not None})
+    if skipped:
+        result.notes.append(
+            f"the JoinResponse lists {urls} ICE server URLs; lkice probed the first "
+            f"{MAX_ICE_URLS} and skipped {skipped} (a LiveKit server offers a handful)"
+        )
     if not any(s.uri.kind == "turn" for s in servers):
         result.notes.append(
             "the JoinResponse offers no TURN server: clients behind UDP-blocking firewalls cannot connect"
         )
     return servers
+
+
+def _short(text: str, limit: int = 256) -> str:
+    """A server's string as the report keeps it: bounded (shown visibly by the renderers)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _enum_name(message: Any, field_name: str) -> str | None:
@@ -328,40 +432,38 @@ def _enum_name(message: Any, field_name: str) -> str | None:
 
 
 async def probe_signal(
-    url: LiveKitUrl, token: Secret, settings: SignalSettings
+    url: LiveKitUrl,
+    token: Secret,
+    settings: SignalSettings,
+    result: SignalResult | None = None,
 ) -> tuple[SignalResult, list[IceServer]]:
-    """Walk the signaling steps; the result says how far it got and why it stopped."""
+    """Walk the signaling steps; the result says how far it got and why it stopped. Pass
+    ``result`` to keep what was measured if the caller cancels this (deadline, Ctrl-C): its
+    ``phase`` then names the step in progress."""
     from livekit.protocol import rtc  # lazy: a few MB of generated code
 
-    result = SignalResult(url=url.given)
+    result = result if result is not None else SignalResult(url=url.given)
     writer: asyncio.StreamWriter | None = None
     servers: list[IceServer] = []
     try:
         address, proxy = await _route(url, result, settings)
         reader, writer = await _open(url, result, settings, address, proxy)
-        http = _Http(reader, writer)
 
         result.phase = Phase.VALIDATE.value
         start = time.perf_counter()
-        try:
-            status, headers, body = await http.get(
-                f"{url.prefix}/rtc/validate?{_query()}", url.host, token, settings.timeout
-            )
-        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            raise ProbeError(
-                ErrorKind.NOT_LIVEKIT,
-                f"{url.server} did not answer HTTP properly ({exc})",
-                Phase.VALIDATE,
-            ) from exc
+        answer = await _get(
+            reader, writer, f"{url.prefix}/rtc/validate?{_query()}", url, token, settings,
+            MAX_VALIDATE,
+        )  # fmt: skip
         result.timings_ms["validate"] = elapsed_ms(start)
-        problem = _validate_verdict(status, headers, body, url)
+        problem = _validate_verdict(answer.status, answer.headers, answer.body, url)
         if problem is not None:
             raise problem
-        if status == 404:
+        if answer.status == 404:
             result.notes.append(
                 "the server has no /rtc/validate (an older LiveKit?): token checked at the upgrade only"
             )
-        if headers.get("connection", "").lower() == "close":
+        if not answer.reusable:
             writer.close()
             result.notes.append(
                 "the server closed the connection after /rtc/validate; the WebSocket used a new one"
@@ -422,6 +524,36 @@ async def probe_signal(
     return result, servers
 
 
+async def _get(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    target: str,
+    url: LiveKitUrl,
+    token: Secret,
+    settings: SignalSettings,
+    limit: int,
+) -> HttpAnswer:
+    """One bounded GET: ``settings.timeout`` for the whole answer, ``limit`` bytes of body."""
+    try:
+        return await asyncio.wait_for(
+            _Http(reader, writer).get(target, url.host, token, limit), settings.timeout
+        )
+    except asyncio.TimeoutError:
+        raise ProbeError(
+            ErrorKind.TCP_NO_RESPONSE,
+            f"{url.server} accepted the connection but did not answer "
+            f"{target.split('?')[0]} within {settings.timeout:g} s",
+        ) from None
+    except HttpError as exc:
+        raise ProbeError(
+            ErrorKind.PROTOCOL, f"{url.server} {exc} to GET {target.split('?')[0]}"
+        ) from None
+    except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        raise ProbeError(
+            ErrorKind.NOT_LIVEKIT, f"{url.server} did not answer HTTP properly ({exc})"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class Region:
     name: str
@@ -429,11 +561,28 @@ class Region:
     distance: int | None
 
 
+def may_receive_token(project: LiveKitUrl, host: str) -> bool:
+    """Whether lkice may send the project's token to ``host`` unasked: the project's own host,
+    or a host under its parent domain (LiveKit Cloud's regions of ``p.livekit.cloud`` live under
+    ``livekit.cloud``). A parent of one label (``com``) or an IP address is no domain: then
+    only the same host qualifies."""
+    given, other = project.host.rstrip(".").lower(), host.rstrip(".").lower()
+    if other == given:
+        return True
+    labels = given.split(".")
+    if len(labels) < 3 or all(part.isdigit() for part in labels) or ":" in given:
+        return False
+    parent = ".".join(labels[1:])
+    return other.endswith("." + parent)
+
+
 async def fetch_regions(
     url: LiveKitUrl, token: Secret, settings: SignalSettings
-) -> tuple[list[Region] | None, str | None]:
-    """LiveKit Cloud's ``GET /settings/regions``: (regions, None), or (None, why not). The
-    open-source server has no such endpoint (404): its regions come from the user."""
+) -> tuple[list[Region] | None, list[str]]:
+    """LiveKit Cloud's ``GET /settings/regions``: (regions to probe, notes). Regions are
+    bounded in number (nearest first, as the server orders them) and limited to hosts that may
+    receive the token; the notes say what was skipped and why. The open-source server has no
+    such endpoint (404): its regions come from the user."""
     from lkice.livekit import parse_livekit_url
 
     scratch = SignalResult(url=url.given)
@@ -441,41 +590,67 @@ async def fetch_regions(
     try:
         address, proxy = await _route(url, scratch, settings)
         reader, writer = await _open(url, scratch, settings, address, proxy)
-        status, _, body = await _Http(reader, writer).get(
-            f"{url.prefix}/settings/regions", url.host, token, settings.timeout
-        )
-    except (
-        ProbeError,
-        ValueError,
-        ConnectionError,
-        asyncio.IncompleteReadError,
-        asyncio.TimeoutError,
-        OSError,
-    ) as exc:
-        return None, f"region discovery failed: {getattr(exc, 'message', exc)}"
+        answer = await _get(
+            reader, writer, f"{url.prefix}/settings/regions", url, token, settings,
+            MAX_REGIONS_BODY,
+        )  # fmt: skip
+    except ProbeError as exc:
+        return None, [f"region discovery failed: {exc.message}"]
+    except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
+        return None, [f"region discovery failed: {exc.__class__.__name__}"]
     finally:
         if writer is not None:
             writer.close()
-    if status == 404:
-        return (
-            None,
-            "no /settings/regions (a self-hosted server): give regions explicitly to compare them",
-        )
-    if status != 200:
-        return None, f"/settings/regions answered HTTP {status}"
+    if answer.status == 404:
+        return None, [
+            "no /settings/regions (a self-hosted server): give regions explicitly to compare them"
+        ]
+    if answer.status != 200:
+        return None, [f"/settings/regions answered HTTP {answer.status}"]
     try:
-        entries = json.loads(body).get("regions", [])
-        regions = []
-        for entry in entries:
-            parse_livekit_url(str(entry["url"]))  # refuse what cannot be probed
+        entries = json.loads(answer.body).get("regions", [])
+        if not isinstance(entries, list):
+            raise TypeError
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        return None, [f"/settings/regions sent something unreadable ({exc.__class__.__name__})"]
+    regions: list[Region] = []
+    notes: list[str] = []
+    foreign: list[str] = []
+    unusable = beyond = 0
+    seen: set[str] = set()
+    for entry in entries:
+        try:
+            name, target = _short(str(entry["region"]), 64), str(entry["url"])
+            region_url = parse_livekit_url(target)  # refuse what cannot be probed
             distance = entry.get("distance")
-            regions.append(
-                Region(
-                    str(entry["region"]),
-                    str(entry["url"]),
-                    int(distance) if distance is not None else None,
-                )
-            )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return None, f"/settings/regions sent something unreadable ({exc.__class__.__name__})"
-    return regions, None
+            km = int(distance) if distance is not None else None
+        except (UsageError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            unusable += 1
+            continue
+        if region_url.given in seen:
+            continue
+        seen.add(region_url.given)
+        if not may_receive_token(url, region_url.host):
+            foreign.append(f"{name} ({_short(region_url.host, 64)})")
+            continue
+        if len(regions) >= MAX_REGIONS:
+            beyond += 1
+            continue
+        regions.append(Region(name, target, km))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        notes.append(
+            f"/settings/regions lists {len(foreign)} region(s) outside {url.host}'s domain, "
+            f"skipped: {shown}; lkice sends the token only where you pointed it (give a region "
+            "with --region NAME=URL to test it)"
+        )
+    if beyond:
+        notes.append(
+            f"/settings/regions lists {beyond} more region(s), skipped: lkice probes the "
+            f"nearest {MAX_REGIONS}"
+        )
+    if unusable:
+        notes.append(f"/settings/regions lists {unusable} entries lkice cannot use, skipped")
+    return regions, notes
