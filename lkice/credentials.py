@@ -49,19 +49,44 @@ class Secret:
 @dataclass(frozen=True)
 class TurnCredentials:
     """Long-term credentials for TURN (RFC 8489 section 9.2). The username is treated as secret
-    too: with the TURN REST scheme it embeds the expiry, and in many deployments it names a user."""
+    too: with the TURN REST scheme it embeds the expiry, and in many deployments it names a user.
+
+    ``form`` names a TURN REST username's form; ``fallback`` is the same secret in the other
+    form, tried once if the server refuses the first (coturn and pion/turn disagree)."""
 
     username: Secret
     password: Secret
     mode: str = field(default="static")  # "static" | "rest"
+    form: str | None = None  # REST: "expiry:user" (coturn) | "expiry" (pion/turn)
+    fallback: TurnCredentials | None = None
+
+
+# TURN REST usernames: coturn's use-auth-secret reads "<expiry>:<user>" (and also a bare expiry);
+# pion/turn's NewLongTermAuthHandler (LiveKit's TURN is pion) reads only a bare "<expiry>".
+REST_FORMS = ("expiry:user", "expiry")
 
 
 def rest_credentials(
-    secret: Secret, user: str = "lkice", ttl_s: int = 600, now: float | None = None
+    secret: Secret,
+    user: str = "lkice",
+    ttl_s: int = 600,
+    now: float | None = None,
+    form: str | None = None,
 ) -> TurnCredentials:
-    """Time-limited credentials as coturn's ``use-auth-secret`` expects (TURN REST API draft):
-    username = "<expiry unix time>:<user>", password = base64(HMAC-SHA1(secret, username))."""
+    """Time-limited credentials from a TURN REST shared secret (TURN REST API draft): username
+    "<expiry unix time>:<user>" (coturn) or "<expiry unix time>" (pion/turn), password =
+    base64(HMAC-SHA1(secret, username)). ``form`` None: coturn's form first, pion's as the
+    fallback; a form given: that form only."""
     expiry = int(now if now is not None else time.time()) + ttl_s
-    username = f"{expiry}:{user}"
-    digest = hmac.new(secret.reveal().encode(), username.encode(), hashlib.sha1).digest()
-    return TurnCredentials(Secret(username), Secret(base64.b64encode(digest).decode()), mode="rest")
+
+    def make(which: str, fallback: TurnCredentials | None) -> TurnCredentials:
+        username = f"{expiry}:{user}" if which == "expiry:user" else str(expiry)
+        digest = hmac.new(secret.reveal().encode(), username.encode(), hashlib.sha1).digest()
+        password = Secret(base64.b64encode(digest).decode())
+        return TurnCredentials(Secret(username), password, "rest", which, fallback)
+
+    if form is not None:
+        if form not in REST_FORMS:
+            raise ValueError(f"unknown TURN REST username form {form!r}")
+        return make(form, None)
+    return make("expiry:user", make("expiry", None))

@@ -107,7 +107,7 @@ def parse(data: bytes, phase: Phase) -> stun.Message:
     """Parse a datagram or frame as STUN, translating codec errors to a ``protocol`` ProbeError."""
     try:
         return stun.parse_message(data)
-    except (ValueError, struct.error, UnicodeDecodeError) as exc:
+    except Exception as exc:  # any codec failure on foreign bytes is a malformed reply
         raise ProbeError(
             ErrorKind.PROTOCOL,
             f"malformed STUN response ({exc}); is this a STUN/TURN server?",
@@ -146,6 +146,8 @@ _ERROR_HINTS = {
 def error_for_response(msg: stun.Message, phase: Phase) -> ProbeError:
     """Translate an error response into a ProbeError; the server's reason phrase is kept."""
     code, reason = msg.attributes.get("ERROR-CODE", (0, ""))
+    # coturn pads its reason phrases with NULs to a 4-byte boundary.
+    reason = str(reason).rstrip("\x00")[:200]
     kind = _ERROR_KINDS.get(code, ErrorKind.PROTOCOL)
     hint = _ERROR_HINTS.get(code, "unexpected error response")
     reason_text = f" {reason!r}" if reason else ""

@@ -21,7 +21,7 @@ from aioice import stun
 
 from lkice import stun as codec
 from lkice.errors import ErrorKind, Phase, ProbeError
-from lkice.probe.tcp import tls_failure, tls_info
+from lkice.probe.tcp import LOCAL_ERRNOS, local_reason, tls_failure, tls_info
 from lkice.report import TlsInfo
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class UdpChannel(_Channel, asyncio.DatagramProtocol):
         super().__init__(label)
         self.timeout = timeout
         self.transport: asyncio.DatagramTransport | None = None
+        self.malformed = 0  # datagrams that were not STUN
+        self.first_malformed: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not isinstance: CPython 3.11's selector datagram transport does not subclass it.
@@ -141,10 +143,30 @@ class UdpChannel(_Channel, asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         arrived = time.perf_counter()
         try:
-            message = stun.parse_message(data)
-        except ValueError:
-            return  # stray or corrupt datagram: the retransmission schedule covers it
+            message = codec.parse(data, Phase.BINDING)
+        except ProbeError as exc:
+            self._malformed(data, exc)
+            return
         self._deliver(message, arrived)
+
+    def _malformed(self, data: bytes, exc: ProbeError) -> None:
+        """A datagram that is not STUN. One that carries an outstanding request's transaction
+        id is that request's answer, broken: it fails at once. Others (stray, corrupt) are
+        counted: if no valid answer comes, the server did answer, so the path fails as
+        ``protocol``, never as filtered."""
+        self.malformed += 1
+        if self.first_malformed is None:
+            self.first_malformed = _describe_bytes(data, exc)
+        if len(data) >= 20:
+            fut = self._pending.get(data[8:20])
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    ProbeError(
+                        ErrorKind.PROTOCOL,
+                        f"{self.label} answered with a malformed STUN message: "
+                        f"{self.first_malformed}",
+                    )
+                )
 
     def error_received(self, exc: Exception) -> None:
         # On a connected UDP socket the kernel reports ICMP errors here.
@@ -170,6 +192,14 @@ class UdpChannel(_Channel, asyncio.DatagramProtocol):
             self.transport.close()
 
     def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
+        if self.malformed:
+            return ProbeError(
+                ErrorKind.PROTOCOL,
+                f"no valid STUN answer from {self.label} within {timeout:g} s ({sends} sends): "
+                f"it sent {self.malformed} datagram(s) that are not STUN "
+                f"({self.first_malformed}); is this a STUN/TURN server?",
+                phase,
+            )
         return ProbeError(
             ErrorKind.UDP_NO_RESPONSE,
             f"no answer from {self.label} over UDP within {timeout:g} s ({sends} sends): "
@@ -223,7 +253,14 @@ class StreamChannel(_Channel, asyncio.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self.tls:
+            # A TLS close waits for the server's close_notify, which some servers (pion/turn)
+            # never send: asyncio would hold the socket for its 30 s shutdown timeout. The
+            # session is over when this is called (the release was answered, or given up).
+            self.transport.abort()
+        else:
             self.transport.close()
 
     def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
@@ -237,6 +274,12 @@ class StreamChannel(_Channel, asyncio.Protocol):
 
     async def request(self, msg: stun.Message, phase: Phase) -> Exchange:
         return await self._transact(msg, phase, [0.0], self.timeout)
+
+
+def _describe_bytes(data: bytes, exc: ProbeError) -> str:
+    """What was wrong with a datagram, briefly: the codec's reason and its first bytes."""
+    reason = exc.message.split(";")[0].removeprefix("malformed STUN response ")
+    return f"{len(data)} bytes starting 0x{data[:8].hex()}: {reason}"
 
 
 def _label(address: tuple[str, int]) -> str:
@@ -255,8 +298,8 @@ async def open_udp(
         )
     except OSError as exc:
         raise ProbeError(
-            ErrorKind.NETWORK_UNREACHABLE,
-            f"cannot send UDP to {label}: {exc.strerror or exc}",
+            ErrorKind.LOCAL if exc.errno in LOCAL_ERRNOS else ErrorKind.NETWORK_UNREACHABLE,
+            f"cannot send UDP to {label}: {local_reason(exc)}",
             Phase.BINDING,
         ) from exc
     return protocol

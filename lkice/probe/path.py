@@ -28,8 +28,16 @@ from lkice.probe.channel import (
     open_udp,
 )
 from lkice.probe.proxy import ProxyConfig, connect_stream
+from lkice.probe.tcp import client_tls_context
 from lkice.probe.train import LoopMonitor, Train, TrainResult, TrainSettings
-from lkice.probe.turn import Allocation, Redirect, allocate, create_permission, release
+from lkice.probe.turn import (
+    Allocation,
+    Redirect,
+    allocate,
+    create_permission,
+    refused,
+    release,
+)
 from lkice.quality import Sample, summarize
 from lkice.report import PathResult
 from lkice.uri import IceUri, Transport
@@ -73,24 +81,43 @@ async def probe_path(
         channel = await _open(uri, transport, address, result, settings)
         await _binding(channel, result)
         if uri.kind == "turn":
-            try:
-                allocation = await allocate(channel, result, settings.credentials, follow_redirect)
-            except ProbeError as exc:
-                if exc.stun_code != 437 or transport is not Transport.UDP:
-                    raise
-                # 437: the server still holds an allocation for this 5-tuple (an earlier run
-                # from this host got the same ephemeral port). RFC 8656 6.1: try again from
-                # another local port; once.
+            credentials = settings.credentials
+            forms: list[str | None] = []
+            mismatch_retried = False
+            while True:
+                try:
+                    allocation = await allocate(
+                        channel, result, credentials, follow_redirect, forms
+                    )
+                    break
+                except ProbeError as exc:
+                    if exc.stun_code == 437 and transport is Transport.UDP and not mismatch_retried:
+                        # 437: the server still holds an allocation for this 5-tuple (an earlier
+                        # run from this host got the same ephemeral port). RFC 8656 6.1: try
+                        # again from another local port; once.
+                        mismatch_retried = True
+                        result.notes.append(
+                            "the first Allocate got 437 (allocation mismatch: the server still "
+                            "held an allocation for that local port); retried from a new local "
+                            "port"
+                        )
+                    elif credentials is not None and credentials.fallback and refused(exc):
+                        # TURN REST: coturn takes "expiry:user", pion/turn only "expiry". A new
+                        # connection: coturn ties the refused username to this 5-tuple (437).
+                        result.notes.append(
+                            f"the server refused the TURN REST username in "
+                            f"{credentials.form!r} form ({exc.stun_code}); retried in "
+                            f"{credentials.fallback.form!r} form on a new connection"
+                        )
+                        forms.append(credentials.form)
+                        credentials = credentials.fallback
+                    else:
+                        raise
                 channel.close()
                 channel = await _open(
                     uri, transport, address, result, replace(settings, udp_local=None)
                 )
                 await _binding(channel, result)
-                allocation = await allocate(channel, result, settings.credentials, follow_redirect)
-                result.notes.append(
-                    "the first Allocate got 437 (allocation mismatch: the server still held an "
-                    "allocation for that local port); retried from a new local port"
-                )
         if settings.train is not None:
             # Before the release: coturn closes a stream session once its allocation is gone.
             await _quality(uri, transport, address, channel, result, settings, allocation)
@@ -144,14 +171,18 @@ async def _open(
         return channel
     result.phase = Phase.TLS
     start = time.perf_counter()
-    channel, result.tls = await attach_stream(
-        sock,
-        address,
-        settings.timeout,
-        tls=settings.tls_context or ssl.create_default_context(),
-        server_hostname=uri.host,
-        proxy=settings.proxy,
-    )
+    try:
+        channel, result.tls = await attach_stream(
+            sock,
+            address,
+            settings.timeout,
+            tls=settings.tls_context or client_tls_context(),
+            server_hostname=uri.host,
+            proxy=settings.proxy,
+        )
+    except ProbeError as exc:
+        result.tls = exc.tls  # a rejected certificate: what it was and what was wrong
+        raise
 
     result.timings_ms["tls"] = elapsed_ms(start)
     log.debug(
@@ -285,7 +316,9 @@ async def _relay_train(
     scratch = PathResult(server=uri.server, transport=transport.value, kind="turn", uri=str(uri))
     peer = await _open(uri, transport, address, scratch, settings)
     try:
-        peer_allocation = await allocate(peer, scratch, settings.credentials, follow_redirect=False)
+        # The credentials the path's own Allocate succeeded with (a TURN REST form included).
+        working = allocation.auth.credentials if allocation.auth is not None else None
+        peer_allocation = await allocate(peer, scratch, working, follow_redirect=False)
         allocation = await create_permission(channel, allocation, peer_allocation.relayed)
         peer_allocation = await create_permission(peer, peer_allocation, allocation.relayed)
         tag = os.urandom(8)  # tells our probes from anything else a relay may carry

@@ -8,6 +8,7 @@ verifying, only to name who issued it: that is how a TLS-inspecting proxy is rec
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import socket
 import ssl
@@ -22,7 +23,39 @@ from lkice.stun import format_address
 if TYPE_CHECKING:
     from lkice.probe.proxy import ProxyConfig
 
-__all__ = ["connect_tcp", "tls_failure", "tls_info"]
+__all__ = [
+    "LOCAL_ERRNOS",
+    "certificate_problem",
+    "client_tls_context",
+    "connect_tcp",
+    "local_reason",
+    "tls_failure",
+    "tls_info",
+]
+
+
+# Errors of this computer, not of the network: no free local port, the port in use, out of
+# file descriptors or buffers. Reported as ``local``, never as a network finding.
+LOCAL_ERRNOS = frozenset(
+    {errno.EADDRINUSE, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+)
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """The TLS context lkice verifies servers with, as WebRTC clients do: the system's CAs, and
+    a name only from the certificate's subjectAltName (browsers, Go and Apple platforms ignore
+    the subject's CN; Python still accepts it by default)."""
+    ctx = ssl.create_default_context()
+    ctx.hostname_checks_common_name = False
+    return ctx
+
+
+def local_reason(exc: OSError) -> str:
+    """An OSError's reason, saying so when it is this computer's own."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in LOCAL_ERRNOS:
+        return f"{reason}: this computer could not open the socket (not a network problem)"
+    return reason
 
 
 async def connect_tcp(address: tuple[str, int], timeout: float) -> socket.socket:
@@ -30,7 +63,12 @@ async def connect_tcp(address: tuple[str, int], timeout: float) -> socket.socket
     loop = asyncio.get_running_loop()
     label = format_address(address)
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ProbeError(
+            ErrorKind.LOCAL, f"no TCP socket for {label}: {local_reason(exc)}", Phase.CONNECT
+        ) from exc
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
@@ -52,8 +90,8 @@ async def connect_tcp(address: tuple[str, int], timeout: float) -> socket.socket
     except OSError as exc:
         sock.close()
         raise ProbeError(
-            ErrorKind.NETWORK_UNREACHABLE,
-            f"TCP connect to {label} failed: {exc.strerror or exc}",
+            ErrorKind.LOCAL if exc.errno in LOCAL_ERRNOS else ErrorKind.NETWORK_UNREACHABLE,
+            f"TCP connect to {label} failed: {local_reason(exc)}",
             Phase.CONNECT,
         ) from exc
     except BaseException:
@@ -75,12 +113,51 @@ async def tls_failure(
     label = format_address(address)
     if isinstance(exc, ssl.SSLCertVerificationError):
         presented = await _presented_certificate(address, server_hostname, timeout, proxy)
-        return ProbeError(ErrorKind.TLS_VERIFY, _verify_message(label, exc, presented), Phase.TLS)
+        dialled = server_hostname or address[0]
+        problem = certificate_problem(exc.verify_code, presented)
+        if presented is not None:
+            presented.problem = problem
+            presented.dialled = dialled
+            presented.verify_error = exc.verify_message or None
+        error = ProbeError(
+            ErrorKind.TLS_VERIFY, _verify_message(label, exc, presented, problem), Phase.TLS
+        )
+        error.tls = presented
+        return error
     return ProbeError(ErrorKind.TLS_HANDSHAKE, _handshake_message(label, exc, timeout), Phase.TLS)
 
 
+# OpenSSL's X509_V_ERR_* codes (x509_vfy.h). OpenSSL checks in this order: the chain to a trust
+# anchor, then the name (check_id), then validity times: so a name mismatch or an expiry is
+# reported only for a certificate whose issuer this computer trusts.
+_UNTRUSTED = {2, 19, 20, 21, 27}  # no issuer / self-signed in chain / unknown local issuer
+_SELF_SIGNED = {18}  # DEPTH_ZERO_SELF_SIGNED_CERT: the server's own, unsigned by any CA
+_NAME = {62, 64}  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+_EXPIRED, _NOT_YET_VALID = 10, 9
+
+
+def certificate_problem(verify_code: int, presented: TlsInfo | None) -> str:
+    """What was wrong with a rejected certificate, from OpenSSL's code and the certificate."""
+    if verify_code in _NAME:
+        return "name_mismatch"
+    if verify_code == _EXPIRED:
+        return "expired"
+    if verify_code == _NOT_YET_VALID:
+        return "not_yet_valid"
+    if verify_code in _SELF_SIGNED:
+        return "self_signed"
+    if verify_code in _UNTRUSTED:
+        if presented is not None and presented.subject and presented.subject == presented.issuer:
+            return "self_signed"
+        return "untrusted_issuer"
+    return "other"
+
+
 def _handshake_message(label: str, exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, asyncio.TimeoutError) or (
+        # asyncio's own ssl_handshake_timeout surfaces as ConnectionAbortedError.
+        isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc)
+    ):
         return f"TLS handshake with {label} got no answer within {timeout:g} s (not a TLS port?)"
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or exc.strerror or str(exc)
@@ -91,16 +168,52 @@ def _handshake_message(label: str, exc: BaseException, timeout: float) -> str:
 
 
 def _verify_message(
-    label: str, exc: ssl.SSLCertVerificationError, presented: TlsInfo | None
+    label: str, exc: ssl.SSLCertVerificationError, presented: TlsInfo | None, problem: str
 ) -> str:
     reason = exc.verify_message or exc.reason or "verification failed"
     text = f"certificate presented by {label} was rejected: {reason}"
-    if presented is not None and presented.issuer:
+    if presented is None or not presented.issuer:
+        return text
+    names = ", ".join(presented.names or []) or "no subjectAltName"
+    if problem == "untrusted_issuer":
         text += (
-            f"; it was issued by '{presented.issuer}' (subject '{presented.subject}'). If that issuer is not your "
-            "TURN provider's CA, a TLS-inspecting proxy is intercepting the connection"
+            f"; it was issued by '{presented.issuer}' (subject '{presented.subject}'), a CA this "
+            "computer does not trust. If that issuer is not your TURN provider's CA, a "
+            "TLS-inspecting proxy is intercepting the connection"
         )
+    elif problem == "self_signed":
+        text += f"; it is self-signed by the server (subject '{presented.subject}')"
+    elif problem == "name_mismatch":
+        text += (
+            f"; it was issued by a trusted CA ('{presented.issuer}') for {names}, not for "
+            f"{presented.dialled}"
+        )
+    elif problem in ("expired", "not_yet_valid"):
+        text += (
+            f"; issued by '{presented.issuer}' (trusted), valid from {presented.not_before} "
+            f"until {presented.not_after}"
+        )
+        if _dates_cover_now(presented):
+            text += (
+                ": the certificate itself is within its dates, so a CA certificate of its "
+                "chain (an intermediate) is the one out of date"
+            )
+    else:
+        text += f"; it was issued by '{presented.issuer}' (subject '{presented.subject}')"
     return text
+
+
+def _dates_cover_now(info: TlsInfo) -> bool:
+    """The presented certificate's own validity covers this moment (OpenSSL's expiry code is
+    then about another certificate of the chain)."""
+    from datetime import datetime, timezone
+
+    try:
+        start = datetime.fromisoformat(str(info.not_before))
+        end = datetime.fromisoformat(str(info.not_after))
+    except ValueError:
+        return False
+    return start <= datetime.now(timezone.utc) <= end
 
 
 def tls_info(ssl_object: ssl.SSLObject | None, verified: bool) -> TlsInfo:
@@ -121,10 +234,26 @@ def _fill_certificate(info: TlsInfo, der: bytes) -> None:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
         return
-    info.subject = cert.subject.rfc4514_string()
-    info.issuer = cert.issuer.rfc4514_string()
+    info.subject = _bounded(cert.subject.rfc4514_string())
+    info.issuer = _bounded(cert.issuer.rfc4514_string())
     info.not_after = cert.not_valid_after_utc.isoformat()
+    info.not_before = cert.not_valid_before_utc.isoformat()
     info.sha256 = hashlib.sha256(der).hexdigest()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return
+    names = [*san.get_values_for_type(x509.DNSName)]
+    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    info.names = [_bounded(n, 128) for n in names[:MAX_NAMES]]
+
+
+MAX_NAMES = 20  # of a certificate's subjectAltNames in the report
+
+
+def _bounded(text: str, limit: int = 512) -> str:
+    """A certificate's text as the report keeps it (shown visibly by the renderers)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 async def _presented_certificate(

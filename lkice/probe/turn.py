@@ -4,6 +4,7 @@ Every error response becomes a ProbeError naming the server's reason."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aioice import stun
@@ -41,9 +42,15 @@ class Allocation:
 
 
 async def allocate(
-    channel: Channel, result: PathResult, credentials: TurnCredentials | None, follow_redirect: bool
+    channel: Channel,
+    result: PathResult,
+    credentials: TurnCredentials | None,
+    follow_redirect: bool,
+    earlier_forms: Sequence[str | None] = (),
 ) -> Allocation:
-    """Allocate a UDP relay: the unauthenticated round (expecting 401), then the authenticated one."""
+    """Allocate a UDP relay: the unauthenticated round (expecting 401), then the authenticated
+    one. ``earlier_forms``: TURN REST username forms already refused on other connections (a
+    refusal then names them all)."""
     result.phase = Phase.ALLOCATE_CHALLENGE
     first = await channel.request(codec.allocate_request(), Phase.ALLOCATE_CHALLENGE)
     _check_redirect(first.response, result, follow_redirect)
@@ -69,15 +76,53 @@ async def allocate(
             Phase.ALLOCATE_CHALLENGE,
         )
     result.auth = credentials.mode
+    result.auth_form = credentials.form
     result.phase = Phase.ALLOCATE
     response, rtt, auth = await _authenticated(
         channel, codec.allocate_request(), Auth(credentials, realm, nonce), Phase.ALLOCATE
     )
     _check_redirect(response, result, follow_redirect)
     if response.message_class == stun.Class.ERROR:
-        raise codec.error_for_response(response, Phase.ALLOCATE)
+        raise _allocate_error(response, [*earlier_forms, credentials.form])
     result.timings_ms["allocate"] = rtt
     return Allocation(_record_allocation(response, result), auth)
+
+
+def _refused(response: stun.Message) -> bool:
+    """The authenticated round refused the credentials: 401 (coturn, RFC 8656), or 400 with no
+    reason (pion/turn answers a wrong username or password that way, after its own 401)."""
+    return response.message_class == stun.Class.ERROR and response.error_code in (400, 401)
+
+
+def refused(exc: ProbeError) -> bool:
+    """Whether a failed Allocate was a refusal of the credentials (see :func:`_refused`)."""
+    return exc.kind is ErrorKind.AUTH_REJECTED and exc.stun_code in (400, 401)
+
+
+def _allocate_error(response: stun.Message, forms: Sequence[str | None]) -> ProbeError:
+    """The authenticated Allocate failed; a refusal is named in terms of what was sent."""
+    error = codec.error_for_response(response, Phase.ALLOCATE)
+    if not _refused(response):
+        return error
+    code = response.error_code
+    _, reason = response.attributes.get("ERROR-CODE", (code, ""))
+    said = f"{code} {reason!r}" if reason else f"{code}, no reason given"
+    if forms and forms[-1] is not None:
+        forms = " and ".join(repr(form) for form in forms)
+        what = (
+            f"the server refused the TURN REST credentials ({said}; username tried in "
+            f"{forms} form): the shared secret does not match the server's, or this machine's "
+            "clock is off by more than the credentials' lifetime"
+        )
+    elif code == 400:
+        what = (
+            f"the server refused the credentials ({said}, answered to the authenticated "
+            "Allocate after its own 401 challenge: pion/turn, the TURN server built into "
+            "LiveKit, answers a wrong username or password this way)"
+        )
+    else:
+        return error
+    return ProbeError(ErrorKind.AUTH_REJECTED, what, Phase.ALLOCATE, stun_code=code)
 
 
 async def create_permission(
