@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lkice.errors import UsageError
+from lkice.errors import UsageError, bug_summary
 from lkice.logs import get_logger
 from lkice.probedef import DefinitionError, ProbeDefinition, format_duration, load, to_request
 
@@ -89,7 +89,9 @@ def record(
         try:
             metrics.push(sinks.push, "lkice", registry, {"probe": job})
         except metrics.PushError as exc:
-            log.error("push_failed", gateway=sinks.push, error=str(exc))
+            from lkice.textsafe import redact_url  # --push may carry user:password@
+
+            log.error("push_failed", gateway=redact_url(sinks.push), error=str(exc))
 
 
 class ProbeDaemon:
@@ -241,7 +243,8 @@ class ProbeDaemon:
             log.error("run_not_started", run=self.runs, problems=problems)
         except Exception as exc:  # a bug: logged and counted; the schedule goes on
             result = "error"
-            log.exception("run_crashed", run=self.runs, error=f"{type(exc).__name__}: {exc}")
+            # The bug's type and place only: its text may hold what a server sent or a secret.
+            log.error("run_crashed", run=self.runs, error=bug_summary(exc))
         else:
             result = "interrupted" if report.interrupted else report.verdict
         finally:

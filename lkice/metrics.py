@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from lkice import __version__
 from lkice.findings import NOT_EVIDENCE_KINDS  # such a path is neither up nor down: left out
+from lkice.textsafe import redact_url, redact_urls, url_password, visible
 
 __all__ = [
     "COUNTER_NAMES",
@@ -107,7 +108,8 @@ METRIC_NAMES = tuple(_HELP)
 
 
 class PushError(Exception):
-    """The Pushgateway could not be reached or refused the push (the message names its URL)."""
+    """The Pushgateway could not be reached or refused the push (the message names its URL,
+    with the password of its user info replaced by ``***``)."""
 
 
 @dataclass
@@ -241,6 +243,13 @@ class ReportMetrics(Collector):
         return families.all()
 
 
+def _label_values(labels: Mapping[str, str]) -> dict[str, str]:
+    """Label values with control characters made visible: a server name or region holding a
+    lone surrogate could not even be encoded (the whole exposition failed), and a scrape read
+    by a person should not carry escape codes either."""
+    return {name: visible(value) for name, value in labels.items()}
+
+
 class _Families:
     """Families built per collect; a family's samples may carry different probe labels (each
     probe has its own), hence ``Metric.add_sample`` rather than fixed label names."""
@@ -260,10 +269,10 @@ class _Families:
         return family
 
     def gauge(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        self._family(name, False).add_sample(name, dict(labels), float(value))
+        self._family(name, False).add_sample(name, _label_values(labels), float(value))
 
     def counter(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        self._family(name, True).add_sample(name, dict(labels), float(value))
+        self._family(name, True).add_sample(name, _label_values(labels), float(value))
 
     def all(self) -> list[Metric]:
         return list(self.families.values())
@@ -393,14 +402,54 @@ def push(
     timeout: float = 10.0,
 ) -> None:
     """Replace this job/grouping key's metrics on the Pushgateway at ``url`` (HTTP PUT).
+    User info in the URL (``http://user:password@host:9091``) is sent as HTTP Basic auth.
     Any failure (unreachable, refused, not a Pushgateway, a malformed URL) is a PushError."""
     try:
+        gateway, handler = _gateway_and_handler(url)
         push_to_gateway(
-            url, job=job, registry=registry, grouping_key=dict(grouping_key), timeout=timeout
+            gateway,
+            job=job,
+            registry=registry,
+            grouping_key=dict(grouping_key),
+            timeout=timeout,
+            handler=handler,
         )
     except (OSError, http.client.HTTPException, ValueError) as exc:
         # URLError and HTTPError are OSErrors; a non-HTTP answer is an HTTPException.
-        raise PushError(f"push to {url} failed: {exc}") from None
+        detail = _without_password(str(exc), url)
+        close = getattr(exc, "close", None)  # an HTTPError holds the refused response open
+        if callable(close):
+            close()
+        raise PushError(f"push to {redact_url(url)} failed: {detail}") from None
+
+
+def _gateway_and_handler(url: str) -> tuple[str, Any]:
+    """The URL without its user info, and the handler that sends it as Basic auth. urllib does
+    not read credentials from a URL: left in, ``user:password@host`` is looked up in DNS as a
+    host name, password and all."""
+    from urllib.parse import unquote, urlsplit
+
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.username is None:
+        return url, default_handler
+    username, password = unquote(parts.username), unquote(parts.password or "")
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+    def handler(url: str, method: str, timeout: float | None, headers: Any, data: bytes) -> Any:
+        return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+    return bare, handler
+
+
+def _without_password(text: str, url: str) -> str:
+    """An error's text with ``url``'s password hidden, however the text quotes the URL
+    (urllib's "unknown url type: 'user:pass@host/...'" has no scheme to recognise it by)."""
+    password = url_password(url)
+    if password:
+        text = text.replace(password, "***")
+    return redact_urls(text)
 
 
 def serve(host: str, port: int, registry: CollectorRegistry) -> None:

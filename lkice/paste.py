@@ -50,8 +50,19 @@ Several blocks in one text
     reports, :class:`PasteError` says so and asks for one: picking one silently could explain the
     wrong run. If no complete block decodes, the error of the last one is raised.
 
-Every failure of :func:`decode_paste` is a :class:`PasteError` (a :class:`ValueError`) with a
-message that names what is wrong; no other exception escapes for any input string.
+Bounds and checks
+    The text is at most :data:`MAX_TEXT` characters with at most 64 blocks; the header's length
+    is at most 4 MiB (``intake.MAX_REPORT_BYTES``: real reports are tens of KB, 1.4 MB with
+    60 s trains at 5 ms), so a few KB of paste cannot expand into hundreds of MB of objects.
+    An intact block's JSON then goes through :func:`lkice.intake.load_report` (depth, object
+    count, schema version, the JSON Schema): "the paste is intact, but ..." names what is
+    wrong. :func:`encode_paste` leaves the per-probe series out of a report too large to paste,
+    and says so under the summary.
+
+Every failure of :func:`decode_paste` is a :class:`PasteError` (a
+:class:`lkice.intake.ReportError`, a :class:`ValueError`) with a message that names what is
+wrong; no other exception escapes for any input string. :func:`paste_summary` shows control
+characters from the report as escapes (``\\x1b[2J``), never raw.
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ import base64
 import binascii
 import datetime
 import hashlib
+import itertools
 import json
 import re
 import textwrap
@@ -68,21 +80,30 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from lkice.intake import MAX_REPORT_BYTES, ReportError, load_report
+from lkice.textsafe import visible
+
 _lzma: ModuleType | None
 try:
     import lzma as _lzma
 except ImportError:  # pragma: no cover - Python built without liblzma
     _lzma = None
 
-__all__ = ["PasteError", "decode_paste", "encode_paste", "paste_summary"]
+__all__ = ["MAX_TEXT", "PasteError", "decode_paste", "encode_paste", "paste_summary"]
 
 FORMAT_VERSION = 1
 BEGIN_LINE = "-----BEGIN LKICE REPORT-----"
 END_LINE = "-----END LKICE REPORT-----"
 _CODECS = ("xz", "zlib")
 _HASH_HEX = 16
-# Reports are tens of KB; the cap keeps a hostile paste from claiming gigabytes of output.
-_MAX_LEN = 64 * 1024 * 1024
+# The decoded JSON: as large as any report lkice reads (intake.MAX_REPORT_BYTES, 4 MiB; real
+# ones are tens of KB), so a hostile paste cannot expand into hundreds of MB of objects.
+_MAX_LEN = MAX_REPORT_BYTES
+# The text searched for blocks: a whole ticket thread that quotes the largest paste (1.5 MB of
+# base64 for 4 MiB of JSON) several times is fine; gigabytes are not.
+MAX_TEXT = 16 * 1024 * 1024
+# A thread quotes a block a few times; each block is decoded and validated.
+_MAX_BLOCKS = 64
 _XZ_MEMLIMIT = 64 * 1024 * 1024
 
 # Dashes may come back as en/em dashes or minus signs from "smart punctuation".
@@ -109,7 +130,7 @@ _DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
-class PasteError(ValueError):
+class PasteError(ReportError):
     """The text holds no readable lkice report block; the message says what is wrong."""
 
 
@@ -165,12 +186,46 @@ def _encode(report: dict[str, Any], summary: str, width: int, codec: str) -> str
     return f"{head}\n\n{block}" if head else block
 
 
+_SERIES_NOTE = (
+    "(the quality trains' per-probe series are left out of this paste to keep\n"
+    "it within what lkice explain reads; the JSON report has them)"
+)
+
+
+def _without_series(report: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``report`` without the per-probe series (the largest part of a long train);
+    every summary figure stays."""
+    paths = []
+    for path in report.get("paths") or []:
+        if isinstance(path, dict):
+            path = dict(path)
+            for key in ("quality", "relay_quality"):
+                if isinstance(path.get(key), dict) and "series" in path[key]:
+                    path[key] = {k: v for k, v in path[key].items() if k != "series"}
+        paths.append(path)
+    return {**report, "paths": paths}
+
+
 def encode_paste(report: dict[str, Any], summary: str, *, width: int = 64) -> str:
     """Return ``summary`` (as given) followed by the armoured report block.
 
-    Raises ``ValueError``/``TypeError`` if the report is not JSON-serialisable.
+    A report whose JSON is larger than a paste may carry (trains of many minutes) goes without
+    its per-probe series, and a note under the summary says so. Raises ``ValueError``/
+    ``TypeError`` if the report is not JSON-serialisable, ``ValueError`` if it is too large
+    even then.
     """
-    return _encode(report, summary, width, "xz" if _lzma is not None else "zlib")
+    codec = "xz" if _lzma is not None else "zlib"
+    if len(_canonical(report)) <= _MAX_LEN:
+        return _encode(report, summary, width, codec)
+    lighter = _without_series(report)
+    size = len(_canonical(lighter))
+    if size > _MAX_LEN:
+        raise ValueError(
+            f"the report is {size} bytes of JSON even without its series, more than a paste "
+            f"carries ({_MAX_LEN})"
+        )
+    head = summary.rstrip()
+    return _encode(lighter, f"{head}\n{_SERIES_NOTE}" if head else _SERIES_NOTE, width, codec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +251,11 @@ def _line_of(text: str, pos: int) -> int:
 
 
 def _find_blocks(text: str) -> list[_Block]:
-    begins = [m for m in _BEGIN_RE.finditer(text)]
+    begins = list(itertools.islice(_BEGIN_RE.finditer(text), _MAX_BLOCKS + 1))
+    if len(begins) > _MAX_BLOCKS:
+        raise PasteError(
+            f"more than {_MAX_BLOCKS} report blocks in the text: paste only the one to explain"
+        )
     ends = [m for m in _END_RE.finditer(text)]
     if not begins:
         if ends:
@@ -273,7 +332,8 @@ def _decompress(raw: bytes, codec: str, size: int) -> bytes:
     return out
 
 
-def _decode_block(block: _Block) -> dict[str, Any]:
+def _block_data(block: _Block) -> bytes:
+    """The block's JSON bytes, with the length and checksum proven."""
     compact = _NOISE_RE.sub("", block.body)
     where = f"the block at line {block.line}"
     if not block.complete:
@@ -350,21 +410,19 @@ def _decode_block(block: _Block) -> dict[str, Any]:
             f"checksum mismatch: the data was altered (expected sha256 {expected_sha}, "
             f"got {actual_sha})"
         )
+    return data
+
+
+def _report_of(data: bytes) -> dict[str, Any]:
     try:
-        report = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise PasteError(f"the data decodes but is not JSON ({exc})") from None
-    if not isinstance(report, dict):
-        raise PasteError(
-            f"the data decodes but is not an lkice report (a JSON {type(report).__name__}, "
-            "not an object)"
-        )
-    schema = report.get("schema")
-    if not isinstance(schema, str) or not schema.startswith("lkice.report/"):
-        raise PasteError(
-            f"the data decodes but is not an lkice report (schema field is {schema!r:.60})"
-        )
-    return report
+        return load_report(data)
+    except ReportError as exc:
+        # The checksum held: nothing was damaged in transit; the writer made it so.
+        raise PasteError(f"the paste is intact, but {exc}") from None
+
+
+def _decode_block(block: _Block) -> dict[str, Any]:
+    return _report_of(_block_data(block))
 
 
 def decode_paste(text: str) -> dict[str, Any]:
@@ -383,6 +441,11 @@ def decode_paste(text: str) -> dict[str, Any]:
 def _decode_text(text: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise PasteError(f"expected the pasted text, got {type(text).__name__}")
+    if len(text) > MAX_TEXT:
+        raise PasteError(
+            f"the text is {len(text)} characters, more than a ticket with a report holds "
+            f"(at most {MAX_TEXT}): paste only the message with the report block"
+        )
     norm = _normalise(text)
     blocks = _find_blocks(norm)
     complete = [b for b in blocks if b.complete]
@@ -390,13 +453,25 @@ def _decode_text(text: str) -> dict[str, Any]:
         _decode_block(blocks[-1])  # raises the cut-off error
     good: dict[str, tuple[_Block, dict[str, Any]]] = {}
     last_error: PasteError | None = None
+    seen: dict[bytes, dict[str, Any] | PasteError] = {}  # a quoted copy is read once
     for block in complete:
         try:
-            report = _decode_block(block)
+            data = _block_data(block)
+            known = seen.get(data)
+            if known is None:
+                try:
+                    known = _report_of(data)
+                except PasteError as exc:
+                    known = exc
+                seen[data] = known
+            if isinstance(known, PasteError):
+                raise known
+            report = known
         except PasteError as exc:
             last_error = exc
             continue
-        good.setdefault(hashlib.sha256(_canonical(report)).hexdigest(), (block, report))
+        # The checksummed bytes are the encoder's canonical JSON: the same report, the same bytes.
+        good.setdefault(hashlib.sha256(data).hexdigest(), (block, report))
     if len(good) == 1:
         return next(iter(good.values()))[1]
     if len(good) > 1:
@@ -421,8 +496,12 @@ _SEVERITY_RANK = {"critical": 0, "error": 1, "high": 1, "warning": 2, "medium": 
 
 
 def _clean(value: object) -> str:
-    """One line of plain text: tabs, newlines and other unprintable characters become spaces."""
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    """One line of plain text: control and format characters shown as escapes (``\\x1b``,
+    ``\\t``), odd spaces as spaces, runs of spaces as one."""
+    text = "".join(
+        ch if ch.isprintable() else " " if ch.isspace() else ascii(ch)[1:-1]
+        for ch in visible(str(value))
+    )
     return " ".join(text.split())
 
 

@@ -8,6 +8,9 @@ placeholder within one report (host names compared case-insensitively, addresses
 canonical form), so the structure of the diagnosis survives: "ip-1 answered on TCP, not UDP".
 Ports, timings and everything else stay as they were.
 
+Every string of the result, keys included, also has its control characters made visible
+(:func:`lkice.textsafe.visible`): a redacted report is made to be shared and read.
+
 Pure: no I/O, the input is not modified.
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Any
+
+from lkice.textsafe import visible_report
 
 __all__ = ["Redactor", "redact_report"]
 
@@ -151,8 +156,10 @@ class Redactor:
 
 
 def redact_report(report: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``report`` with hosts and non-loopback addresses replaced by placeholders."""
+    """A deep copy of ``report`` with hosts and non-loopback addresses replaced by placeholders,
+    and control characters made visible in every string (after redaction, which reads the
+    strings as they came)."""
     redactor = Redactor()
     redactor.learn(report)
-    result: dict[str, Any] = redactor.value(report)
+    result: dict[str, Any] = visible_report(redactor.value(report))
     return result

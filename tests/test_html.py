@@ -148,6 +148,44 @@ def test_hostile_values_are_escaped() -> None:
     assert not [c for c in parsed.classes if "<" in c or '"' in c]
 
 
+def test_control_characters_are_shown_not_passed_to_the_browser() -> None:
+    """Bidi overrides would reorder the page's text, C0/C1 controls are not HTML; both from a
+    certificate, a SOFTWARE attribute, a server version or a paste are shown as escapes."""
+    import unicodedata
+
+    report = _report()
+    hostile = "\x1b]0;title\x07\u202eevil\u2028\x1b[2J\x1b]52;c;eA==\x07\nlkice: error: FAKE LINE"
+    tls_path = next(p for p in report["paths"] if p.get("tls"))
+    tls_path["tls"]["subject"] = f"CN=x{hostile}"
+    tls_path["tls"]["issuer"] = f"CN=y{hostile}"
+    tls_path["server_software"] = f"coturn{hostile}"
+    report["paths"][0]["error"]["message"] = f"issuer {hostile}"
+    if report.get("signal"):
+        report["signal"]["server"] = {"version": f"1.9{hostile}"}
+    for redact in (False, True):
+        document = render(report, redact=redact)
+        odd = [c for c in document if c != "\n" and unicodedata.category(c) in ("Cc", "Cf", "Zl")]
+        assert odd == []
+        assert "coturn\\x1b]0;title\\x07\\u202eevil\\u2028" in document
+
+
+def test_absurd_numbers_still_draw() -> None:
+    """A schema-valid report may hold 1.8e308 or 5e-324 ms: the charts' arithmetic stays finite
+    (found by tests/test_fuzz_render.py)."""
+    for value in (1.7976931348623157e308, 5e-324):
+        report = _report()
+        for path in report["paths"]:
+            path["timings_ms"] = dict.fromkeys(path["timings_ms"], value)
+            for key in ("quality", "relay_quality"):
+                if path.get(key):
+                    path[key]["series"] = {"sent_ms": [0, value, value], "rtt_ms": [value, None, 0]}
+                    path[key]["rtt_ms"] = dict.fromkeys(("p50", "p95", "p99", "max"), value)
+        report["duration_ms"] = value
+        document = render(report)
+        assert "inf" not in document.lower().replace("info", "")
+        assert "nan" not in document.lower()
+
+
 def test_timeline_states_hol_and_shades_stalls() -> None:
     report = _report()
     document = render(report)

@@ -6,6 +6,7 @@ rule unit tests), systemd units that parse and verify."""
 
 from __future__ import annotations
 
+import base64
 import configparser
 import copy
 import http.server
@@ -414,6 +415,116 @@ def test_push_failures_name_the_gateway() -> None:
     finally:
         thread.join(timeout=5)
         listener.close()
+
+
+@pytest.fixture
+def auth_gateway() -> Iterator[tuple[int, list[str | None]]]:
+    """A loopback Pushgateway behind HTTP Basic auth: records each request's Authorization."""
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            good = "Basic " + base64.b64encode(b"alice:p@ss/w:rd").decode()
+            self.send_response(200 if seen[-1] == good else 401)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_push_sends_user_info_as_basic_auth(auth_gateway: tuple[int, list[str | None]]) -> None:
+    """urllib would look ``alice:...@127.0.0.1`` up as a host name (the password in a DNS
+    query); the user info goes as an Authorization header instead."""
+    port, seen = auth_gateway
+    registry = registry_with(ReportMetrics())
+    push(f"http://alice:p%40ss%2Fw%3Ard@127.0.0.1:{port}", "lkice", registry, {"probe": "x"})
+    push(f"alice:p%40ss%2Fw%3Ard@127.0.0.1:{port}", "lkice", registry, {"probe": "x"})
+    assert len(seen) == 2
+    with pytest.raises(PushError) as info:
+        push(f"http://alice:wrong-secret@127.0.0.1:{port}", "lkice", registry, {"probe": "x"})
+    assert str(info.value).startswith(f"push to http://alice:***@127.0.0.1:{port} failed: ")
+    assert "401" in str(info.value)
+    assert "wrong-secret" not in str(info.value)
+
+
+def test_push_errors_never_show_the_password() -> None:
+    registry = registry_with(ReportMetrics())
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for url in (
+        f"http://bob:s3cret-pw@127.0.0.1:{port}",
+        f"bob:s3cret-pw@127.0.0.1:{port}",
+        "gopher://bob:s3cret-pw@127.0.0.1/",  # a scheme urllib refuses, quoting the URL
+        "http://bob:s3cret-pw@[::1",  # not a URL at all
+    ):
+        with pytest.raises(PushError) as info:
+            push(url, "lkice", registry, {"probe": "x"}, timeout=5)
+        message = str(info.value)
+        assert "s3cret-pw" not in message, message
+        assert "bob:***@" in message, message
+
+
+def test_push_failed_log_hides_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 12: ``--push http://user:pass@...`` was printed verbatim in push_failed."""
+    import logging
+
+    import structlog
+
+    from lkice import logs
+    from lkice.daemon import Sinks, record
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = logging.getLogger("lkice")
+    saved = root.handlers[:], root.level, root.propagate
+    try:
+        for json_output in (None, True):
+            if json_output is None:
+                logs.configure_plain()
+            else:
+                logs.configure(json_output=True)
+            for url in (
+                f"http://carol:pw-8e1f@127.0.0.1:{port}",
+                f"carol:pw-8e1f@127.0.0.1:{port}",
+            ):
+                sinks = Sinks(metrics=ReportMetrics(), push=url)
+                record(report(), sinks, job="office", run_seconds=1.0)
+                out = capsys.readouterr()
+                assert "push_failed" in out.err
+                assert "carol:***@127.0.0.1" in out.err
+                assert "pw-8e1f" not in out.err + out.out
+                assert out.out == ""  # logs never go where the report goes
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
+        structlog.reset_defaults()
+
+
+def test_label_values_from_a_report_are_always_encodable() -> None:
+    """Found by tests/test_fuzz_render.py: a lone surrogate in a server name (valid JSON, valid
+    against the schema) made generate_latest raise UnicodeEncodeError for every probe."""
+    bad = report()
+    bad["paths"][0]["server"] = "turn\ud800\x1b[2J:3478"
+    bad["paths"][0]["region"] = "eu\u202e"
+    metrics = ReportMetrics(server_labels=True)
+    metrics.update(bad, run_seconds=1.0, labels={"site": "o\nffice"})
+    text = exposition(registry_with(metrics)).decode("utf-8")
+    assert 'server="turn\\\\ud800\\\\x1b[2J:3478"' in text  # visible, then Prometheus-escaped
+    assert 'region="eu\\\\u202e"' in text
+    assert 'site="o\\\\nffice"' in text
 
 
 # -- promtool ------------------------------------------------------------------------------------

@@ -16,7 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lkice.paste import PasteError, _encode, decode_paste, encode_paste, paste_summary
+from lkice.intake import ReportError
+from lkice.paste import (
+    MAX_TEXT,
+    PasteError,
+    _canonical,
+    _encode,
+    decode_paste,
+    encode_paste,
+    paste_summary,
+)
 
 FIXTURE = Path(__file__).parent / "data" / "report-udp-blocked.json"
 BEGIN = "-----BEGIN LKICE REPORT-----"
@@ -107,13 +116,19 @@ def test_xz_is_smaller_than_zlib() -> None:
 
 
 def test_floats_and_unicode_survive_exactly() -> None:
-    report = {
-        "schema": "lkice.report/1",
-        "x": [0.1, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 2.0**53 + 1, 1 / 3],
-        "name": "Zürich 東京 \u2028 \U0001f600 \udcff",
-        "inf": float("inf"),
-    }
+    report = dict(
+        REPORT,
+        x=[0.1, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 2.0**53 + 1, 1 / 3],
+        name="Zürich 東京 \u2028 \U0001f600 \udcff",
+    )
     assert decode_paste(encode_paste(report, "")) == report
+
+
+def test_infinity_is_not_json() -> None:
+    report = dict(REPORT, inf=float("inf"))
+    assert error_of(encode_paste(report, "")) == (
+        "the paste is intact, but the data is not JSON (Infinity is not a JSON number)"
+    )
 
 
 def test_padding_added_back_by_hand_is_accepted() -> None:
@@ -142,11 +157,12 @@ def test_header_joined_onto_begin_line_and_all_lines_joined() -> None:
 # ------------------------------------------------------------------------------------------
 # hypothesis: what clients do to a paste
 
+# What JSON carries between programs (RFC 8259): finite numbers, integers a double holds exactly.
 JSON_SCALARS = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**64), max_value=2**64)
-    | st.floats(allow_nan=False)
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
 JSON_VALUES = st.recursive(
@@ -160,11 +176,16 @@ JSON_VALUES = st.recursive(
 
 @st.composite
 def reports(draw: st.DrawFn) -> dict[str, Any]:
+    """The fixture with fields a later lkice may add (the schema lets readers ignore them)."""
     if draw(st.integers(0, 4)) == 0:
         return REPORT
-    report = draw(st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=8))
-    report["schema"] = "lkice.report/1"
-    return report
+    known = set(REPORT) | {"nat", "probe", "findings", "recommendation", "signal", "regions"}
+    extra = draw(
+        st.dictionaries(
+            st.text(max_size=12).filter(lambda k: k not in known), JSON_VALUES, max_size=8
+        )
+    )
+    return {**REPORT, **extra}
 
 
 # Prose never spells the markers; anything else, including lines starting with '>' or '-', goes.
@@ -270,8 +291,32 @@ def test_garbage_inside_a_block_only_ever_raises_paste_error(garbage: str, heade
         decode_paste(f"{BEGIN}\n{header}\n{garbage}\n{END}\n")
 
 
+@PROPERTY
+@given(
+    value=JSON_VALUES | st.dictionaries(st.text(max_size=8), JSON_VALUES),
+    codec=st.sampled_from(["xz", "zlib"]),
+)
+def test_an_intact_block_of_any_json_is_a_report_or_a_paste_error(value: Any, codec: str) -> None:
+    """The checksum holds, the content is anything: read by the intake, refused by name."""
+    data = json.dumps(value).encode()
+    report: Any = None
+    message = "the paste is intact, but "
+    try:
+        report = decode_paste(make_block(data, codec=codec))
+    except PasteError as exc:
+        message = str(exc)
+    assert message.startswith("the paste is intact, but ")
+    assert report is None or report == value
+
+
 # ------------------------------------------------------------------------------------------
 # each error message
+
+
+def test_paste_errors_are_report_errors() -> None:
+    """explain turns both into "cannot read the pasted report": one except clause."""
+    assert issubclass(PasteError, ReportError)
+    assert issubclass(ReportError, ValueError)
 
 
 def test_no_block() -> None:
@@ -361,6 +406,46 @@ def test_header_without_data() -> None:
 
 def test_absurd_declared_length() -> None:
     assert "more than any report" in error_of(make_block(b"{}", length=10**11))
+    # The bomb of issue 12: 7 KB of paste claiming 32 MiB of tiny objects is refused unread.
+    data = b"[" + b"{}," * (11 * 2**20) + b"{}]"
+    bomb = make_block(data)
+    assert len(bomb) < 16_000
+    assert error_of(bomb) == (
+        f"the header claims {len(data)} bytes, more than any report ({4 * 2**20})"
+    )
+
+
+def test_a_report_of_long_trains_fits() -> None:
+    """60 s trains at 5 ms (12,000 probes a path, as a real lkice demo run): ~1 MB, well within."""
+    sent = [round(i * 5.0 + (i % 7) * 0.013, 3) for i in range(12_000)]
+    rtt = [None if i % 97 == 0 else round(0.8 + (i % 13) * 0.071, 3) for i in range(12_000)]
+    report = json.loads(json.dumps(REPORT))
+    quality = {
+        "samples": 12_000,
+        "rtt_ms": {"p50": 1.0, "p95": 1.5, "p99": 1.7, "max": 2.0},
+        "jitter_ms": 0.1,
+        "loss": 0.01,
+        "reordered": 0,
+        "hol": None,
+        "mos": 4.4,
+        "series": {"sent_ms": sent, "rtt_ms": rtt},
+    }
+    for path in report["paths"]:
+        path["quality"] = quality
+    text = encode_paste(report, "")
+    assert len(_canonical(report)) > 900_000
+    assert decode_paste(text) == report
+
+
+def test_text_too_large_for_a_ticket() -> None:
+    msg = error_of("x" * (MAX_TEXT + 1))
+    assert msg.startswith(f"the text is {MAX_TEXT + 1} characters, more than a ticket")
+
+
+def test_too_many_blocks() -> None:
+    one = encode_paste(REPORT, "")
+    assert "more than 64 report blocks" in error_of(one * 65)
+    assert decode_paste(one * 64) == REPORT
 
 
 def test_base64_length_no_encoder_writes() -> None:
@@ -398,17 +483,44 @@ def test_corrupt_truncated_and_extended_compressed_data() -> None:
 
 
 def test_decodes_but_not_json_or_not_a_report() -> None:
-    assert "the data decodes but is not JSON" in error_of(make_block(b"not json"))
+    intact = "the paste is intact, but "
+    assert error_of(make_block(b"not json")).startswith(intact + "the data is not JSON (")
     assert error_of(make_block(b"[1, 2]")) == (
-        "the data decodes but is not an lkice report (a JSON list, not an object)"
+        intact + "the data is not an lkice report (an array of 2, not an object)"
     )
     other = json.dumps({"schema": "other.thing/1"}).encode()
     assert error_of(make_block(other)) == (
-        "the data decodes but is not an lkice report (schema field is 'other.thing/1')"
+        intact + 'the data is not an lkice report (schema field is "other.thing/1")'
     )
-    assert "(schema field is None)" in error_of(make_block(b"{}"))
-    deep = b"[" * 100_000 + b"]" * 100_000
-    assert "is not JSON" in error_of(make_block(deep))
+    assert "(schema field is null)" in error_of(make_block(b"{}"))
+    deep = b"[" * 900 + b"]" * 900
+    assert error_of(make_block(deep)) == (
+        intact + "the data is nested deeper than 64 levels, more than any report"
+    )
+    deeper = b"[" * 100_000 + b"]" * 100_000
+    assert error_of(make_block(deeper)) == (
+        intact + "the data has more than 50000 objects and arrays, more than any report"
+    )
+
+
+def test_intact_but_not_a_valid_report() -> None:
+    """The shapes of issue 12 that reached "internal error": each named, from the checksum up."""
+    intact = "the paste is intact, but "
+    cases = {
+        "bare": ({"schema": "lkice.report/1"}, "the report: missing lkice_version, started_at"),
+        "paths": (dict(REPORT, paths="abc"), 'paths: expected array, got a string "abc"'),
+        "duration": (dict(REPORT, duration_ms="12"), "duration_ms: expected number, got a string"),
+        "findings": (dict(REPORT, findings={"a": 1}), "findings: expected array or null, got an"),
+        "newer": (
+            dict(REPORT, schema="lkice.report/99"),
+            "the report was written by a newer lkice: lkice.report/99; "
+            "this lkice reads lkice.report/1",
+        ),
+    }
+    for name, (report, expected) in cases.items():
+        msg = error_of(encode_paste(report, ""))
+        assert msg.startswith(intact), name
+        assert expected in msg, (name, msg)
 
 
 # ------------------------------------------------------------------------------------------
@@ -443,7 +555,7 @@ def test_two_different_reports_are_refused() -> None:
 
 
 def test_two_damaged_blocks() -> None:
-    data = json.dumps({"schema": "lkice.report/1"}).encode()
+    data = json.dumps(REPORT).encode()
     bad = make_block(data, sha="f" * 16)
     assert error_of(bad + bad).startswith(
         "none of the 2 report blocks is readable; last: checksum mismatch"
@@ -498,7 +610,8 @@ def test_summary_puts_critical_findings_first() -> None:
         "[warning]",
         "[info]",
     ]
-    assert shown[0].startswith("[critical] UDP is blocked to turn.eu.lab.test:3478; media")
+    # The tab is shown, not obeyed (nor turned into a space that hides it).
+    assert shown[0].startswith("[critical] UDP is blocked to turn.eu.lab.test:3478;\\tmedia")
     assert shown[0].endswith("...")
     assert shown[1] == "[critical] second critical"
     assert "(+2 more findings in the report)" in lines
@@ -550,3 +663,72 @@ def test_summary_shape_for_any_values(report: dict[str, Any]) -> None:
     except Exception as exc:  # pragma: no cover - reported by the assertion
         raise AssertionError(f"paste_summary raised {exc!r}") from exc
     check_shape(summary)
+
+
+# ------------------------------------------------------------------------------------------
+# hostile text in the summary, oversized reports
+
+CSI_CLEAR = "\x1b[2J\x1b[H"
+OSC52 = "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\x07"
+
+
+def raw_controls(text: str) -> list[str]:
+    """Characters a terminal acts on, other than the line ends the text is made of."""
+    import unicodedata
+
+    return [
+        ch
+        for ch in text
+        if ch != "\n" and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+    ]
+
+
+def test_summary_shows_escape_codes_instead_of_obeying_them() -> None:
+    findings = [
+        {"id": "x", "severity": "critical", "summary": f"clear{CSI_CLEAR}clip{OSC52}"},
+        {"id": "y", "severity": "warning", "summary": "ok\nlkice: error: FAKE LINE"},
+    ]
+    rec = {"transport": "tls", "server": "\u202eevil", "region": "eu\u2028x", "reason": "r\rs"}
+    report = dict(
+        REPORT,
+        findings=findings,
+        recommendation=rec,
+        lkice_version=f"9{OSC52}",
+        targets=[f"turn:a{CSI_CLEAR}b:3478"],
+    )
+    summary = paste_summary(report)
+    lines = check_shape(summary)
+    assert raw_controls(summary) == []
+    assert not any(line.startswith("lkice: error") for line in lines)
+    assert "clear\\x1b[2J\\x1b[Hclip\\x1b]52;c;" in summary
+    assert "ok\\nlkice: error: FAKE LINE" in summary
+    assert "via \\u202eevil (region eu\\u2028x)" in summary
+    assert "lkice 9\\x1b]52;c;" in summary
+
+
+def test_a_report_too_large_for_a_paste_goes_without_its_series() -> None:
+    report = json.loads(json.dumps(REPORT))
+    quality = {
+        "samples": 60_000,
+        "rtt_ms": {"p50": 1.0, "p95": 1.5, "p99": 1.7, "max": 2.0},
+        "jitter_ms": 0.1,
+        "loss": 0.0,
+        "reordered": 0,
+        "hol": None,
+        "mos": 4.4,
+        "series": {"sent_ms": [i * 5.001 for i in range(60_000)], "rtt_ms": [1.25] * 60_000},
+    }
+    for path in report["paths"]:
+        path["quality"] = quality
+    assert len(_canonical(report)) > 4 * 2**20
+    text = encode_paste(report, "summary")
+    assert text.startswith("summary\n(the quality trains' per-probe series are left out")
+    back = decode_paste(text)
+    assert all("series" not in p["quality"] for p in back["paths"])
+    assert back["paths"][0]["quality"]["samples"] == 60_000
+    assert {k: v for k, v in back.items() if k != "paths"} == {
+        k: v for k, v in report.items() if k != "paths"
+    }
+    report["padding"] = "x" * (5 * 2**20)
+    with pytest.raises(ValueError, match="more than a paste carries"):
+        encode_paste(report, "")

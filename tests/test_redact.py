@@ -131,3 +131,18 @@ def test_findings_and_recommendation_redacted() -> None:
     assert "lab.test" not in text
     assert "198.19." not in text
     assert redacted["recommendation"]["region"] == "eu"
+
+
+def test_redacted_strings_have_their_control_characters_visible() -> None:
+    """A redacted report is made to be shared: nothing in it can act on a terminal."""
+    report = _report()
+    report["paths"][0]["error"]["message"] = "no answer from 198.19.0.2:3478\x1b[2J\nlkice: error"
+    report["paths"][0]["notes"] = ["\u202eturn.eu.lab.test"]
+    report["odd\x07key"] = "x"
+    redacted = redact_report(report)
+    message = redacted["paths"][0]["error"]["message"]
+    assert message.startswith("no answer from ip-")
+    assert message.endswith(":3478\\x1b[2J\\nlkice: error")
+    assert redacted["paths"][0]["notes"][0].startswith("\\u202ehost-")
+    assert redacted["odd\\x07key"] == "x"
+    assert report["paths"][0]["notes"] == ["\u202eturn.eu.lab.test"]  # input untouched

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lkice.redact import redact_report
+from lkice.textsafe import visible, visible_report
 
 __all__ = ["render"]
 
@@ -127,8 +128,9 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri '
 
 
 def _e(value: object) -> str:
-    """Escape for HTML text and double-quoted attributes alike."""
-    return html.escape(str(value), quote=True)
+    """Escape for HTML text and double-quoted attributes alike; control and bidi characters
+    are shown as escapes, so no value can reorder or hide the text around it."""
+    return html.escape(visible(str(value)), quote=True)
 
 
 def _num(value: object) -> float | None:
@@ -145,6 +147,15 @@ def _ms(value: object) -> str:
     return f"{number:.1f}" if number < 100 else f"{number:.0f}"
 
 
+# No setup step or RTT takes 11 days: a larger value (a hostile or broken report) is drawn at
+# this bound, so a chart's sums and scales stay finite.
+_CHART_MAX = 1e9
+
+
+def _chart(value: float) -> float:
+    return min(value, _CHART_MAX)
+
+
 def _pct(value: object) -> str:
     number = _num(value)
     return "-" if number is None else f"{number * 100:.1f}%"
@@ -156,13 +167,15 @@ def _clip(text: str, width: int) -> str:
 
 def _f(value: float) -> str:
     """A coordinate, short."""
+    if not math.isfinite(value):
+        return "0"
     return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
 
 
 def _nice_step(span: float, count: int = 5) -> float:
-    if span <= 0:
-        return 1.0
     raw = span / count
+    if not 0 < raw < math.inf:  # also a span so small that raw underflows to 0
+        return 1.0
     magnitude = 10.0 ** math.floor(math.log10(raw))
     for factor in (1.0, 2.0, 2.5, 5.0, 10.0):
         if factor * magnitude >= raw:
@@ -206,6 +219,7 @@ def render(report: dict[str, Any], *, redact: bool = False) -> str:
     """The report as one HTML document; ``redact`` replaces hosts and public addresses first."""
     if redact:
         report = redact_report(report)
+    report = visible_report(report)  # after redaction, which reads the strings as they came
     paths = [p for p in _list(report.get("paths")) if isinstance(p, dict)]
     verdict = str(report.get("verdict", "unknown"))
     body: list[str] = [_header(report, paths, redacted=redact)]
@@ -363,7 +377,7 @@ def _is_recommended(row: dict[str, Any], rec: dict[str, Any]) -> bool:
 def _ranking_chart(ranking: list[dict[str, Any]], rec: dict[str, Any]) -> str:
     width, left, right, top, row_h = 900, 230, 250, 26, 24
     height = top + row_h * len(ranking) + 10
-    values = [v for v in (_num(r.get("rtt_ms")) for r in ranking) if v is not None]
+    values = [_chart(v) for v in (_num(r.get("rtt_ms")) for r in ranking) if v is not None]
     end, ticks = _ticks(max(values, default=1.0) or 1.0, 5)
     span = width - left - right
     scale = span / end
@@ -396,7 +410,7 @@ def _ranking_chart(ranking: list[dict[str, Any]], rec: dict[str, Any]) -> str:
         rtt = _num(row.get("rtt_ms"))
         bar_end = float(left)
         if rtt is not None:
-            w = max(1.5, rtt * scale)
+            w = max(1.5, _chart(rtt) * scale)
             fill = SERIES_COLOUR if usable else "url(#hatch)"
             stroke = "#1b4f95" if usable else "#555"
             out.append(
@@ -604,6 +618,7 @@ def _segments(timings: dict[str, Any], phases: Sequence[str]) -> list[tuple[str,
         value = _num(timings.get(phase))
         if value is None or value < 0:
             continue
+        value = _chart(value)
         out.append((phase, at, value))
         at += value
     return out
@@ -615,7 +630,9 @@ def _path_segments(path: dict[str, Any]) -> list[tuple[str, float, float]]:
     if path.get("kind") == "sfu":
         # ICE and DTLS both count from the start of negotiation: DTLS is what follows ICE.
         at = sum(d for _, _, d in segments)
-        ice, dtls = _num(timings.get("ice")), _num(timings.get("dtls"))
+        ice, dtls = (_num(timings.get(key)) for key in ("ice", "dtls"))
+        ice = None if ice is None else _chart(ice)
+        dtls = None if dtls is None else _chart(dtls)
         if ice is not None:
             segments.append(("ice", at, ice))
         if dtls is not None:
@@ -833,11 +850,11 @@ def _series(quality: dict[str, Any]) -> tuple[list[float], list[float | None]]:
     sent: list[float] = []
     rtt: list[float | None] = []
     for s, r in zip(sent_raw, rtt_raw, strict=False):
-        x = _num(s)
+        x, y = _num(s), _num(r)
         if x is None:
             continue
-        sent.append(x)
-        rtt.append(_num(r))
+        sent.append(_chart(x))
+        rtt.append(None if y is None else _chart(y))
     return sent, rtt
 
 
@@ -848,7 +865,8 @@ def _timeline(index: int, path: dict[str, Any], which: str, quality: dict[str, A
     sent, rtt = _series(quality)
     received = [r for r in rtt if r is not None]
     rtt_stats = _dict(quality.get("rtt_ms"))
-    median = statistics.median(received) if received else _num(rtt_stats.get("p50"))
+    p50 = _num(rtt_stats.get("p50"))
+    median = statistics.median(received) if received else None if p50 is None else _chart(p50)
     threshold = stall_threshold(median) if median is not None else None
     intervals = stall_intervals(sent, rtt, threshold) if threshold is not None else []
     lost = sum(1 for r in rtt if r is None)

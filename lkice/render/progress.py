@@ -1,13 +1,19 @@
 """Live progress on stderr while probing, for people at a terminal: one line per finished path
 above a status line that says what is still running. Plain text marks (no colour needed, no
 Unicode needed); nothing at all when stderr is not a terminal, so pipes, files and monitoring
-get only the report."""
+get only the report.
+
+Server names, relays and stage texts are shown through :func:`lkice.textsafe.visible` and as
+``rich.text.Text`` (never markup): a name like ``[bold]x`` or one holding escape codes prints as
+the characters it is made of."""
 
 from __future__ import annotations
 
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
+
+from lkice.textsafe import visible
 
 if TYPE_CHECKING:
     from lkice.report import PathResult
@@ -48,7 +54,8 @@ class LiveProgress(Progress):
 
         elapsed = time.perf_counter() - self._start
         return Text(
-            f"... {self._stage}: {self._done} paths answered ({self._ok} ok), {elapsed:.1f} s"
+            f"... {visible(self._stage)}: {self._done} paths answered ({self._ok} ok), "
+            f"{elapsed:.1f} s"
         )
 
     def _refresh(self) -> None:
@@ -68,7 +75,8 @@ class LiveProgress(Progress):
         if path.relay:
             what += f" via {path.relay}"
         outcome = "" if path.ok or path.error is None else f"  ({path.error.kind})"
-        self._console.print(Text(f"[{mark}] {what}{outcome}"), overflow="ellipsis", no_wrap=True)
+        line = visible(f"[{mark}] {what}{outcome}")
+        self._console.print(Text(line), overflow="ellipsis", no_wrap=True)
         self._refresh()
 
     def close(self) -> None:

@@ -4,8 +4,11 @@ pasted report with it)."""
 
 from __future__ import annotations
 
+import math
 import textwrap
 from typing import Any
+
+from lkice.textsafe import visible_report
 
 __all__ = ["render"]
 
@@ -14,10 +17,27 @@ _PHASES = (("connect", "conn"), ("tls", "tls"), ("binding", "bind"), ("allocate"
 _SEVERITY = {"critical": "CRITICAL", "warning": "WARNING", "info": "info"}
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
+def _num(value: object) -> float | None:
+    """A finite number, or None (absent, null, or anything else a report may hold)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _ms(value: object) -> str:
+    number = _num(value)
+    if number is None:
         return "-"
-    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    return f"{number:.1f}" if number < 100 else f"{number:.0f}"
+
+
+def _pct(value: object) -> str:
+    number = _num(value)
+    return "-" if number is None else f"{number * 100:.1f}%"
 
 
 def _clip(text: str, width: int) -> str:
@@ -37,11 +57,18 @@ def _wrap(text: str, first: str, rest: str | None = None) -> list[str]:
 
 
 def render(report: dict[str, Any]) -> str:
+    """The report (as :func:`lkice.intake.load_report` accepts it) as text; every string from
+    it is shown with control characters made visible."""
+    report = visible_report(report)
     paths: list[dict[str, Any]] = report["paths"]
-    summary = report["summary"]
+    summary = report.get("summary") or {
+        "ok": sum(1 for p in paths if p["ok"]),
+        "paths": len(paths),
+    }
     verdict = str(report["verdict"]).upper()
     head = f"Verdict: {verdict}  ({summary['ok']} of {summary['paths']} paths usable"
-    head += f", {report['duration_ms']:.0f} ms)"
+    duration = _num(report.get("duration_ms"))
+    head += f", {duration:.0f} ms)" if duration is not None else ")"
     if report.get("interrupted"):
         head += "  [INTERRUPTED: partial report]"
     lines = [head, ""]
@@ -100,8 +127,8 @@ def _recommendation(rec: dict[str, Any] | None) -> list[str]:
         out.append(f"  {'#':>2} {'region':<16} {'best':<5} {'rtt':>7} {'jit':>6} {'loss':>6} MOS")
         for i, r in enumerate(ranking, 1):
             best = str(r.get("transport") or "none") if r.get("usable") else "none"
-            loss = "-" if r.get("loss") is None else f"{r['loss'] * 100:.1f}%"
-            mos = "-" if r.get("mos") is None else f"{r['mos']:.1f}"
+            loss = _pct(r.get("loss"))
+            mos = "-" if _num(r.get("mos")) is None else f"{r['mos']:.1f}"
             out.append(
                 f"  {i:>2} {_clip(str(r.get('region')), 16):<16} {best:<5} "
                 f"{_ms(r.get('rtt_ms')):>7} {_ms(r.get('jitter_ms')):>6} {loss:>6} {mos}"
@@ -188,11 +215,12 @@ def _quality_cells(q: dict[str, Any]) -> str:
         stall = f"{hol['stalls']}x{_ms(hol['max_stall_ms'])}"
     else:
         stall = "none"
-    mos = "-" if q["mos"] is None else f"{q['mos']:.1f}"
-    jitter = "-" if q["jitter_ms"] is None else f"{q['jitter_ms']:.1f}"
+    mos = "-" if _num(q["mos"]) is None else f"{q['mos']:.1f}"
+    jitter = "-" if _num(q["jitter_ms"]) is None else f"{q['jitter_ms']:.1f}"
+    loss = _pct(q["loss"])
     return (
         f"{q['samples']:>4} {_ms(rtt.get('p50')):>6} {_ms(rtt.get('p95')):>6} {jitter:>5} "
-        f"{q['loss'] * 100:>4.1f}% {stall:>9} {mos:>4}"
+        f"{loss:>5} {stall:>9} {mos:>4}"
     )
 
 
@@ -234,10 +262,10 @@ def _sfu(paths: list[dict[str, Any]]) -> list[str]:
     for p in paths:
         t = p["timings_ms"]
         result = "ok" if p["ok"] else p["error"]["kind"]
-        if p["quality"]:
+        if p.get("quality"):
             q = p["quality"]
             rtt = (q["rtt_ms"] or {}).get("p50")
-            data = f"p50 {_ms(rtt)}, loss {q['loss'] * 100:.1f}%, n {q['samples']}"
+            data = f"p50 {_ms(rtt)}, loss {_pct(q['loss'])}, n {q['samples']}"
         elif p["transport"] == "tcp" and not p.get("relay") and p["ok"]:
             data = f"STUN check {_ms(t.get('binding'))} ms"
         else:
