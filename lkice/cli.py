@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lkice import __version__
-from lkice.errors import UsageError
+from lkice.errors import UsageError, bug_summary
 
 if TYPE_CHECKING:
     from lkice.daemon import Sinks
@@ -63,13 +63,29 @@ def _proxy_with_password(url: str | None) -> str | None:
     return parts._replace(netloc=netloc).geturl()
 
 
+def _log_level(verbose: int) -> int:
+    return logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+
+
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("lkice: %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("lkice")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    """Plain ``lkice: LEVEL logger: message`` lines on stderr, structlog events included, with
+    control characters made visible and URL passwords hidden (lkice.logs.configure_plain)."""
+    from lkice import logs
+
+    logs.configure_plain(_log_level(verbose))
+
+
+class _Finite(click.FloatRange):
+    """A float option within its range, and a real number: ``nan`` passes every range check
+    (comparisons with it are false), so it is refused here by name."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,45 +109,55 @@ class _Outputs:
     redact: bool = False
 
 
-def _write(option: str, path: str, text: str) -> None:
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{option} {path}: cannot write ({exc.strerror})") from None
+class OutputError(Exception):
+    """Files that could not be written; the report itself was printed (exit 3)."""
 
 
 def _emit(report: Report, outputs: _Outputs) -> None:
-    _emit_dict(report.to_dict(), outputs)
-    if report.interrupted:
-        click.echo("lkice: interrupted: the report above is partial", err=True)
+    """Every output of one report (see :func:`_emit_dict`); raises OutputError after printing
+    the report when a file could not be written."""
+    try:
+        _emit_dict(report.to_dict(), outputs)
+    finally:
+        if report.interrupted:
+            click.echo("lkice: interrupted: the report above is partial", err=True)
 
 
 def _emit_dict(data: dict[str, Any], outputs: _Outputs) -> None:
     """Every output of one report: the JSON (never redacted: it stays on this machine unless
-    sent on purpose), the human view, the paste block and the HTML (redacted on request)."""
+    sent on purpose), the human view, the paste block and the HTML (redacted on request).
+    The report is printed first, whatever happens to the files; each file is written whole or
+    not at all (a full disk leaves the old file), and each failure is named."""
     import json
 
+    from lkice.files import write_atomic
     from lkice.render.text import render
 
-    text = json.dumps(data, indent=2)
-    if outputs.output is not None:
-        _write("--output", outputs.output, text + "\n")
+    text = (
+        json.dumps(data, indent=2, allow_nan=False)
+        if outputs.as_json or outputs.output is not None
+        else ""
+    )  # indented JSON costs time and memory on big reports: only when it goes somewhere
     shared = data
     if outputs.redact and (outputs.paste or outputs.html):
         from lkice.redact import redact_report
 
         shared = redact_report(data)
+    files: list[tuple[str, str, Callable[[], str]]] = []
+    if outputs.output is not None:
+        files.append(("--output", outputs.output, lambda: text + "\n"))
     if outputs.html is not None:
         from lkice.render.html import render as render_html
 
-        _write("--html", outputs.html, render_html(shared))
+        files.append(("--html", outputs.html, lambda: render_html(shared)))
     block = None
     if outputs.paste is not None:
         from lkice.paste import encode_paste, paste_summary
 
         block = encode_paste(shared, paste_summary(shared))
         if outputs.paste != "-":
-            _write("--paste", outputs.paste, block)
+            paste_text = block
+            files.append(("--paste", outputs.paste, lambda: paste_text))
     if outputs.as_json:
         click.echo(text)
     else:
@@ -139,6 +165,20 @@ def _emit_dict(data: dict[str, Any], outputs: _Outputs) -> None:
     if block is not None and outputs.paste == "-":
         click.echo("\nPaste everything below into your ticket:\n")
         click.echo(block, nl=not block.endswith("\n"))
+    failed: list[str] = []
+    for option, path, make in files:
+        try:
+            write_atomic(path, make())
+        except OSError as exc:
+            failed.append(f"{option} {_shown(path)}: cannot write ({exc.strerror or exc})")
+    if failed:
+        raise OutputError("; ".join(failed) + " (the report was printed above)")
+
+
+def _shown(text: str) -> str:
+    from lkice.textsafe import visible
+
+    return visible(text)
 
 
 def _finish(report: Report) -> int:
@@ -150,28 +190,28 @@ def _finish(report: Report) -> int:
 _common_probe_options = [
     click.option(
         "--deadline",
-        type=click.FloatRange(min=0.5, max=600),
+        type=_Finite(min=0.5, max=600),
         default=20.0,
         show_default=True,
         help="Overall deadline for connection setup, in seconds (the quality train's length is added).",
     ),
     click.option(
         "--udp-timeout",
-        type=click.FloatRange(min=0.1, max=30),
+        type=_Finite(min=0.1, max=30),
         default=3.0,
         show_default=True,
         help="Give up on a UDP STUN transaction after this many seconds.",
     ),
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0.1, max=60),
+        type=_Finite(min=0.1, max=60),
         default=5.0,
         show_default=True,
         help="TCP connect, TLS handshake and stream answer timeout, in seconds.",
     ),
     click.option(
         "--quality-duration",
-        type=click.FloatRange(min=0, max=300),
+        type=_Finite(min=0, max=300),
         default=5.0,
         show_default=True,
         help="Length of the probe train that measures RTT, jitter, loss and head-of-line stalls "
@@ -179,7 +219,7 @@ _common_probe_options = [
     ),
     click.option(
         "--quality-interval",
-        type=click.FloatRange(min=5, max=1000),
+        type=_Finite(min=5, max=1000),
         default=20.0,
         show_default=True,
         help="Milliseconds between probes (20 ms is an audio packet's cadence).",
@@ -345,18 +385,14 @@ def run(
     help="Run inside the namespace lab behind this firewall profile instead of on loopback "
     "(needs root): open, udp-blocked, tcp443-only, proxy-only, symmetric-nat, nat.",
 )
-@click.option(
-    "--rtt", type=click.FloatRange(0, 5000), default=0.0, help="With --network: added RTT, ms."
-)
+@click.option("--rtt", type=_Finite(0, 5000), default=0.0, help="With --network: added RTT, ms.")
 @click.option(
     "--jitter",
-    type=click.FloatRange(0, 1000),
+    type=_Finite(0, 1000),
     default=0.0,
     help="With --network: jitter each way, ms.",
 )
-@click.option(
-    "--loss", type=click.FloatRange(0, 100), default=0.0, help="With --network: loss each way, %."
-)
+@click.option("--loss", type=_Finite(0, 100), default=0.0, help="With --network: loss each way, %.")
 @probe_options
 def demo(
     network: str | None,
@@ -484,23 +520,41 @@ def explain(
     """Read a pasted lkice report and show it as lkice run would.
 
     SOURCE is a file holding the paste (a whole ticket or email is fine: the text around the
-    BEGIN/END block, quote marks and re-wrapped lines are ignored), or '-' / nothing for stdin.
+    BEGIN/END block, quote marks and re-wrapped lines are ignored) or a JSON report (--json,
+    --output), or '-' / nothing for stdin.
     Exit status: the report's own (0 ok, 1 degraded, 2 failed), 3 if the paste cannot be read.
     """
-    from lkice.paste import PasteError, decode_paste
+    from lkice.intake import ReportError
+    from lkice.paste import MAX_TEXT, decode_paste
+    from lkice.textsafe import visible
 
-    if source is None or source == "-":
-        text = click.get_text_stream("stdin").read()
-    else:
-        try:
-            raw = Path(source).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"{source}: cannot read ({exc.strerror})") from None
-        text = raw.decode("utf-8", errors="replace")
+    # A whole ticket thread is fine; gigabytes are not read in (one byte more than the cap
+    # says the input is too large).
+    name = "the input" if source is None or source == "-" else visible(source)
     try:
-        data = decode_paste(text)
-    except PasteError as exc:
-        raise UsageError(f"cannot read the pasted report: {exc}") from None
+        if source is None or source == "-":
+            raw = click.get_binary_stream("stdin").read(MAX_TEXT + 1)
+        else:
+            with open(source, "rb") as stream:
+                raw = stream.read(MAX_TEXT + 1)
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_TEXT:
+        raise UsageError(
+            f"cannot read the pasted report: {name} is larger than {MAX_TEXT // 2**20} MiB, "
+            "more than a ticket with a report holds: paste only the message with the block"
+        )
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        if text.lstrip().startswith("{"):
+            # A JSON report as written by --json / --output, checked like a paste.
+            from lkice.intake import load_report
+
+            data = load_report(text)
+        else:
+            data = decode_paste(text)
+    except ReportError as exc:  # PasteError too: damaged, or intact and not a valid report
+        raise UsageError(f"cannot read the pasted report: {visible(str(exc))}") from None
     _emit_dict(data, _Outputs(as_json, output, None, html, redact))
     sys.exit(_status_of(data))
 
@@ -644,7 +698,10 @@ def probe(
         sys.exit(_probe_daemon(Path(config), sinks, interval, max_runs, metrics_listen, verbose))
     if metrics_listen:
         raise UsageError("--metrics-listen needs --every or --daemon (a one-shot run ends)")
-    _setup_logging(verbose)
+    from lkice import logs
+
+    # Structured logs (the sinks log through structlog) go to stderr: stdout is the report's.
+    logs.configure(level=_log_level(verbose))
     try:
         definition = load(config)
         request = to_request(definition, _proxy_env())
@@ -658,16 +715,19 @@ def probe(
         "labels": dict(definition.labels),
         "definition": config,
     }
-    _emit(report, _Outputs(as_json, output, paste, html, redact))
-    record(
-        report.to_dict(),
-        sinks,
-        job=definition.name,
-        run_seconds=time.perf_counter() - started,
-        result="interrupted" if report.interrupted else report.verdict,
-        # A timer's one-shot runs have the definition's schedule, if it states one.
-        interval_seconds=definition.every_s,
-    )
+    try:
+        _emit(report, _Outputs(as_json, output, paste, html, redact))
+    finally:
+        # The sinks get the run whatever happened to the output files.
+        record(
+            report.to_dict(),
+            sinks,
+            job=definition.name,
+            run_seconds=time.perf_counter() - started,
+            result="interrupted" if report.interrupted else report.verdict,
+            # A timer's one-shot runs have the definition's schedule, if it states one.
+            interval_seconds=definition.every_s,
+        )
 
     sys.exit(_finish(report))
 
@@ -706,15 +766,9 @@ def _probe_daemon(
 
 def _status_of(data: dict[str, Any]) -> int:
     """The exit status a report stands for (the pasted run's own), from its fields alone."""
-    from lkice.verdict import CONFIGURATION_ERRORS, ExitStatus, Verdict, exit_status
+    from lkice.verdict import status_of
 
-    signal = data.get("signal") or {}
-    if (signal.get("error") or {}).get("kind") in CONFIGURATION_ERRORS:
-        return int(ExitStatus.UNKNOWN)
-    try:
-        return int(exit_status(Verdict(data.get("verdict")), bool(data.get("interrupted"))))
-    except ValueError:
-        return int(ExitStatus.UNKNOWN)
+    return int(status_of(data))
 
 
 def _enduser() -> int | None:
@@ -755,8 +809,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:  # usage errors, bad option values
         exc.show()
         sys.exit(EXIT_UNKNOWN)
-    except UsageError as exc:
-        click.echo(f"lkice: error: {exc}", err=True)
+    except (UsageError, OutputError) as exc:
+        click.echo(f"lkice: error: {_shown_lines(str(exc))}", err=True)
         sys.exit(EXIT_UNKNOWN)
     except (click.Abort, KeyboardInterrupt):
         click.echo("lkice: interrupted", err=True)
@@ -764,13 +818,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so briefly; LKICE_DEBUG=1 shows the traceback
         if os.environ.get("LKICE_DEBUG"):
             raise
+        # The type and where it was raised only: an exception's text may hold what a server
+        # sent or a secret being processed.
         click.echo(
-            f"lkice: internal error: {exc.__class__.__name__}: {exc} "
+            f"lkice: internal error: {bug_summary(exc)} "
             "(please report it; LKICE_DEBUG=1 shows the traceback)",
             err=True,
         )
         sys.exit(EXIT_UNKNOWN)
     sys.exit(0)
+
+
+def _shown_lines(text: str) -> str:
+    """A message for stderr: several lines stay lines, each with control characters visible."""
+    return "\n".join(_shown(line) for line in text.split("\n"))
 
 
 def _demo_in_network(

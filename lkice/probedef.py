@@ -104,6 +104,10 @@ class DefinitionError(ValueError):
         self.problems = list(problems)
 
 
+MAX_SECRET_FILE = 64 * 1024  # a password, a token or a shared secret: far less
+MAX_DEFINITION = 1024 * 1024  # a definition is a few KB
+
+
 @dataclass(frozen=True)
 class SecretRef:
     """Where a secret is: an environment variable or a file (never the secret itself)."""
@@ -122,10 +126,21 @@ class SecretRef:
             return value
         assert self.file is not None
         try:
-            value = self.file.read_text(encoding="utf-8").strip()
+            with self.file.open("rb") as handle:
+                raw = handle.read(MAX_SECRET_FILE + 1)
         except OSError as exc:
             raise DefinitionError(
                 [f"{where}: cannot read {self.file} ({exc.strerror or exc})"]
+            ) from None
+        if len(raw) > MAX_SECRET_FILE:
+            raise DefinitionError(
+                [f"{where}: {self.file} is larger than {MAX_SECRET_FILE // 1024} KiB: not a secret"]
+            )
+        try:
+            value = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise DefinitionError(
+                [f"{where}: {self.file} is not UTF-8 text (save it as UTF-8)"]
             ) from None
         if not value:
             raise DefinitionError([f"{where}: {self.file} is empty"])
@@ -184,9 +199,16 @@ def load(path: Path | str) -> ProbeDefinition:
     """Read and check a definition file (secrets are not read here: see to_request)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_DEFINITION + 1)
     except OSError as exc:
         raise DefinitionError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    if len(raw) > MAX_DEFINITION:
+        raise DefinitionError(
+            [f"{path}: larger than {MAX_DEFINITION // 1024} KiB: not a probe definition"]
+        )
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DefinitionError([f"{path}: not UTF-8 text"]) from None
     return parse(text, path)

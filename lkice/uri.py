@@ -28,7 +28,7 @@ class Transport(str, enum.Enum):
 
 _DEFAULT_PORTS = {"stun": 3478, "turn": 3478, "stuns": 5349, "turns": 5349}
 # RFC 3986 reg-name, restricted to what DNS can carry.
-_HOSTNAME = re.compile(
+HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$"
 )
 
@@ -84,6 +84,11 @@ class IceUri:
         return text
 
 
+def _quote(raw: str, limit: int = 80) -> str:
+    """The URI as given, quoted (control characters escaped) and bounded for a message."""
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
+
+
 def parse_ice_uri(text: str) -> IceUri:
     """Parse one URI; raise UsageError with a message that says what is wrong."""
     raw = text.strip()
@@ -91,16 +96,16 @@ def parse_ice_uri(text: str) -> IceUri:
     scheme = scheme.lower()
     if not sep or scheme not in _DEFAULT_PORTS:
         raise UsageError(
-            f"not a STUN/TURN URI: {raw!r} (expected stun:, stuns:, turn: or turns:, e.g. "
+            f"not a STUN/TURN URI: {_quote(raw)} (expected stun:, stuns:, turn: or turns:, e.g. "
             "turn:turn.example.com:3478?transport=udp)"
         )
     if rest.startswith("//"):
-        raise UsageError(f"{raw!r}: STUN/TURN URIs take no '//' (write {scheme}:{rest[2:]})")
+        raise UsageError(f"{_quote(raw)}: STUN/TURN URIs take no '//' (write {scheme}:{rest[2:]})")
     hostport, qmark, query = rest.partition("?")
     transport = _parse_query(raw, scheme, query) if qmark else None
     if "@" in hostport:
         raise UsageError(
-            f"{raw!r}: credentials do not belong in the URI; use --username/--credential"
+            f"{_quote(raw)}: credentials do not belong in the URI; use --username/--credential"
         )
     host, port = _parse_hostport(raw, hostport, _DEFAULT_PORTS[scheme])
     return IceUri(scheme=scheme, host=host, port=port, transport=transport)
@@ -109,14 +114,14 @@ def parse_ice_uri(text: str) -> IceUri:
 def _parse_query(raw: str, scheme: str, query: str) -> str:
     key, eq, value = query.partition("=")
     if key.lower() != "transport" or not eq:
-        raise UsageError(f"{raw!r}: the only query parameter allowed is transport=udp|tcp")
+        raise UsageError(f"{_quote(raw)}: the only query parameter allowed is transport=udp|tcp")
     if scheme.startswith("stun"):
-        raise UsageError(f"{raw!r}: {scheme}: URIs take no transport parameter (RFC 7064)")
+        raise UsageError(f"{_quote(raw)}: {scheme}: URIs take no transport parameter (RFC 7064)")
     value = value.lower()
     if value not in ("udp", "tcp"):
-        raise UsageError(f"{raw!r}: unknown transport {value!r} (udp or tcp)")
+        raise UsageError(f"{_quote(raw)}: unknown transport {value!r} (udp or tcp)")
     if scheme == "turns" and value == "udp":
-        raise UsageError(f"{raw!r}: TURN over DTLS (turns:?transport=udp) is not supported")
+        raise UsageError(f"{_quote(raw)}: TURN over DTLS (turns:?transport=udp) is not supported")
     return value
 
 
@@ -124,30 +129,31 @@ def _parse_hostport(raw: str, hostport: str, default_port: int) -> tuple[str, in
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
-            raise UsageError(f"{raw!r}: unclosed '[' in IPv6 address")
+            raise UsageError(f"{_quote(raw)}: unclosed '[' in IPv6 address")
         host, tail = hostport[1:end], hostport[end + 1 :]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise UsageError(f"{raw!r}: {host!r} is not an IPv6 address") from None
+            raise UsageError(f"{_quote(raw)}: {host!r} is not an IPv6 address") from None
         if tail and not tail.startswith(":"):
-            raise UsageError(f"{raw!r}: unexpected text after ']'")
+            raise UsageError(f"{_quote(raw)}: unexpected text after ']'")
         port_text = tail[1:] if tail else ""
     else:
         if hostport.count(":") > 1:
             raise UsageError(
-                f"{raw!r}: IPv6 addresses must be written in brackets, e.g. turn:[2001:db8::1]"
+                f"{_quote(raw)}: IPv6 addresses must be written in brackets, e.g. turn:[2001:db8::1]"
             )
         host, _, port_text = hostport.partition(":")
         if not host:
-            raise UsageError(f"{raw!r}: no host")
-        if not _HOSTNAME.match(host):
-            raise UsageError(f"{raw!r}: {host!r} is not a valid host name or address")
+            raise UsageError(f"{_quote(raw)}: no host")
+        if not HOSTNAME_RE.match(host):
+            raise UsageError(f"{_quote(raw)}: {host!r} is not a valid host name or address")
         host = host.rstrip(".").lower()
     if port_text == "":
         if hostport.endswith(":"):
-            raise UsageError(f"{raw!r}: empty port")
+            raise UsageError(f"{_quote(raw)}: empty port")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise UsageError(f"{raw!r}: port {port_text!r} is not a number from 1 to 65535")
+    # ASCII digits only: str.isdigit() also takes '³' and full-width digits.
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
+        raise UsageError(f"{_quote(raw)}: port {port_text[:12]!r} is not a number from 1 to 65535")
     return host, int(port_text)

@@ -1,0 +1,38 @@
+"""Writing output files so a failure never leaves a broken one: the text goes to a temporary
+file beside the target, is flushed to disk, and replaces the target in one rename. A full disk or
+a crash leaves the old file (or none), never a 0-byte or truncated one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["write_atomic"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; raises OSError with the reason."""
+    target = Path(path)
+    if target.exists() and not target.is_file():
+        raise IsADirectoryError(21, "not a regular file", str(target))
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        # mkstemp makes the file private (0600); the report gets the usual mode instead.
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
