@@ -97,10 +97,14 @@ def limits_of(report: dict[str, Any]) -> Limits:
 MIN_SAMPLES = 50  # fewer probes: a rough figure, never critical on its own
 
 # Error kinds that say the traffic did not get an answer at the network level.
-TIMEOUT_KINDS = frozenset({"udp_no_response", "connect_timeout", "tcp_no_response"})
+TIMEOUT_KINDS = frozenset({"udp_no_response", "connect_timeout"})
+# TCP (or TLS) connected, then no STUN answer: the network let the connection through, so this
+# is never called filtered (a TLS port spoken to in plain TCP, pion/turn's way; or a middlebox
+# that holds the data). Dead for an advertised URL, but no firewall claim.
+SILENT_KINDS = frozenset({"tcp_no_response"})
 UNREACHABLE_KINDS = TIMEOUT_KINDS | {"connect_refused", "network_unreachable"}
 # Kinds that are not evidence of anything about the network.
-NOT_EVIDENCE_KINDS = frozenset({"not_tested", "deadline", "interrupted"})
+NOT_EVIDENCE_KINDS = frozenset({"not_tested", "deadline", "interrupted", "local"})
 LIVEKIT_UDP_RANGE = "50000-60000"
 
 Finding = dict[str, Any]
@@ -157,9 +161,11 @@ def _host(server: str) -> str:
 
 
 def _port(server: str | None) -> str | None:
+    """The port of ``host:port`` (ASCII digits only: a pasted report may hold anything)."""
     if not server or ":" not in server:
         return None
-    return server.rsplit(":", 1)[1]
+    port = str(server).rsplit(":", 1)[1]
+    return port if port.isascii() and port.isdigit() and len(port) <= 5 else None
 
 
 def _ip(p: Path) -> str | None:
@@ -350,13 +356,22 @@ def _rule_interrupted(ctx: _Ctx) -> list[Finding]:
             )
         )
     elif cut:
+        # Nothing usable within the time limit is the answer "no usable path" (exit 2), but
+        # only that: the unfinished paths are not called blocked.
+        usable = any(p.get("ok") for p in ctx.paths)
         out.append(
             _finding(
                 "incomplete",
-                "warning",
+                "warning" if usable else "critical",
                 f"{len(cut)} of {len(ctx.paths)} paths did not finish before the overall time "
-                "limit, so the results are incomplete.",
-                "Those paths are neither counted as working nor as failing.",
+                "limit, so the results are incomplete."
+                if usable
+                else f"No path worked within the overall time limit: {len(cut)} of "
+                f"{len(ctx.paths)} paths had not finished when it was reached.",
+                "Those paths are neither counted as working nor as failing."
+                if usable
+                else "Within this time no call could have connected; whether the unfinished "
+                "paths would have worked later is not known from this run.",
                 [_path_evidence(p) for _, p in cut],
                 "Run the test again with a longer deadline (--deadline).",
                 [i for i, _ in cut],
@@ -395,7 +410,7 @@ def _rule_signal(ctx: _Ctx) -> list[Finding]:
     url = _mask(str(signal.get("url")))
     hosts = _join(ctx.signal_hosts()) or "the LiveKit server"
     port = _port(signal.get("address")) or ("443" if url.startswith("wss") else "80")
-    if kind in ("deadline", "interrupted"):
+    if kind == "interrupted":
         return [
             _finding(
                 "signal-incomplete",
@@ -406,6 +421,22 @@ def _rule_signal(ctx: _Ctx) -> list[Finding]:
                 "Run the test again and let it finish.",
             )
         ]
+    if kind == "deadline":
+        # Not finished within the time limit: no call could have started in that time (exit
+        # 2), and that is all this says: nothing was refused or filtered.
+        return [
+            _finding(
+                "signal-incomplete",
+                "critical",
+                "The connection to the LiveKit server did not finish within the overall time "
+                "limit.",
+                "Within this time no call could have started; whether it would have connected "
+                "later is not known from this run.",
+                [f"signaling to {url}: {_message(err)}"],
+                "Run the test again with a longer deadline (--deadline); if it stays this "
+                f"slow, ask the operator to check the LiveKit server at {hosts}.",
+            )
+        ]
     advice = _SIGNAL_ADVICE.get(
         kind, "Ask the operator to check the LiveKit server at {hosts} with this report."
     ).format(hosts=hosts, port=port)
@@ -413,7 +444,9 @@ def _rule_signal(ctx: _Ctx) -> list[Finding]:
         _finding(
             "signal-failed",
             "critical",
-            f"This computer cannot reach the LiveKit server {hosts}: {_describe_kind(kind)}.",
+            f"The LiveKit server {hosts} was reached, but {_describe_kind(kind)}."
+            if kind in _REACHED_KINDS
+            else f"This computer cannot reach the LiveKit server {hosts}: {_describe_kind(kind)}.",
             "Calls cannot start: every LiveKit call begins with this connection.",
             [f"signaling to {url} ({signal.get('address') or 'no address'}): {_message(err)}"],
             advice,
@@ -421,12 +454,16 @@ def _rule_signal(ctx: _Ctx) -> list[Finding]:
     ]
 
 
+# Signaling failures after the connection was made: the network reached the server.
+_REACHED_KINDS = frozenset({"tcp_no_response", "not_livekit", "join_timeout", "protocol"})
+
+
 def _describe_kind(kind: str) -> str:
     return {
         "dns": "its name could not be looked up (DNS failure)",
         "connect_refused": "the connection was refused",
         "connect_timeout": "the connection timed out (a firewall likely drops it)",
-        "tcp_no_response": "the server did not answer",
+        "tcp_no_response": "the server did not answer in time",
         "network_unreachable": "there is no route to it",
         "tls_handshake": "the secure (TLS) connection could not be set up",
         "websocket_rejected": "the WebSocket connection was refused",
@@ -487,8 +524,27 @@ def _rule_proxy(ctx: _Ctx) -> list[Finding]:
 _ISSUED_BY = re.compile(r"issued by '([^']*)'")
 
 
+def _problem(err: dict[str, Any], tls: dict[str, Any] | None) -> str:
+    """What was wrong with a rejected certificate: the report's ``tls.problem``, or for reports
+    written before it existed, read from OpenSSL's words in the message."""
+    problem = (tls or {}).get("problem")
+    if isinstance(problem, str):
+        return problem
+    text = str(err.get("message") or "").lower()
+    if "hostname mismatch" in text or "ip address mismatch" in text:
+        return "name_mismatch"
+    if "certificate has expired" in text:
+        return "expired"
+    if "self-signed certificate" in text and "in certificate chain" not in text:
+        return "self_signed"
+    return "untrusted_issuer"
+
+
 def _rule_tls(ctx: _Ctx) -> list[Finding]:
-    """tls_verify failures: interception when the presented issuer is not the server's."""
+    """tls_verify failures, told apart by the certificate: interception only where the issuer
+    is one this computer does not trust (and not the one the working paths showed); a trusted
+    certificate for another name, an expired one, a self-signed one are the server's or the
+    URL's problem, with advice to match."""
     known: set[str] = set()
     sources: list[tuple[int | None, str, dict[str, Any] | None, dict[str, Any] | None]] = []
     signal = ctx.report.get("signal")
@@ -512,17 +568,18 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
     if not failed:
         return []
     interception: dict[str, list[tuple[int | None, str]]] = {}
-    other: list[tuple[int | None, str]] = []
+    by_problem: dict[str, list[tuple[int | None, str, dict[str, Any]]]] = {}
     for where, label, err, tls in failed:
         m = _ISSUED_BY.search(str(err.get("message") or ""))
-        issuer = m.group(1) if m else (tls or {}).get("issuer")
+        issuer = (tls or {}).get("issuer") or (m.group(1) if m else None)
         evidence = f"{label}: {_message(err)}"
-        if issuer and issuer not in known:
+        problem = _problem(err, tls)
+        if problem == "untrusted_issuer" and issuer and issuer not in known:
             interception.setdefault(str(issuer), []).append((where, evidence))
         else:
-            other.append(
-                (where, evidence + (" (the same issuer as the working paths)" if issuer else ""))
-            )
+            if problem == "untrusted_issuer" and issuer:
+                evidence += " (the same issuer as the working paths)"
+            by_problem.setdefault(problem, []).append((where, evidence, tls or {}))
     out = []
     signal_failed = signal is not None and (signal.get("error") or {}).get("kind") == "tls_verify"
     hosts = sorted(
@@ -553,26 +610,111 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
                 + (", so calls cannot start." if signal_failed else ", so the TLS fallback fails."),
                 [e for _, e in items],
                 f"Ask IT to exempt {_join(hosts) or 'the call servers'} from TLS inspection "
-                f"(the inspecting issuer is '{issuer}').",
+                f"(the inspecting issuer is '{issuer}'). If '{issuer}' is your own private CA, "
+                "give it to lkice with --ca-file instead; if it is an intermediate CA of the "
+                "server's own provider, the server does not send its full certificate chain: "
+                "ask the operator to fix that.",
                 [i for i, _ in items if i is not None],
             )
         )
-    if other:
+    impact = "Connections over TLS to that server fail" + (
+        ": calls cannot start." if signal_failed else "."
+    )
+    severity = "critical" if signal_failed else "warning"
+    for problem, entries in by_problem.items():
+        fid, summary, advice = _certificate_advice(
+            problem, [t for _, _, t in entries], ctx.report.get("started_at")
+        )
         out.append(
             _finding(
-                "tls-certificate",
-                "critical" if signal_failed else "warning",
-                "A server's TLS certificate was rejected (expired, wrong name, or signed by a "
-                "CA this computer does not trust).",
-                "Connections over TLS to that server fail"
-                + (": calls cannot start." if signal_failed else "."),
-                [e for _, e in other],
-                "Ask the operator to check the certificate (name, expiry, full chain); if it is "
-                "signed by a private CA, give that CA to lkice with --ca-file.",
-                [i for i, _ in other if i is not None],
+                fid,
+                severity,
+                summary,
+                impact,
+                [e for _, e, _ in entries],
+                advice,
+                [i for i, _, _ in entries if i is not None],
             )
         )
     return out
+
+
+def _own_dates_cover(cert: dict[str, Any], when: object) -> bool:
+    """The presented certificate's own validity covers ``when`` (the run's start): an expiry
+    OpenSSL reported is then another certificate's of the chain (an intermediate CA)."""
+    from datetime import datetime
+
+    try:
+        at = datetime.fromisoformat(str(when))
+        start = datetime.fromisoformat(str(cert.get("not_before")))
+        end = datetime.fromisoformat(str(cert.get("not_after")))
+        return start <= at <= end
+    except (TypeError, ValueError):  # absent, malformed, or naive against aware
+        return False
+
+
+def _certificate_advice(
+    problem: str, certs: Sequence[dict[str, Any]], started_at: object = None
+) -> tuple[str, str, str]:
+    """(finding id, summary, advice) for a certificate problem that is not interception."""
+    dialled = _join(sorted({str(c["dialled"]) for c in certs if c.get("dialled")}))
+    names = _join(sorted({str(n) for c in certs for n in (c.get("names") or [])}))
+    if problem == "name_mismatch":
+        return (
+            "tls-name-mismatch",
+            f"The server's certificate is from a trusted CA but is for {names or 'other names'}, "
+            f"not for {dialled or 'the name or address dialled'}.",
+            (
+                f"Use the name on the certificate ({names}) in the URL instead of "
+                f"{dialled or 'the name or address dialled'}"
+                if names
+                else "Use the name on the certificate in the URL"
+            )
+            + " (a certificate is usually made for a name, rarely for an IP address); if the "
+            f"URL is right, ask the operator to add {dialled or 'that name'} to the "
+            "certificate. This is not a firewall problem.",
+        )
+    if problem in ("expired", "not_yet_valid"):
+        until = _join(sorted({str(c["not_after"]) for c in certs if c.get("not_after")}))
+        since = _join(sorted({str(c["not_before"]) for c in certs if c.get("not_before")}))
+        if certs and all(_own_dates_cover(c, started_at) for c in certs):
+            state = "has expired" if problem == "expired" else "is not valid yet"
+            return (
+                "tls-expired",
+                f"A CA certificate in the server's chain {state}, while the server's own "
+                f"certificate is within its dates (valid until {until}).",
+                "Ask the operator to install the CA's current intermediate certificate (the "
+                "full chain as the CA issues it now) on the server; if the chain is current, "
+                "check this computer's date and time.",
+            )
+        if problem == "expired":
+            return (
+                "tls-expired",
+                f"The server's certificate has expired (valid until {until or 'a past date'}).",
+                "Ask the operator to renew the certificate; if it is not expired, check this "
+                "computer's date and time.",
+            )
+        return (
+            "tls-expired",
+            f"The server's certificate is not valid yet (valid from {since or 'a later date'}): "
+            "this computer's clock is probably wrong.",
+            "Check this computer's date and time; otherwise ask the operator to check the "
+            "certificate.",
+        )
+    if problem == "self_signed":
+        return (
+            "tls-self-signed",
+            "The server presents a self-signed certificate, which no browser or client trusts.",
+            "Ask the operator to install a certificate from a public or company CA; to test "
+            "anyway, give the server's certificate to lkice with --ca-file.",
+        )
+    return (
+        "tls-certificate",
+        "A server's TLS certificate was rejected (signed by a CA this computer does not trust, "
+        "or otherwise invalid).",
+        "Ask the operator to check the certificate (name, expiry, full chain); if it is "
+        "signed by a private CA, give that CA to lkice with --ca-file.",
+    )
 
 
 def _rule_token(ctx: _Ctx) -> list[Finding]:
@@ -628,14 +770,26 @@ def _rule_credentials(ctx: _Ctx) -> list[Finding]:
                 " With LiveKit the TURN credentials come from the server: ask the operator to "
                 "check its TURN configuration."
             )
+        # Critical only when no relay works at all; another TURN server that works carries
+        # the calls that need one.
+        relay_works = any(
+            p.get("ok") and (p.get("kind") == "turn" or p.get("relay"))
+            for _, p in ctx.of(kinds=("turn", "sfu"))
+        )
         out.append(
             _finding(
                 "credentials",
-                "critical",
+                "warning" if relay_works else "critical",
                 f"The TURN server {servers} refused the credentials.",
-                "The network reached the TURN server, but no relay can be set up with these "
-                "credentials: calls that need the relay (for example behind a firewall that "
-                "blocks UDP) will fail.",
+                "The network reached the TURN server, but no relay can be set up there with "
+                "these credentials"
+                + (
+                    "; other TURN servers tested here work, so calls that need a relay can use "
+                    "those."
+                    if relay_works
+                    else ": calls that need the relay (for example behind a firewall that "
+                    "blocks UDP) will fail."
+                ),
                 [_path_evidence(p) for _, p in wrong],
                 advice,
                 [i for i, _ in wrong],
@@ -674,9 +828,16 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
     n_refused = sum(k == "connect_refused" for k in kinds)
     n_timeout = sum(k in TIMEOUT_KINDS for k in kinds)
     n_unreach = sum(k == "network_unreachable" for k in kinds)
-    n_other = len(kinds) - n_dns - n_refused - n_timeout - n_unreach
+    n_silent = sum(k in SILENT_KINDS for k in kinds)
+    n_other = len(kinds) - n_dns - n_refused - n_timeout - n_unreach - n_silent
     if n_timeout:
         parts.append(f"{n_timeout} got no answer (a firewall silently drops the traffic)")
+    if n_silent:
+        parts.append(
+            f"{n_silent} connected over TCP but the server never answered STUN (a TLS port "
+            "spoken to without TLS, a port that is not STUN/TURN, or a middlebox holding the "
+            "data)"
+        )
     if n_refused:
         parts.append(
             f"{n_refused} were refused (nothing listens there, or a firewall rejects them)"
@@ -691,9 +852,23 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
     if n_dns == total:
         summary = "No connection could be tried: the server names could not be looked up (DNS)."
         advice = "Check the server names and this computer's DNS (or VPN); nothing was reached."
+    elif n_other + n_silent == total:
+        # Every server was reached and failed after connecting (TLS, credentials, protocol):
+        # nothing here points at a firewall.
+        summary = (
+            f"No connection to the media servers worked, but every one of the {total} tried "
+            f"reached its server and failed after that ({_join(parts)}): the network let "
+            "them through."
+        )
+        advice = (
+            "This is not a firewall problem: ask the operator to check the servers named here "
+            "(their TLS certificates, credentials and configuration) with this report."
+        )
     else:
         summary = f"No connection to the media servers worked: of {total} tried, {_join(parts)}."
-        rules = _open_rules(_ports_by_proto(ctx.indexed))
+        # Firewall advice only for what failed at the network level.
+        network = [(i, p) for i, p in ctx.indexed if _kind(p) in UNREACHABLE_KINDS]
+        rules = _open_rules(_ports_by_proto(network))
         sfu = _sfu_udp_rule(ctx)
         if sfu:
             rules.append(sfu)
@@ -703,6 +878,11 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
             if rules
             else "Ask IT which outbound traffic to the media servers is allowed."
         )
+        if n_other:
+            advice += (
+                f" The {n_other} that reached their server failed for other reasons (see the "
+                "errors): ask the operator about those."
+            )
     return [
         _finding(
             "no-path",
@@ -788,26 +968,36 @@ def _rule_only(ctx: _Ctx) -> list[Finding]:
     if len(working) != 1 or working[0] == "udp":
         return []
     only = working[0]
-    if ctx.reaches("udp"):
-        return []
+    udp = ctx.of("udp")
+    if not udp or ctx.reaches("udp"):
+        return []  # UDP works, or was not tried: "only X" would claim more than was measured
     other = "tls" if only == "tcp" else "tcp"
     failed_other = ctx.of(other)
-    if not failed_other and only == "tcp":
-        return []  # TLS not tried: "only TCP" would claim more than was measured
+    if not failed_other:
+        return []  # the other TCP class not tried: the same
     ok_paths = [(i, p) for i, p in ctx.of(only) if p.get("ok")]
     if all(p.get("proxy") for _, p in ok_paths):
         return []  # only through the web proxy: _rule_via_proxy says so
     ports = sorted({_port(p.get("address")) or _port(p.get("server")) or "?" for _, p in ok_paths})
     port_text = _join(ports)
+    # "Blocked" only for what failed at the network level; a refused login is not a firewall.
+    blocked = _blocked(udp) and _blocked([x for x in failed_other if not x[1].get("ok")])
     if only == "tls":
         summary = (
             f"Only encrypted TURN over TLS (TCP port {port_text}) gets through this network; "
             "UDP and plain TCP are blocked."
-            if failed_other
-            else f"Only encrypted TURN over TLS (TCP port {port_text}) gets through this network."
+            if blocked
+            else f"Only encrypted TURN over TLS (TCP port {port_text}) worked here; UDP and "
+            "plain TCP were tried and did not."
         )
     else:
-        summary = f"Only TURN over plain TCP (port {port_text}) gets through this network."
+        summary = (
+            f"Only TURN over plain TCP (port {port_text}) gets through this network; UDP and "
+            "TURN over TLS are blocked."
+            if blocked
+            else f"Only TURN over plain TCP (port {port_text}) worked here; UDP and TURN over "
+            "TLS were tried and did not."
+        )
     evidence = [_path_evidence(p) for _, p in ok_paths] + [
         _path_evidence(p) for _, p in failed_other + ctx.of("udp")
     ]
@@ -1064,7 +1254,8 @@ def _rule_turn_tls(ctx: _Ctx) -> list[Finding]:
     for url in turns:
         tried = _paths_for(ctx, url)
         if not tried or not all(
-            not p.get("ok") and _kind(p) in UNREACHABLE_KINDS | {"tls_handshake"} for _, p in tried
+            not p.get("ok") and _kind(p) in UNREACHABLE_KINDS | SILENT_KINDS | {"tls_handshake"}
+            for _, p in tried
         ):
             continue
         elsewhere = _same_host_answers(ctx, tried)
@@ -1106,7 +1297,11 @@ def _rule_advertised_dead(ctx: _Ctx) -> list[Finding]:
         if url.lower().startswith("turns:"):
             continue  # turn-tls-missing
         tried = _paths_for(ctx, url)
-        dead = [(i, p) for i, p in tried if not p.get("ok") and _kind(p) in UNREACHABLE_KINDS]
+        dead = [
+            (i, p)
+            for i, p in tried
+            if not p.get("ok") and _kind(p) in UNREACHABLE_KINDS | SILENT_KINDS
+        ]
         if not tried or len(dead) != len(tried):
             continue
         elsewhere = _same_host_answers(ctx, dead)
@@ -1609,6 +1804,28 @@ def _turn_evidence(p: Path) -> str:
     return text
 
 
+def _rule_local(ctx: _Ctx) -> list[Finding]:
+    """Paths this computer could not even open a socket for: said as such, never as a network
+    fault (they are not evidence: see NOT_EVIDENCE_KINDS)."""
+    local = [(i, p) for i, p in enumerate(ctx.paths) if _kind(p) == "local"]
+    if not local:
+        return []
+    return [
+        _finding(
+            "agent-local",
+            "warning",
+            f"{len(local)} path(s) could not be tested because this computer could not open "
+            "the connection (no free local port, or too many open files).",
+            "This says nothing about the network: those paths are neither counted as working "
+            "nor as failing.",
+            [_path_evidence(p) for _, p in local],
+            "Close other programs that hold many connections, or test fewer servers at once, "
+            "and run lkice again.",
+            [i for i, _ in local],
+        )
+    ]
+
+
 _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _rule_signal,
     _rule_proxy,
@@ -1627,6 +1844,7 @@ _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _rule_hol,
     _rule_nat,
     _rule_interrupted,
+    _rule_local,
     _rule_works,
 )
 
