@@ -1,4 +1,8 @@
-"""The probe engine against real coturn on loopback: every transport, every failure kind."""
+"""The probe engine against real TURN servers on loopback: every transport, every failure kind.
+
+Tests that take ``turn_server`` or ``turn_kind`` run twice, against coturn and against pion/turn
+(LiveKit's built-in TURN); where the servers differ the test says how. Tests of coturn-only
+features (ALTERNATE-SERVER, user quota) say so; the rest need no TURN server at all."""
 
 from __future__ import annotations
 
@@ -16,14 +20,14 @@ from aioice.turn import TurnTransport, create_turn_endpoint
 
 from lkice.credentials import Secret, TurnCredentials, rest_credentials
 from lkice.engine import EngineSettings, run
+from lkice.errors import ProbeError
+from lkice.findings import evaluate
 from lkice.lab.coturn import Coturn, CoturnConfig
 from lkice.lab.pki import LabPki
 from lkice.probe.path import ProbeSettings
 from lkice.report import PathResult, Report
 from lkice.uri import parse_ice_uri
-from tests.conftest import TurnLab, needs_coturn, validate_report
-
-pytestmark = needs_coturn
+from tests.conftest import TurnKind, TurnLab, needs_coturn, validate_report
 
 
 def tls_context(ca: LabPki | None) -> ssl.SSLContext:
@@ -62,14 +66,14 @@ def only(report: Report) -> PathResult:
 
 
 async def test_turn_all_transports_succeed_with_every_phase_timed(
-    coturn: TurnLab, pki: LabPki
+    turn_server: TurnLab, pki: LabPki
 ) -> None:
     report = await probe(
-        f"turn:127.0.0.1:{coturn.port}?transport=udp",
-        f"turn:127.0.0.1:{coturn.port}?transport=tcp",
-        f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp",
-        user=coturn.user,
-        password=coturn.password,
+        f"turn:127.0.0.1:{turn_server.port}?transport=udp",
+        f"turn:127.0.0.1:{turn_server.port}?transport=tcp",
+        f"turns:127.0.0.1:{turn_server.tls_port}?transport=tcp",
+        user=turn_server.user,
+        password=turn_server.password,
         ca=pki,
     )
     assert report.verdict == "ok"
@@ -88,11 +92,13 @@ async def test_turn_all_transports_succeed_with_every_phase_timed(
         assert path.relayed_address.startswith("127.0.0.1:")
         assert path.mapped_address is not None
         assert path.mapped_address.startswith("127.0.0.1:")
-        assert path.lifetime_s is not None
-        assert path.lifetime_s > 0
+        assert path.lifetime_s == 600  # both servers' default; lkice asks for none
         assert path.deallocated is True
-        assert path.server_software is not None
-        assert "Coturn" in path.server_software
+        if turn_server.name == "coturn":
+            assert path.server_software is not None
+            assert "Coturn" in path.server_software
+        else:
+            assert path.server_software is None  # pion/turn sends no SOFTWARE attribute
         assert t["dns"] is None  # an IP literal needs no lookup
     assert by_transport["udp"].timings_ms["connect"] is None
     assert by_transport["udp"].binding_sends == 1
@@ -110,8 +116,8 @@ async def test_turn_all_transports_succeed_with_every_phase_timed(
     assert by_transport["tcp"].timings_ms["tls"] is None
 
 
-async def test_stun_binding_gives_mapped_address(coturn: TurnLab) -> None:
-    report = await probe(f"stun:127.0.0.1:{coturn.port}")
+async def test_stun_binding_gives_mapped_address(turn_server: TurnLab) -> None:
+    report = await probe(f"stun:127.0.0.1:{turn_server.port}")
     path = only(report)
     assert path.ok
     assert path.kind == "stun"
@@ -122,33 +128,43 @@ async def test_stun_binding_gives_mapped_address(coturn: TurnLab) -> None:
     assert path.relayed_address is None
 
 
-async def test_turn_without_transport_is_probed_over_udp_and_tcp(coturn: TurnLab) -> None:
+async def test_turn_without_transport_is_probed_over_udp_and_tcp(turn_server: TurnLab) -> None:
     report = await probe(
-        f"turn:127.0.0.1:{coturn.port}", user=coturn.user, password=coturn.password
+        f"turn:127.0.0.1:{turn_server.port}", user=turn_server.user, password=turn_server.password
     )
     assert sorted(p.transport for p in report.paths) == ["tcp", "udp"]
     assert all(p.ok for p in report.paths)
 
 
-async def test_wrong_password_is_auth_rejected(coturn: TurnLab) -> None:
+@pytest.mark.parametrize("wrong", ["password", "user"])
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_wrong_credentials_are_auth_rejected(
+    turn_server: TurnLab, wrong: str, transport: str, request: pytest.FixtureRequest
+) -> None:
+    """coturn answers 401 again; pion/turn answers 400 with no reason phrase (and no
+    REALM/NONCE), for an unknown user and a wrong password alike."""
+    user, password = (
+        (turn_server.user, "not-the-password") if wrong == "password" else ("mallory", "pw")
+    )
     report = await probe(
-        f"turn:127.0.0.1:{coturn.port}?transport=udp", user=coturn.user, password="not-the-password"
+        f"turn:127.0.0.1:{turn_server.port}?transport={transport}", user=user, password=password
     )
     path = only(report)
     assert not path.ok
     assert path.error is not None
-    assert path.error.kind == "auth_rejected"
-    assert path.error.phase == "allocate"
-    assert "401" in path.error.message
     assert path.timings_ms["allocate_challenge"] is not None  # the challenge round itself worked
     assert report.verdict == "failed"
+    assert path.error.phase == "allocate"
+    assert ("401" if turn_server.name == "coturn" else "400") in path.error.message
+    assert path.error.kind == "auth_rejected"
+    assert "credentials" in {f["id"] for f in evaluate(report.to_dict())}
 
 
 async def test_untrusted_ca_is_tls_verify_naming_the_issuer(
-    pki: LabPki, rogue_pki: LabPki, tmp_path_factory: pytest.TempPathFactory
+    turn_kind: TurnKind, pki: LabPki, rogue_pki: LabPki
 ) -> None:
     # The server presents a certificate from a CA the client does not trust, as an inspecting proxy does.
-    with Coturn(CoturnConfig(users={"u": "p"}, pki=rogue_pki)) as server:
+    with turn_kind.server(users={"u": "p"}, pki=rogue_pki) as server:
         report = await probe(f"turns:127.0.0.1:{server.tls_port}", user="u", password="p", ca=pki)
     path = only(report)
     assert path.error is not None
@@ -159,8 +175,10 @@ async def test_untrusted_ca_is_tls_verify_naming_the_issuer(
     assert path.timings_ms["connect"] is not None
 
 
-async def test_trusting_the_ca_via_settings_makes_it_pass(rogue_pki: LabPki) -> None:
-    with Coturn(CoturnConfig(users={"u": "p"}, pki=rogue_pki)) as server:
+async def test_trusting_the_ca_via_settings_makes_it_pass(
+    turn_kind: TurnKind, rogue_pki: LabPki
+) -> None:
+    with turn_kind.server(users={"u": "p"}, pki=rogue_pki) as server:
         report = await probe(
             f"turns:127.0.0.1:{server.tls_port}", user="u", password="p", ca=rogue_pki
         )
@@ -205,31 +223,46 @@ async def test_silent_udp_is_likely_filtered_after_retransmissions(silent_udp: i
     assert "2 sends" in path.error.message  # sent at 0 s and 0.5 s within a 1 s bound
 
 
-async def test_turn_rest_secret_mode(pki: LabPki) -> None:
+async def test_turn_rest_secret_mode(turn_kind: TurnKind, pki: LabPki) -> None:
+    """coturn's use-auth-secret; on pion, a handler checking coturn's username form (pion's own
+    handler wants another form: tests/test_pion_differences.py)."""
     secret = secrets.token_urlsafe(16)
-    with Coturn(CoturnConfig(static_auth_secret=secret, pki=pki)) as server:
+    with turn_kind.server(static_auth_secret=secret, pki=pki, rest_form="coturn") as server:
         good = await probe(
             f"turn:127.0.0.1:{server.port}?transport=udp", creds=rest_credentials(Secret(secret))
         )
-        expired = await probe(
-            f"turn:127.0.0.1:{server.port}?transport=udp",
-            creds=rest_credentials(Secret(secret), now=time.time() - 7200),
-        )
-    assert only(good).ok
+    assert only(good).ok, only(good).error
     assert only(good).auth == "rest"
-    error = only(expired).error
+
+
+@pytest.mark.parametrize("fault", ["expired", "wrong secret"])
+async def test_refused_rest_credentials_point_at_secret_and_clock(
+    turn_kind: TurnKind, pki: LabPki, fault: str, request: pytest.FixtureRequest
+) -> None:
+    secret = secrets.token_urlsafe(16)
+    creds = (
+        rest_credentials(Secret(secret), now=time.time() - 7200)
+        if fault == "expired"
+        else rest_credentials(Secret("not-" + secret))
+    )
+    with turn_kind.server(static_auth_secret=secret, pki=pki, rest_form="coturn") as server:
+        report = await probe(f"turn:127.0.0.1:{server.port}?transport=udp", creds=creds)
+    error = only(report).error
     assert error is not None
     assert error.kind == "auth_rejected"
     assert "clock" in error.message
+    assert "credentials" in {f["id"] for f in evaluate(report.to_dict())}
 
 
-async def test_try_alternate_is_followed_once_and_both_reported(coturn: TurnLab) -> None:
-    alternate = f"127.0.0.1:{coturn.port}"
-    with Coturn(
-        CoturnConfig(users={coturn.user: coturn.password}, alternate_servers=[alternate])
-    ) as front:
+@needs_coturn
+async def test_try_alternate_is_followed_once_and_both_reported(turn_server: TurnLab) -> None:
+    """The redirecting front is coturn (pion/turn has no ALTERNATE-SERVER); the server it
+    redirects to is each of coturn and pion."""
+    alternate = f"127.0.0.1:{turn_server.port}"
+    user, password = turn_server.user, turn_server.password
+    with Coturn(CoturnConfig(users={user: password}, alternate_servers=[alternate])) as front:
         report = await probe(
-            f"turn:127.0.0.1:{front.port}?transport=udp", user=coturn.user, password=coturn.password
+            f"turn:127.0.0.1:{front.port}?transport=udp", user=user, password=password
         )
     assert len(report.paths) == 2
     first, followed = report.paths
@@ -269,9 +302,11 @@ async def leak_allocation(port: int, user: str, password: str, within: float) ->
             return transport
 
 
+@needs_coturn
 async def test_no_allocation_left_behind_with_quota_one(pki: LabPki) -> None:
     """coturn frees a released allocation on its next 1-second timer tick; an allocation that is
-    not released holds the user's only quota slot for its whole lifetime (600 s)."""
+    not released holds the user's only quota slot for its whole lifetime (600 s). coturn only:
+    pion/turn has no user quota (test_release_frees_the_five_tuple covers both servers)."""
     with Coturn(CoturnConfig(users={"q": "pw"}, user_quota=1, pki=pki)) as server:
         uri = f"turn:127.0.0.1:{server.port}?transport=udp"
         first = await probe(uri, user="q", password="pw")
@@ -292,6 +327,62 @@ async def test_no_allocation_left_behind_with_quota_one(pki: LabPki) -> None:
         assert error is not None
         assert error.kind == "quota"
         assert "486" in error.message
+
+
+async def allocate_from(
+    local: tuple[str, int], port: int, creds: TurnCredentials, within: float
+) -> PathResult:
+    """Allocate from ``local`` and leave the allocation on the server (closed unreleased),
+    retrying while the server still answers 437 for that 5-tuple."""
+    from lkice.probe.channel import open_udp
+    from lkice.probe.turn import allocate
+
+    end = time.monotonic() + within
+    while True:
+        channel = await open_udp(("127.0.0.1", port), 2.0, local)
+        scratch = PathResult(server="x", transport="udp", kind="turn", uri="x")
+        try:
+            await allocate(channel, scratch, creds, False)
+            return scratch
+        except ProbeError as exc:
+            if exc.stun_code != 437 or time.monotonic() > end:
+                raise
+        finally:
+            channel.close()
+            await asyncio.sleep(0.1)  # the transport lets go of the port on a later iteration
+        await asyncio.sleep(0.2)
+
+
+async def test_release_frees_the_five_tuple(turn_server: TurnLab) -> None:
+    """After a probe, the server holds no allocation for its 5-tuple: an Allocate from the same
+    local port succeeds (pion frees it at once, coturn on its next 1-second tick). Control: an
+    allocation left there makes the next probe from that port meet 437."""
+    from lkice.probe.path import probe_path
+    from lkice.uri import Transport
+
+    creds = TurnCredentials(Secret(turn_server.user), Secret(turn_server.password))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        local = s.getsockname()
+    uri = parse_ice_uri(f"turn:127.0.0.1:{turn_server.port}?transport=udp")
+    settings = ProbeSettings(udp_timeout=2.0, credentials=creds, udp_local=local)
+
+    async def probe_from_local() -> PathResult:
+        result = PathResult(server=uri.server, transport="udp", kind="turn", uri=str(uri))
+        await probe_path(uri, Transport.UDP, ("127.0.0.1", turn_server.port), result, settings)
+        return result
+
+    first = await probe_from_local()
+    assert first.ok, first.error
+    assert first.deallocated is True
+    assert first.mapped_address == f"{local[0]}:{local[1]}"
+    await asyncio.sleep(0.1)
+    leaked = await allocate_from(local, turn_server.port, creds, within=5.0)
+    assert leaked.relayed_address is not None
+
+    second = await probe_from_local()
+    assert second.ok, second.error
+    assert any("437" in note for note in second.notes), second.notes
 
 
 @pytest.fixture
@@ -397,9 +488,11 @@ async def test_silent_tcp_server_is_tcp_no_response() -> None:
     assert path.error.kind == "tcp_no_response"
 
 
-async def test_overall_deadline_keeps_partial_results(coturn: TurnLab, silent_udp: int) -> None:
+async def test_overall_deadline_keeps_partial_results(
+    turn_server: TurnLab, silent_udp: int
+) -> None:
     report = await probe(
-        f"stun:127.0.0.1:{coturn.port}",
+        f"stun:127.0.0.1:{turn_server.port}",
         f"stun:127.0.0.1:{silent_udp}",
         udp_timeout=5.0,
         deadline=1.0,
@@ -413,7 +506,7 @@ async def test_overall_deadline_keeps_partial_results(coturn: TurnLab, silent_ud
     assert not report.interrupted
 
 
-async def test_allocation_mismatch_is_retried_from_a_new_port(coturn: TurnLab) -> None:
+async def test_allocation_mismatch_is_retried_from_a_new_port(turn_server: TurnLab) -> None:
     """An allocation left on the server for the same 5-tuple (an earlier run from this host got
     the same ephemeral port) makes the next Allocate fail with 437; the probe retries once from
     a new local port (RFC 8656) and says so."""
@@ -422,8 +515,8 @@ async def test_allocation_mismatch_is_retried_from_a_new_port(coturn: TurnLab) -
     from lkice.probe.turn import allocate
     from lkice.uri import Transport
 
-    creds = TurnCredentials(Secret(coturn.user), Secret(coturn.password))
-    server = ("127.0.0.1", coturn.port)
+    creds = TurnCredentials(Secret(turn_server.user), Secret(turn_server.password))
+    server = ("127.0.0.1", turn_server.port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         local = s.getsockname()
@@ -432,7 +525,7 @@ async def test_allocation_mismatch_is_retried_from_a_new_port(coturn: TurnLab) -
     await allocate(leftover, scratch, creds, False)
     leftover.close()  # closed without releasing: the server keeps the allocation for a while
     await asyncio.sleep(0.1)  # the transport lets go of the port on a later loop iteration
-    uri = parse_ice_uri(f"turn:127.0.0.1:{coturn.port}?transport=udp")
+    uri = parse_ice_uri(f"turn:127.0.0.1:{turn_server.port}?transport=udp")
     result = PathResult(server=uri.server, transport="udp", kind="turn", uri=str(uri))
     settings = ProbeSettings(udp_timeout=2.0, credentials=creds, udp_local=local)
     await probe_path(uri, Transport.UDP, server, result, settings)

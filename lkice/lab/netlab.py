@@ -29,6 +29,8 @@ unreachable there).
   dead router drops traffic rather than silently forwarding it unimpaired.
 - **Regions**: ``turn.<region>.lab.test`` -> 198.19.i.2, with a second address .3 so coturn
   enables RFC 5780 (OTHER-ADDRESS) and its alternate TLS listener, which the lab puts on port 443.
+  ``pion_regions`` run pion/turn (LiveKit's TURN, :mod:`lkice.lab.pion`) there instead, on the
+  same addresses and ports (pion has no RFC 5780: no OTHER-ADDRESS).
 
 Teardown kills every process the lab started and deletes every namespace and ``/etc/netns`` entry
 however the block ends (exception, Ctrl-C during setup or use), with an ``atexit`` fallback and
@@ -75,6 +77,7 @@ from typing import Any
 
 from lkice.lab.coturn import Coturn, CoturnConfig, LabError, terminate, turnserver_path
 from lkice.lab.dns import Dnsmasq, dnsmasq_path
+from lkice.lab.pion import PionConfig, PionTurn
 from lkice.lab.pki import LabPki
 from lkice.lab.proxy import TinyProxy
 
@@ -432,7 +435,9 @@ def _token_temp_dirs(token: str) -> list[Path]:
     """The lab's working directory and its coturn directories (their names carry the token)."""
     temp = Path(tempfile.gettempdir())
     return sorted(
-        set(temp.glob(f"lkice-netlab-{token}-*")) | set(temp.glob(f"lkice-coturn-lk-{token}-*"))
+        set(temp.glob(f"lkice-netlab-{token}-*"))
+        | set(temp.glob(f"lkice-coturn-lk-{token}-*"))
+        | set(temp.glob(f"lkice-pion-lk-{token}-*"))
     )
 
 
@@ -636,7 +641,9 @@ class NetLab:
 
     ``reorder``: let jitter reorder packets of a flow (off: a path with jitter still delivers in
     order). ``turn_user``/``turn_password``: coturn's long-term credentials (random password by
-    default). ``token``: 6 hex digits naming everything the lab creates (random by default)."""
+    default). ``token``: 6 hex digits naming everything the lab creates (random by default).
+    ``pion_regions``: regions whose TURN server is pion/turn instead of coturn (same users,
+    addresses and ports; needs :func:`lkice.lab.pion.pion_unavailable_reason` to be None)."""
 
     def __init__(
         self,
@@ -648,6 +655,7 @@ class NetLab:
         turn_password: str | None = None,
         token: str | None = None,
         ready_timeout: float = 10.0,
+        pion_regions: Sequence[str] = (),
     ) -> None:
         regions = tuple(regions)
         if not regions:
@@ -662,11 +670,15 @@ class NetLab:
                 )
         if len(set(regions)) != len(regions):
             raise ValueError(f"duplicate region names: {regions}")
+        unknown = [r for r in pion_regions if r not in regions]
+        if unknown:
+            raise ValueError(f"pion_regions {unknown} are not among the regions {regions}")
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
         if token is not None and not _TOKEN_RE.match(token):
             raise ValueError(f"token must be 6 lowercase hex digits, not {token!r}")
         self.regions = regions
+        self.pion_regions = frozenset(pion_regions)
         self.reorder = reorder
         self.turn_user = turn_user
         self.turn_password = turn_password or secrets.token_urlsafe(12)
@@ -683,7 +695,7 @@ class NetLab:
         self._livekit: dict[str, _Helper] = {}
         self._interceptor: _Helper | None = None
         self._web_proxy: TinyProxy | None = None
-        self._coturn: dict[str, Coturn] = {}
+        self._coturn: dict[str, Coturn | PionTurn] = {}  # a region's TURN server
         self._dns: Dnsmasq | None = None
         self._ca_file: Path | None = None
         self._threads: list[threading.Thread] = []
@@ -1133,30 +1145,39 @@ class NetLab:
             )
         return out
 
+    def turn_server_kind(self, region: str) -> str:
+        """Which TURN server ``region`` runs: "coturn" or "pion"."""
+        self._index(region)
+        return "pion" if region in self.pion_regions else "coturn"
+
+    def _pion(self, region: str, pki: LabPki) -> PionTurn:
+        """pion/turn on the region's addresses and ports, as its coturn would be."""
+        return PionTurn(
+            PionConfig(
+                listen_ip=self.server_ip(region),
+                port=TURN_PORT,
+                tls_port=TURN_TLS_PORT,
+                realm=DOMAIN,
+                users={self.turn_user: self.turn_password},
+                pki=pki,
+                extra_ips=(self.alternate_ip(region),),
+                alt_tls_port=TURN_TLS_ALT_PORT,
+                netns=self.region_ns(region),
+            ),
+            ready_timeout=self.ready_timeout,
+        )
+
     def _start_coturns(self, work: Path) -> None:
-        """A real coturn per region; started in parallel (each takes a moment to be ready)."""
+        """A real TURN server per region (coturn, or pion/turn for ``pion_regions``); started in
+        parallel (each takes a moment to be ready)."""
         pkis = self._make_pki(work)
         errors: list[BaseException] = []
 
         def start(region: str) -> None:
-            server = Coturn(
-                CoturnConfig(
-                    listen_ip=self.server_ip(region),
-                    port=TURN_PORT,
-                    tls_port=TURN_TLS_PORT,
-                    realm=DOMAIN,
-                    users={self.turn_user: self.turn_password},
-                    pki=pkis[region],
-                    # Two listening addresses enable RFC 5780 and the alternate listeners;
-                    # the alternate TLS port is 443, where TURN/TLS is found through firewalls.
-                    extra=[
-                        f"listening-ip={self.alternate_ip(region)}",
-                        f"alt-tls-listening-port={TURN_TLS_ALT_PORT}",
-                    ],
-                    netns=self.region_ns(region),
-                    ready_tcp_ports=(TURN_TLS_ALT_PORT,),
-                ),
-                ready_timeout=self.ready_timeout,
+            server: Coturn | PionTurn = (
+                self._pion(region, pkis[region])
+                if region in self.pion_regions
+                else self._coturn_for(region, pkis[region])
             )
             with self._lock:
                 self._coturn[region] = server  # registered first: teardown stops it
@@ -1172,9 +1193,30 @@ class NetLab:
         for t in threads:
             t.join(self.ready_timeout + 15.0)
         if any(t.is_alive() for t in threads):
-            raise LabError("coturn start-up did not finish in time")
+            raise LabError("TURN server start-up did not finish in time")
         if errors:
             raise errors[0]
+
+    def _coturn_for(self, region: str, pki: LabPki) -> Coturn:
+        return Coturn(
+            CoturnConfig(
+                listen_ip=self.server_ip(region),
+                port=TURN_PORT,
+                tls_port=TURN_TLS_PORT,
+                realm=DOMAIN,
+                users={self.turn_user: self.turn_password},
+                pki=pki,
+                # Two listening addresses enable RFC 5780 and the alternate listeners;
+                # the alternate TLS port is 443, where TURN/TLS is found through firewalls.
+                extra=[
+                    f"listening-ip={self.alternate_ip(region)}",
+                    f"alt-tls-listening-port={TURN_TLS_ALT_PORT}",
+                ],
+                netns=self.region_ns(region),
+                ready_tcp_ports=(TURN_TLS_ALT_PORT,),
+            ),
+            ready_timeout=self.ready_timeout,
+        )
 
     # -- the firewall ------------------------------------------------------------------------
 
@@ -1595,6 +1637,7 @@ class NetLab:
                 r: {
                     "namespace": self.region_ns(r),
                     "host": self.turn_host(r),
+                    "turn_server": self.turn_server_kind(r),
                     "ip": self.server_ip(r),
                     "alternate_ip": self.alternate_ip(r),
                     "ports": {"udp/tcp": TURN_PORT, "tls": [TURN_TLS_PORT, TURN_TLS_ALT_PORT]},
