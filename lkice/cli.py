@@ -8,6 +8,7 @@ Heavy modules (the engine, aioice, dnspython, cryptography) are imported inside 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -82,6 +83,9 @@ class _Finite(click.FloatRange):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         import math
 
+        if isinstance(value, str) and not value.strip().isascii():
+            # float() reads Arabic-Indic and other non-ASCII digits: nobody means that.
+            self.fail(f"{value[:40]!r} is not a number", param, ctx)
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a number", param, ctx)
@@ -418,6 +422,8 @@ def demo(
     the given delay, jitter and loss, to a TURN server with its own DNS name. Support staff can
     reproduce a customer's network this way, e.g. --network udp-blocked --rtt 80 --loss 2.
     """
+    if network is None and (rtt or jitter or loss):
+        raise UsageError("--rtt, --jitter and --loss shape the namespace lab: give --network too")
     if network is not None:
         passthrough = [
             "--deadline", str(deadline), "--udp-timeout", str(udp_timeout), "--timeout", str(timeout),
@@ -681,7 +687,9 @@ def probe(
 
         interval = parse_duration(every)
         if interval is None or not EVERY_MIN_S <= interval <= EVERY_MAX_S:
-            raise UsageError(f"--every {every!r}: a duration from 1s to 24h, like 30s, 5m, 1h30m")
+            raise UsageError(
+                f"--every {every[:40]!r}: a duration from 1s to 24h, like 30s, 5m, 1h30m"
+            )
     metrics = None
     if metrics_listen or textfile or push:
         from lkice.metrics import ReportMetrics
@@ -794,6 +802,7 @@ def _enduser() -> int | None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: maps every user error to a message and exit 3, never a traceback."""
     args = list(argv) if argv is not None else sys.argv[1:]
+    _terminate_like_interrupt()
     try:
         if not args:
             status = _enduser()
@@ -827,6 +836,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(EXIT_UNKNOWN)
     sys.exit(0)
+
+
+def _terminate_like_interrupt() -> None:
+    """SIGTERM outside a diagnosis (a lab starting or stopping) ends lkice as Ctrl-C does: the
+    ``with`` blocks run, so no lab server is orphaned and no temporary secret stays on disk.
+    (During a diagnosis it cuts the run short with a partial report: job._stop_on_signals.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGTERM, terminate)
 
 
 def _shown_lines(text: str) -> str:

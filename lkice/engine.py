@@ -178,9 +178,9 @@ class _Run:
             override = self.credentials.get(str(uri))
             if override is not None:
                 probe = replace(probe, credentials=override)
+            if result.redirected_from is not None:
+                probe = replace(probe, credentials_note=self._foreign_note(uri, address, result))
             await probe_path(uri, transport, address, result, probe, follow)
-            if result.redirected_from is not None and result.auth not in (None, "none"):
-                self._note_foreign_credentials(uri, address, result)
         except Redirect as redirect:
             alt = redirect.alternate
             followed = PathResult(
@@ -197,11 +197,12 @@ class _Run:
             self.spawn(self.path(uri, transport, alt, followed, False))
         self._done(result)
 
-    def _note_foreign_credentials(
+    def _foreign_note(
         self, uri: IceUri, address: tuple[str, int], result: PathResult
-    ) -> None:
-        """Credentials went to an address the server named in its 300, not the user: say so,
-        unless it is one of the addresses the name the user gave resolves to."""
+    ) -> str | None:
+        """The note for a followed 300 whose alternate the user did not name (it is not one of
+        the addresses the user's name resolves to): added the moment credentials are sent
+        there, so a cut path says it too."""
         lookup = self._resolutions.get(uri.host)
         named = (
             lookup.result().addresses
@@ -210,8 +211,8 @@ class _Run:
             else [uri.host]
         )  # fmt: skip
         if address[0] in named:
-            return
-        result.notes.append(
+            return None
+        return (
             f"the TURN username and a MESSAGE-INTEGRITY keyed with the password were sent to "
             f"{format_address(address)}, an address named by {result.redirected_from} in its "
             f"300 Try Alternate, not by you: check that it belongs to your TURN provider"
@@ -271,11 +272,24 @@ class _Run:
                 stopper.cancel()
 
     async def cancel_all(self, kind: ErrorKind) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for res in self._resolutions.values():
-            res.cancel()
-        await asyncio.gather(*self.tasks, *self._resolutions.values(), return_exceptions=True)
+        """Cancel every task and collect them, within about a second whatever they do: a
+        cancellation can be lost (Python 3.11's wait_for drops one that lands in the same step
+        as a result), so the ones still running are cancelled again; any left after that are
+        read when they end and never held the partial report back."""
+        pending = {*self.tasks, *self._resolutions.values()}
+        for _ in range(CANCEL_ROUNDS):
+            pending = {t for t in pending if not t.done()}
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=CANCEL_ROUND_S)
+        for task in pending:
+            if not task.done():
+                task.add_done_callback(_retrieve)
+        for task in {*self.tasks, *self._resolutions.values()}:
+            if task.done():
+                _retrieve(task)
         for path in self.paths:
             if not path.ok and path.error is None:
                 path.fail(interrupted_error(kind, path.phase))
@@ -307,6 +321,16 @@ class _Run:
                 transports.index(p.transport),
             ),
         )
+
+
+CANCEL_ROUNDS = 8
+CANCEL_ROUND_S = 0.1
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Read a finished task's outcome so asyncio never logs it (with its contents)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _bounded_addresses(addresses: Sequence[str]) -> tuple[list[str], int]:

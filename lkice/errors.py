@@ -26,7 +26,13 @@ class ErrorKind(str, enum.Enum):
     CONNECT_TIMEOUT = "connect_timeout"
     NETWORK_UNREACHABLE = "network_unreachable"
     UDP_NO_RESPONSE = "udp_no_response"
+    # ICMP port unreachable: the host answered, nothing listens on that UDP port (or a firewall
+    # rejects it, as a TCP RST would say for TCP).
+    UDP_REFUSED = "udp_refused"
     TCP_NO_RESPONSE = "tcp_no_response"
+    # The server answered earlier on this connection or 5-tuple, then stopped answering: the
+    # network lets the traffic through, so this is never called filtered.
+    SERVER_SILENT = "server_silent"
     CONNECTION_CLOSED = "connection_closed"
     TLS_VERIFY = "tls_verify"
     TLS_HANDSHAKE = "tls_handshake"
@@ -35,6 +41,9 @@ class ErrorKind(str, enum.Enum):
     QUOTA = "quota"
     CAPACITY = "capacity"
     TRY_ALTERNATE = "try_alternate"
+    # The allocation works but the relay carries nothing back while the server answers on the
+    # same connection: the server's relayed address is unreachable (its external-ip, relay-ip).
+    RELAY_FAILED = "relay_failed"
     PROTOCOL = "protocol"
     DEADLINE = "deadline"
     INTERRUPTED = "interrupted"

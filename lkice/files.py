@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -19,10 +20,22 @@ def _umask() -> int:
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically; raises OSError with the reason."""
-    target = Path(path)
-    if target.exists() and not target.is_file():
-        raise IsADirectoryError(21, "not a regular file", str(target))
+    """Write ``text`` (UTF-8) to ``path`` atomically; raises OSError with the reason.
+
+    A symlink stays a symlink (its target is replaced); a device or a pipe (``/dev/stdout``,
+    a FIFO) is written to as it is, never replaced by a file; a directory is refused."""
+    given = Path(path)
+    try:
+        mode: int | None = os.stat(given).st_mode  # follows symlinks
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "is a directory", str(given))
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(given, "w", encoding="utf-8") as out:
+            out.write(text)
+        return
+    target = Path(os.path.realpath(given))
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:

@@ -101,8 +101,8 @@ TIMEOUT_KINDS = frozenset({"udp_no_response", "connect_timeout"})
 # TCP (or TLS) connected, then no STUN answer: the network let the connection through, so this
 # is never called filtered (a TLS port spoken to in plain TCP, pion/turn's way; or a middlebox
 # that holds the data). Dead for an advertised URL, but no firewall claim.
-SILENT_KINDS = frozenset({"tcp_no_response"})
-UNREACHABLE_KINDS = TIMEOUT_KINDS | {"connect_refused", "network_unreachable"}
+SILENT_KINDS = frozenset({"tcp_no_response", "server_silent"})
+UNREACHABLE_KINDS = TIMEOUT_KINDS | {"connect_refused", "udp_refused", "network_unreachable"}
 # Kinds that are not evidence of anything about the network.
 NOT_EVIDENCE_KINDS = frozenset({"not_tested", "deadline", "interrupted", "local"})
 LIVEKIT_UDP_RANGE = "50000-60000"
@@ -464,6 +464,9 @@ def _describe_kind(kind: str) -> str:
         "connect_refused": "the connection was refused",
         "connect_timeout": "the connection timed out (a firewall likely drops it)",
         "tcp_no_response": "the server did not answer in time",
+        "server_silent": "the server stopped answering",
+        "relay_failed": "its relay carried nothing",
+        "udp_refused": "UDP was refused (nothing listens there)",
         "network_unreachable": "there is no route to it",
         "tls_handshake": "the secure (TLS) connection could not be set up",
         "websocket_rejected": "the WebSocket connection was refused",
@@ -605,8 +608,13 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
                 "tls-interception",
                 severity,
                 summary,
-                "Encrypted connections to the call servers are broken open by an inspecting "
-                "proxy; WebRTC and TURN over TLS do not work through it"
+                (
+                    "Encrypted connections to the call servers are broken open by an "
+                    "inspecting proxy; WebRTC and TURN over TLS do not work through it"
+                    if known
+                    else "If it is an inspecting proxy, it breaks encrypted connections to the "
+                    "call servers open, and WebRTC and TURN over TLS do not work through it"
+                )
                 + (", so calls cannot start." if signal_failed else ", so the TLS fallback fails."),
                 [e for _, e in items],
                 f"Ask IT to exempt {_join(hosts) or 'the call servers'} from TLS inspection "
@@ -811,6 +819,11 @@ def _rule_credentials(ctx: _Ctx) -> list[Finding]:
     return out
 
 
+def _silent_tls(p: Path) -> bool:
+    """A TLS handshake that got no answer after TCP connected (a middlebox may hold it)."""
+    return _kind(p) == "tls_handshake" and "got no answer within" in _message(p.get("error"))
+
+
 def _blocked(items: Sequence[tuple[int, Path]]) -> bool:
     """Every evidential path failed at the network level, at least one was tried."""
     return bool(items) and all(not p.get("ok") and _kind(p) in UNREACHABLE_KINDS for _, p in items)
@@ -825,18 +838,21 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
     kinds = [_kind(p) or "" for _, p in ctx.indexed]
     parts = []
     n_dns = sum(k == "dns" for k in kinds)
-    n_refused = sum(k == "connect_refused" for k in kinds)
+    n_refused = sum(k in ("connect_refused", "udp_refused") for k in kinds)
     n_timeout = sum(k in TIMEOUT_KINDS for k in kinds)
     n_unreach = sum(k == "network_unreachable" for k in kinds)
-    n_silent = sum(k in SILENT_KINDS for k in kinds)
+    n_silent = sum(
+        k in SILENT_KINDS or _silent_tls(p) for k, (_, p) in zip(kinds, ctx.indexed, strict=True)
+    )
     n_other = len(kinds) - n_dns - n_refused - n_timeout - n_unreach - n_silent
     if n_timeout:
         parts.append(f"{n_timeout} got no answer (a firewall silently drops the traffic)")
     if n_silent:
         parts.append(
-            f"{n_silent} connected over TCP but the server never answered STUN (a TLS port "
-            "spoken to without TLS, a port that is not STUN/TURN, or a middlebox holding the "
-            "data)"
+            f"{n_silent} reached the server but got no answer after that (TCP connected and "
+            "no STUN or TLS answer came, or the server stopped answering: a TLS port spoken to "
+            "without TLS, a port that is not STUN/TURN, a server that goes silent, or a "
+            "middlebox holding the data)"
         )
     if n_refused:
         parts.append(
@@ -861,9 +877,16 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
             "them through."
         )
         advice = (
-            "This is not a firewall problem: ask the operator to check the servers named here "
-            "(their TLS certificates, credentials and configuration) with this report."
+            "The servers were reached: ask the operator to check the servers named here (their "
+            "TLS certificates, credentials and configuration) with this report."
         )
+        if n_silent:
+            advice += (
+                f" {n_silent} got no answer after connecting: if the operator finds the ports "
+                "right, ask IT whether something on the way inspects or holds that traffic."
+            )
+        else:
+            advice += " This is not a firewall problem."
     else:
         summary = f"No connection to the media servers worked: of {total} tried, {_join(parts)}."
         # Firewall advice only for what failed at the network level.
@@ -904,7 +927,8 @@ def _rule_udp_blocked(ctx: _Ctx) -> list[Finding]:
     if not _blocked(udp):
         return _udp_blocked_to_regions(ctx, udp)
     if not any(_kind(p) in TIMEOUT_KINDS for _, p in udp):
-        return []  # refused or unreachable only: not the silent drop of a firewall on UDP
+        # Refused or unreachable only: not the silent drop of a firewall on UDP.
+        return _udp_refused(ctx, udp)
     fallback = [c for c in ("tcp", "tls") if ctx.works(c)]
     rules = _open_rules(_ports_by_proto(udp))
     sfu = _sfu_udp_rule(ctx)
@@ -926,6 +950,30 @@ def _rule_udp_blocked(ctx: _Ctx) -> list[Finding]:
             if rules
             else "Ask IT to allow outbound UDP to the media servers.",
             [i for i, _ in udp],
+        )
+    ]
+
+
+def _udp_refused(ctx: _Ctx, udp: Sequence[tuple[int, Path]]) -> list[Finding]:
+    """Every UDP path refused with ICMP port unreachable: the host answered, so this is a
+    server that does not listen on UDP there, or a firewall that rejects (never "blocked")."""
+    refused = [(i, p) for i, p in udp if _kind(p) == "udp_refused"]
+    if not refused:
+        return []
+    where = _join(sorted({str(p.get("address") or p.get("server")) for _, p in refused}))
+    return [
+        _finding(
+            "udp-refused",
+            "warning",
+            f"UDP to {where} was refused (ICMP port unreachable): nothing listens there on "
+            "UDP, or a firewall rejects it.",
+            "Calls fall back to TCP or TLS where those work: a little more delay, and stalls "
+            "on a network that loses packets.",
+            [_path_evidence(p) for _, p in refused],
+            "Ask the operator whether the TURN server listens on UDP there (coturn's no-udp, "
+            "LiveKit's turn.udp_port); if it does, ask IT whether a firewall rejects outbound "
+            f"UDP to {where}.",
+            [i for i, _ in refused],
         )
     ]
 
@@ -1231,19 +1279,29 @@ def _rule_turn_tls(ctx: _Ctx) -> list[Finding]:
     urls = _advertised(ctx)
     turns = [u for u in urls if u.lower().startswith("turns:")]
     udp_fine = ctx.works("udp")
+    udp_tried = bool(ctx.of("udp", ("turn", "sfu")))
     if not turns:
+        if udp_fine:
+            impact = (
+                "Not a problem on this network (UDP works), but users behind firewalls that "
+                "only allow HTTPS (TCP 443) will not be able to connect media."
+            )
+        elif udp_tried:
+            impact = (
+                "On this network UDP does not work, and without TURN over TLS on port 443 "
+                "there is no fallback that strict firewalls let through."
+            )
+        else:
+            impact = (
+                "Users behind firewalls that only allow HTTPS (TCP 443) will not be able to "
+                "connect media (UDP media was not tested in this run)."
+            )
         return [
             _finding(
                 "turn-tls-missing",
                 "info" if udp_fine else "warning",
                 "The LiveKit server offers no TURN over TLS (turns:) relay.",
-                (
-                    "Not a problem on this network (UDP works), but users behind firewalls that "
-                    "only allow HTTPS (TCP 443) will not be able to connect media."
-                    if udp_fine
-                    else "On this network UDP does not work, and without TURN over TLS on port "
-                    "443 there is no fallback that strict firewalls let through."
-                ),
+                impact,
                 [f"the join response offered: {', '.join(urls) or 'no ICE servers'}"],
                 "Ask the LiveKit operator to enable the built-in TURN server with TLS "
                 "(turn.enabled, turn.domain, turn.tls_port; LiveKit advertises it as "
@@ -1517,8 +1575,11 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
         if loss is not None and each_way is not None and each_way > lim.loss_warn:
             sev = "critical" if each_way >= lim.loss_crit else "warning"
             bad = lim.source("loss_crit", "Daily 'bad'")
+            # Over TCP/TLS this network loses nothing the application sees (TCP repairs it):
+            # what a relay echo loses there is lost at the server or beyond it.
+            server_side = media_m.source == "relay_quality" and c in ("tcp", "tls")
             add(
-                "high-loss",
+                "relay-loss" if server_side else "high-loss",
                 _cap(sev, media_m, pref),
                 f"{media_m.head()}: {_pct(loss)} lost over {media_m.count()}, about "
                 f"{_pct(each_way)} each way (the probe crosses this network {crossings} times;"
@@ -1560,6 +1621,14 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
             "Check Wi-Fi signal and congestion, or try a wired connection; ask IT whether a "
             "link or firewall is dropping traffic.",
         ),
+        "relay-loss": (
+            "The TURN server's relay loses packets (or holds them longer than the test waited).",
+            "Media relayed by this server drops out; the connection to it is TCP/TLS, which "
+            "loses nothing on the way, so the loss is at the server or on its own network "
+            "(or answers were held past the test's wait), not lost on this one.",
+            "Ask the operator to check the TURN server (its load, its relay addresses, the "
+            "network between its relays).",
+        ),
         "low-mos": (
             "The estimated call quality is poor.",
             "Expect a call most people would find annoying: the delay, jitter and loss above "
@@ -1568,7 +1637,7 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
         ),
     }
     out = []
-    for fid in ("high-rtt", "high-jitter", "high-loss", "low-mos"):
+    for fid in ("high-rtt", "high-jitter", "high-loss", "relay-loss", "low-mos"):
         items = results.get(fid)
         if not items:
             continue
@@ -1804,6 +1873,64 @@ def _turn_evidence(p: Path) -> str:
     return text
 
 
+def _rule_regions(ctx: _Ctx) -> list[Finding]:
+    """Regions whose own signaling failed (measured: not cut by the deadline or Ctrl-C)."""
+    failed = []
+    for region in ctx.report.get("regions") or []:
+        if not isinstance(region, dict):
+            continue
+        signal = region.get("signal") or {}
+        kind = str((signal.get("error") or {}).get("kind") or "")
+        if signal.get("ok") or not kind or kind in NOT_EVIDENCE_KINDS:
+            continue
+        failed.append((str(region.get("region")), _mask(str(region.get("url"))), signal))
+    if not failed:
+        return []
+    names = _join(name for name, _, _ in failed)
+    return [
+        _finding(
+            "region-failed",
+            "warning",
+            f"LiveKit signaling to region {names} failed from this network.",
+            "Clients sent to that region cannot start calls from here; other regions may work.",
+            [
+                f"region {name} ({url}): {_message(signal.get('error'))}"
+                for name, url, signal in failed
+            ],
+            "Check the region's URL with the operator; if it is right, ask IT whether "
+            "connections to it are allowed (the errors name the step that failed).",
+        )
+    ]
+
+
+def _rule_relay_failed(ctx: _Ctx) -> list[Finding]:
+    """TURN relays that carry nothing although the server answers on the same connection:
+    the server's relayed address is unreachable, a server setting, not this network."""
+    broken = [(i, p) for i, p in ctx.indexed if _kind(p) == "relay_failed"]
+    if not broken:
+        return []
+    servers = _join(sorted({str(p.get("server")) for _, p in broken}))
+    relays = _join(sorted({str(p.get("relayed_address")) for _, p in broken}))
+    other = any(p.get("ok") and p.get("kind") == "turn" for _, p in ctx.of(kinds=("turn",)))
+    return [
+        _finding(
+            "relay-failed",
+            "warning" if other else "critical",
+            f"The TURN server {servers} grants relays that carry nothing: packets sent through "
+            f"its relay ({relays}) never came back, while the server itself answered.",
+            "Calls that need this relay (behind firewalls that block direct media) get no "
+            "audio or video through it"
+            + ("; another TURN server tested here works." if other else "."),
+            [_path_evidence(p) for _, p in broken],
+            "Ask the operator to check the TURN server's relay address settings (coturn's "
+            "external-ip and relay-ip, LiveKit's turn.relay_range_start/end and node IP): the "
+            "relayed address it hands out must be reachable. This is not a problem of this "
+            "network.",
+            [i for i, _ in broken],
+        )
+    ]
+
+
 def _rule_local(ctx: _Ctx) -> list[Finding]:
     """Paths this computer could not even open a socket for: said as such, never as a network
     fault (they are not evidence: see NOT_EVIDENCE_KINDS)."""
@@ -1845,6 +1972,8 @@ _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _rule_nat,
     _rule_interrupted,
     _rule_local,
+    _rule_relay_failed,
+    _rule_regions,
     _rule_works,
 )
 

@@ -55,7 +55,7 @@ MAX_DEPTH = 64
 # Objects and arrays: a real report has ~15 a path (~140 for lkice demo's nine, however long
 # its trains); they are what makes decoded JSON large in memory (an empty object costs 64 bytes
 # for its 3 of text), so 4 MiB of "{}," would take ~170 MB. Counted in the text before parsing.
-MAX_CONTAINERS = 50_000
+MAX_CONTAINERS = 20_000
 # Integers beyond a double's exact range are not interoperable JSON (RFC 8259, section 6), and
 # formatting them as floats would overflow.
 _MAX_INT = 2**53

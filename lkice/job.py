@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("lkice")
 
 T = TypeVar("T")
+SFU_PROOF_S = 0.1  # --quality-duration 0: 5 data round trips through the SFU, not a train
+MAX_SECRET_BYTES = 64 * 1024  # a token with metadata is a few KB
+MAX_STUN_USERNAME = 500  # RFC 8489: < 513 bytes; the REST form adds "<expiry>:" to --turn-user
 # After a cut, how long cancelled probes get to record where they were; their cleanups are
 # bounded well under this, so a partial report follows within a fraction of a second.
 CANCEL_GRACE_S = 0.4
@@ -52,8 +55,10 @@ def tls_context(ca_files: Sequence[str], insecure: bool) -> ssl.SSLContext:
         try:
             ctx.load_verify_locations(cafile=ca)
         except (OSError, ssl.SSLError) as exc:
+            from lkice.textsafe import visible
+
             raise UsageError(
-                f"--ca-file {ca}: cannot load trust anchors ({exc.__class__.__name__})"
+                f"--ca-file {visible(ca)}: cannot load trust anchors ({exc.__class__.__name__})"
             ) from None
     if insecure:
         ctx.check_hostname = False
@@ -133,9 +138,12 @@ class _Clock:
     stop event (Ctrl-C, SIGTERM, a scheduler): every stage runs under both, so a slow or
     hostile server can hold the run no longer than ``--deadline`` (+ the quality train)."""
 
-    def __init__(self, budget: float, stop: asyncio.Event) -> None:
+    def __init__(self, budget: float, stop: asyncio.Event, setup: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.end = self.loop.time() + budget
+        # Connection setup (signaling, regions) has the user's --deadline alone: the quality
+        # train's share of the budget is for the trains, which cannot start before setup.
+        self.setup_end = self.end if setup is None else min(self.end, self.loop.time() + setup)
         self.stop = stop
         self.start = time.perf_counter()
         self.stages: dict[str, float] = {}
@@ -144,15 +152,21 @@ class _Clock:
     def remaining(self) -> float:
         return self.end - self.loop.time()
 
-    async def bounded(self, stage: str, coro: Coroutine[Any, Any, T]) -> T | None:
-        """``coro``'s result, or None when the deadline or the stop event came first (then it
-        is cancelled, and given a moment to record where it was)."""
+    async def bounded(
+        self, stage: str, coro: Coroutine[Any, Any, T], *, setup: bool = False
+    ) -> T | None:
+        """``coro``'s result, or None when the deadline (the setup deadline with ``setup``) or
+        the stop event came first (then it is cancelled, and given a moment to record where it
+        was)."""
         started = time.perf_counter()
         task = asyncio.ensure_future(coro)
         stopper = asyncio.ensure_future(self.stop.wait())
+        end = self.setup_end if setup else self.end
         try:
             await asyncio.wait(
-                {task, stopper}, timeout=max(0.0, self.remaining()), return_when=FIRST_COMPLETED
+                {task, stopper},
+                timeout=max(0.0, end - self.loop.time()),
+                return_when=FIRST_COMPLETED,
             )
         finally:
             stopper.cancel()
@@ -188,24 +202,43 @@ def _stop_on_signals(stop: asyncio.Event, own: bool) -> Iterator[None]:
         yield
         return
     loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
+    installed: dict[signal.Signals, Any] = {}
 
-    def on_signal(signum: int) -> None:
+    def restore(signum: signal.Signals) -> None:
+        # asyncio puts back SIG_DFL, not what was there (the CLI's own SIGTERM handler, which
+        # lets a lab's teardown run): put that back.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, installed[signum])
+
+    def on_signal(signum: signal.Signals) -> None:
         stop.set()
         if signum == signal.SIGINT:
-            loop.remove_signal_handler(signal.SIGINT)
+            restore(signal.SIGINT)
 
     # Not on the main thread, or not supported (Windows): Ctrl-C then ends without a report.
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            previous = signal.getsignal(signum)
             loop.add_signal_handler(signum, on_signal, signum)
-            installed.append(signum)
+            installed[signum] = previous
+    # A library task that fails after a cut (aiortc's own, on a second Ctrl-C) is logged at
+    # debug level by type only: asyncio would print its traceback and contents.
+    loop.set_exception_handler(_quiet_exceptions)
     try:
         yield
     finally:
         for signum in installed:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signum)
+            restore(signum)
+
+
+def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    log.debug(
+        "asyncio: %s%s",
+        str(context.get("message", "error"))[:200],
+        f" ({type(exc).__name__})" if exc is not None else "",
+    )
 
 
 async def _diagnose(
@@ -223,7 +256,9 @@ async def _diagnose(
     stop = given_stop or asyncio.Event()
     started_at = datetime.now(timezone.utc)
     with _stop_on_signals(stop, own=given_stop is None):
-        clock = _Clock(settings.deadline, stop)
+        train = settings.probe.train
+        setup = None if train is None else settings.deadline - train.duration - train.grace
+        clock = _Clock(settings.deadline, stop, setup)
         if livekit is None:
             progress.stage("probing STUN/TURN paths")
             report = await _engine(uris, settings, own_credentials, clock, progress.path_done)
@@ -277,7 +312,9 @@ async def _diagnose_livekit(
     progress.stage(f"LiveKit signaling to {livekit.url.host}")
     signal_result = SignalResult(url=livekit.url.given)
     probed = await clock.bounded(
-        "signal", probe_signal(livekit.url, livekit.token, livekit.settings, signal_result)
+        "signal",
+        probe_signal(livekit.url, livekit.token, livekit.settings, signal_result),
+        setup=True,
     )
     servers = [] if probed is None else probed[1]
     if probed is None:
@@ -291,7 +328,7 @@ async def _diagnose_livekit(
     if signal_result.ok and clock.cut is None:
         progress.stage("regions")
         probe = _RegionProbe(livekit, signal_result)
-        await clock.bounded("regions", probe.run())
+        await clock.bounded("regions", probe.run(), setup=True)
         regions = probe.summary(clock)
         for name, found in probe.found:
             servers += found
@@ -303,14 +340,20 @@ async def _diagnose_livekit(
             started_at=datetime_now(),
             duration_ms=0.0,
             targets=[str(u) for u in uris],
-            paths=[],
+            paths=_untried(uris, clock),
             verdict="failed",
             settings=_settings_record(settings),
         )
     else:
         advertised = list(dict.fromkeys(s.uri for s in servers))
+        # Each URI gets the credentials of whoever named it: the join's for what the server
+        # advertised, the user's (-u/-p, --turn-secret) only for the URIs the user gave. An
+        # advertised TURN server without credentials never receives the user's.
         credentials = {str(s.uri): s.credentials for s in servers if s.credentials is not None}
+        if settings.probe.credentials is not None:
+            credentials.update({str(u): settings.probe.credentials for u in uris})
         credentials.update(own_credentials)
+        engine_settings = replace(settings, probe=replace(settings.probe, credentials=None))
         main_servers = [s for s in servers if region_of.get(str(s.uri)) == main_region]
         finished = _EngineAnswers()
 
@@ -321,9 +364,10 @@ async def _diagnose_livekit(
         progress.stage("ICE servers and media sessions through the SFU")
         sfu = _SfuStage(livekit, signal_result, main_servers, settings, finished, progress)
         report, _ = await asyncio.gather(
-            _engine([*advertised, *uris], settings, credentials, clock, engine_path_done),
+            _engine([*advertised, *uris], engine_settings, credentials, clock, engine_path_done),
             clock.bounded("sfu", sfu.run()),
         )
+        report.settings = _settings_record(settings)  # the user's auth mode, as given
         sfu_paths = sfu.paths
         for path in sfu_paths:
             if not path.ok and path.error is None:
@@ -337,6 +381,29 @@ async def _diagnose_livekit(
     report.regions = regions
     report.targets.insert(0, livekit.url.given)
     return report
+
+
+def _untried(uris: Sequence[IceUri], clock: _Clock) -> list[PathResult]:
+    """The user's own STUN/TURN targets when signaling used up the run: listed, not dropped,
+    as not tried (not evidence of anything)."""
+    from lkice.errors import ProbeError
+    from lkice.report import PathResult
+
+    why = "interrupted" if clock.cut is ErrorKind.INTERRUPTED else "the overall deadline ended"
+    paths = []
+    for uri in uris:
+        for transport in uri.transports():
+            path = PathResult(
+                server=uri.server, transport=transport.value, kind=uri.kind, uri=str(uri)
+            )
+            path.fail(
+                ProbeError(
+                    clock.cut or ErrorKind.DEADLINE,
+                    f"not tried: {why} during LiveKit signaling, before this target's turn",
+                )
+            )
+            paths.append(path)
+    return paths
 
 
 def datetime_now() -> datetime:
@@ -397,7 +464,8 @@ class _SfuStage:
 
         train = settings.probe.train
         sfu = SfuSettings(
-            duration=max(1.0, train.duration) if train is not None else 1.0,
+            # No quality measurement asked for: a few round trips prove data flows.
+            duration=max(1.0, train.duration) if train is not None else SFU_PROOF_S,
             # ICE gets the same bound as every other step (--timeout): a blocked path must not
             # hold the verdict back longer than a refused connect would.
             ice_timeout=settings.probe.timeout,
@@ -511,6 +579,11 @@ def train_settings(duration: float, interval_ms: float) -> TrainSettings | None:
 
     if duration <= 0:
         return None
+    if duration * 1000 < interval_ms:
+        raise UsageError(
+            f"--quality-duration {duration:g}: shorter than one probe interval "
+            f"({interval_ms:g} ms); give 0 to skip the quality measurement"
+        )
     return TrainSettings(interval=interval_ms / 1000, duration=duration)
 
 
@@ -555,6 +628,8 @@ def parse_regions(options: Sequence[str]) -> list[tuple[str, str]]:
                 parse_ice_uri(uri)
         except UsageError as exc:
             raise UsageError(f"--region {name}: {exc}") from None
+        if any(u == uri and n != name for n, u in regions):
+            raise UsageError(f"--region {name}: {uri[:100]!r} is already given for another region")
         regions.append((name, uri))
     return regions
 
@@ -690,12 +765,20 @@ def _check_secrets(request: RunRequest) -> None:
         if value is None:
             continue
         try:
-            value.encode("utf-8")
+            size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
             raise UsageError(
                 f"{option}: not valid UTF-8 text (check the terminal's or the file's encoding); "
                 "it was not sent anywhere"
             ) from None
+        if size > MAX_SECRET_BYTES:
+            raise UsageError(f"{option}: {size} bytes, longer than any credential")
+    for option, value in (("--username", request.username), ("--turn-user", request.turn_user)):
+        if value is not None and len(value.encode("utf-8")) > MAX_STUN_USERNAME:
+            raise UsageError(
+                f"{option}: longer than a STUN USERNAME may be ({MAX_STUN_USERNAME} bytes, "
+                "RFC 8489)"
+            )
 
 
 def prepare(request: RunRequest) -> Prepared:

@@ -78,6 +78,8 @@ def parse_livekit_url(text: str) -> LiveKitUrl:
         raise UsageError(
             f"{_quote(raw)}: credentials do not belong in the URL; use --api-key/--api-secret"
         )
+    if port == 0:
+        raise UsageError(f"{_quote(raw)}: port 0 is no port")
     if not _valid_host(parts.hostname):
         raise UsageError(f"{_quote(raw)}: {parts.hostname!r} is not a valid host name or address")
     secure, default_port = _SCHEMES[scheme]
@@ -92,6 +94,8 @@ def _valid_host(host: str) -> bool:
 
     from lkice.uri import HOSTNAME_RE
 
+    if "%" in host:
+        return False  # a scoped IPv6 address: its zone would bypass --nameserver
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -389,8 +389,11 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 def write_textfile(path: Path | str, registry: CollectorRegistry) -> None:
     """Atomically (a temporary file in the same directory renamed over ``path``), as
-    node_exporter's textfile collector expects. Raises OSError."""
-    write_to_textfile(str(path), registry)
+    node_exporter's textfile collector expects; never over a device or a pipe's place (see
+    lkice.files). Raises OSError."""
+    from lkice.files import write_atomic
+
+    write_atomic(path, generate_latest(registry).decode("utf-8"))
 
 
 def push(

@@ -472,6 +472,8 @@ def _decode_text(text: str) -> dict[str, Any]:
             continue
         # The checksummed bytes are the encoder's canonical JSON: the same report, the same bytes.
         good.setdefault(hashlib.sha256(data).hexdigest(), (block, report))
+        if len(good) > 1:
+            break  # two different reports are already the answer: the rest is not read
     if len(good) == 1:
         return next(iter(good.values()))[1]
     if len(good) > 1:

@@ -74,7 +74,7 @@ __all__ = [
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION = re.compile(r"(?:([0-9]{1,5})h)?(?:([0-9]{1,7})m)?(?:([0-9]{1,9})s)?")
 MAX_LABELS = 8  # bounded label cardinality: metrics multiply by every label
 EVERY_MIN_S, EVERY_MAX_S = 1.0, 86400.0  # below 10 s: for tests and demos
 SECRET_KEYS = ("api_key", "api_secret", "token", "turn_username", "turn_password", "turn_secret")
@@ -235,7 +235,13 @@ class _Checker:
     # -- reporting ------------------------------------------------------------------------------
 
     def fail(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.path}:{self._line(key)}: {key}: {message}")
+        # A value quoted in the message may be anything the file holds: one line, bounded.
+        from lkice.textsafe import visible
+
+        shown = visible(message)
+        if len(shown) > 300:
+            shown = shown[:300] + "..."
+        self.problems.append(f"{self.path}:{self._line(key)}: {key}: {shown}")
 
     def _line(self, key: str) -> int | str:
         """The line a key path is written on: its table header, then its ``name =`` within;

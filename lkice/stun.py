@@ -92,6 +92,14 @@ def data_indication(msg: stun.Message) -> tuple[tuple[str, int], bytes] | None:
 def authenticate(msg: stun.Message, creds: TurnCredentials, realm: str, nonce: bytes) -> bytes:
     """Add long-term credentials to ``msg`` (fresh transaction id) and return the integrity key."""
     username = creds.username.reveal()
+    if len(username.encode("utf-8", "surrogatepass")) >= 513:
+        # RFC 8489 section 14.3; the join's credentials are the server's, so this is a protocol
+        # error, not a usage error (the user's own are checked at input).
+        raise ProbeError(
+            ErrorKind.PROTOCOL,
+            "the TURN username is longer than STUN allows (513 bytes): not sent",
+            Phase.ALLOCATE,
+        )
     key = make_integrity_key(username, realm, creds.password.reveal())
     msg.transaction_id = random_transaction_id()
     msg.attributes.pop("MESSAGE-INTEGRITY", None)

@@ -19,7 +19,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
+    "DISPLAY_LIMIT",
     "MAX_DEPTH",
+    "clipped",
     "redact_url",
     "redact_urls",
     "url_password",
@@ -57,6 +59,10 @@ def _replace(match: re.Match[str]) -> str:
     if unicodedata.category(ch) in _UNSAFE_CATEGORIES:
         return _escape(ch)
     return ch
+
+
+# Longest string a view shows whole (a certificate subject, a message, a note).
+DISPLAY_LIMIT = 600
 
 
 def visible(text: str) -> str:
@@ -221,3 +227,20 @@ def url_password(url: str) -> str | None:
     prefix = masked.index(_MASK)
     suffix = len(masked) - prefix - len(_MASK)
     return url[prefix : len(url) - suffix] or None
+
+
+def clipped(value: Any, limit: int = DISPLAY_LIMIT, *, max_depth: int = MAX_DEPTH) -> Any:
+    """A copy of a decoded report with every string longer than ``limit`` cut, saying how much
+    was left out: for views a person reads (text, HTML), so a small paste of repeated text
+    cannot print megabytes. The JSON and the paste keep everything."""
+    if max_depth < 0:
+        return None
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        return f"{value[:limit]}... ({len(value) - limit} more characters)"
+    if isinstance(value, dict):
+        return {k: clipped(v, limit, max_depth=max_depth - 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clipped(v, limit, max_depth=max_depth - 1) for v in value]
+    return value

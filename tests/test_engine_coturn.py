@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import socket
 import ssl
@@ -193,13 +194,15 @@ async def test_closed_tcp_port_is_connect_refused(closed_port: int) -> None:
     assert path.error.phase == "connect"
 
 
-async def test_udp_port_without_server_is_udp_no_response_within_bound(closed_port: int) -> None:
+async def test_udp_port_without_server_is_udp_refused_within_bound(closed_port: int) -> None:
+    """Loopback answers with ICMP port unreachable: refused (nothing listens), not filtered."""
     start = time.monotonic()
     report = await probe(f"stun:127.0.0.1:{closed_port}", udp_timeout=1.5)
     elapsed = time.monotonic() - start
     path = only(report)
     assert path.error is not None
-    assert path.error.kind == "udp_no_response"
+    assert path.error.kind == "udp_refused"
+    assert "ICMP port unreachable" in path.error.message
     assert path.error.phase == "binding"
     # Decided by the bound, not by a retransmission chain of tens of seconds. This is a
     # behavioural bound (the run must not wait for RFC 5389's 39.5 s), not a performance assert.
@@ -532,3 +535,41 @@ async def test_allocation_mismatch_is_retried_from_a_new_port(turn_server: TurnL
     assert result.ok, result.error
     assert any("437" in note for note in result.notes)
     assert result.mapped_address != f"{local[0]}:{local[1]}"  # the retry's own port
+
+
+@needs_coturn
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_a_relay_that_carries_nothing_is_the_servers_fault(transport: str) -> None:
+    """coturn told a wrong external-ip (a classic misconfiguration) grants allocations whose
+    relayed address nobody can reach: the relay echo gets nothing back while every Binding on
+    the same connection is answered. That is relay_failed, released, and never 'this network
+    loses packets' (over TCP no loss on this network is even possible)."""
+    from lkice.probe.train import TrainSettings
+
+    user, password = "alice", secrets.token_urlsafe(12)
+    config = CoturnConfig(users={user: password}, extra=["external-ip=127.0.0.9"])
+    with Coturn(config) as server:
+        settings = EngineSettings(
+            probe=ProbeSettings(
+                credentials=TurnCredentials(Secret(user), Secret(password)),
+                train=TrainSettings(duration=0.4, grace=0.3),
+            )
+        )
+        report = await run(
+            [parse_ice_uri(f"turn:127.0.0.1:{server.port}?transport={transport}")], settings
+        )
+    validate_report(report.to_dict())
+    path = only(report)
+    assert path.error is not None, path
+    assert path.error.kind == "relay_failed"
+    assert "external-ip" in path.error.message
+    assert path.deallocated is True
+    assert path.quality is not None
+    assert path.quality["received"] > 0
+    assert "relay-failed" in {f["id"] for f in evaluate(report.to_dict())}
+    findings = evaluate(report.to_dict())
+    ids = {f["id"] for f in findings}
+    assert "high-loss" not in ids
+    text = json.dumps(findings)
+    assert "Wi-Fi" not in text
+    assert "Ask IT to allow" not in text

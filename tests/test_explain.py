@@ -250,7 +250,7 @@ def test_paste_bombs_are_refused_with_little_memory(tmp_path: Path) -> None:
     dense.write_text(_encode(report, "", 64, "xz"))
     rss, shown = child_peak_rss_kib("explain", str(dense))
     assert shown.returncode == 3
-    assert "more than 50000 objects and arrays, more than any report" in shown.stderr
+    assert "more than 20000 objects and arrays, more than any report" in shown.stderr
     assert rss < 80_000, rss
 
 

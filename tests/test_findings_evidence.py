@@ -725,6 +725,93 @@ RULES = [
     ),
 ]
 
+
+def _relay_broken(transport: str) -> dict[str, Any]:
+    p = failed(transport, "relay_failed", message="the TURN relay carried nothing: ...")
+    p["error"]["phase"] = "quality"
+    return p
+
+
+RULES += [
+    Rule(
+        "udp-refused",
+        {
+            "ICMP port unreachable, TCP works": (
+                report([failed("udp", "udp_refused"), ok("tcp")]),
+                "warning",
+            )
+        },
+        {
+            "silent UDP (udp-blocked)": report([*udp_dropped(), ok("tcp")]),
+            "UDP works": report(OPEN),
+        },
+    ),
+    Rule(
+        "region-failed",
+        {
+            "a region refused": (
+                lambda: {
+                    **make_report(OPEN, signal=make_signal()),
+                    "regions": [
+                        {
+                            "region": "us",
+                            "url": "wss://lk-us.example.com",
+                            "distance": None,
+                            "signal": make_signal(False, "connect_refused", "TCP connect refused"),
+                        }
+                    ],
+                },
+                "warning",
+            )
+        },
+        {
+            "regions answered": lambda: {
+                **make_report(OPEN, signal=make_signal()),
+                "regions": [
+                    {
+                        "region": "us",
+                        "url": "wss://lk-us.example.com",
+                        "distance": None,
+                        "signal": make_signal(),
+                    }
+                ],
+            },
+            "a region cut by the deadline": lambda: {
+                **make_report(OPEN, signal=make_signal()),
+                "regions": [
+                    {
+                        "region": "us",
+                        "url": "wss://lk-us.example.com",
+                        "distance": None,
+                        "signal": make_signal(False, "deadline", "overall deadline reached"),
+                    }
+                ],
+            },
+        },
+    ),
+    Rule(
+        "relay-loss",
+        {
+            "relay echo over TCP loses 20 %": (
+                report([failed("udp", "udp_no_response"), ok("tcp", loss=0.2)]),
+                "warning",
+            )
+        },
+        {
+            "the same loss over UDP is the network's (high-loss)": report([ok("udp", loss=0.2)]),
+            "no loss": report(OPEN),
+        },
+    ),
+    Rule(
+        "relay-failed",
+        {
+            "the only relay carries nothing": (report([_relay_broken("udp")]), "critical"),
+            "another relay works": (report([_relay_broken("udp"), ok("tcp")]), "warning"),
+        },
+        {"relays work": report(OPEN), "UDP dropped": report([*udp_dropped(), ok("tcp")])},
+    ),
+]
+
 FIRES = [(r.fid, name, build, sev) for r in RULES for name, (build, sev) in r.fires.items()]
 SILENT = [(r.fid, name, build) for r in RULES for name, build in r.silent.items()]
 
@@ -827,7 +914,7 @@ def test_tcp_no_response_is_never_called_dropped() -> None:
     text = json.dumps(by_id)
     assert "silently drops" not in text
     assert "Ask IT to allow" not in by_id["no-path"]["advice"]
-    assert "never answered STUN" in by_id["no-path"]["summary"]
+    assert "no STUN or TLS answer came" in by_id["no-path"]["summary"]
     assert "udp-blocked" not in by_id
 
 
@@ -1055,3 +1142,27 @@ async def test_signaling_unfinished_at_the_deadline_is_critical() -> None:
     assert found["signal-incomplete"]["severity"] == "critical"
     assert "signal-failed" not in found
     assert data["verdict"] == "failed"
+
+
+def test_a_relay_that_carries_nothing_is_never_network_loss() -> None:
+    _, by_id = run(make_report([_relay_broken("tcp")]))
+    text = json.dumps(by_id)
+    assert "relay-failed" in by_id
+    assert "high-loss" not in by_id
+    assert "Ask IT to allow" not in text
+    assert "Wi-Fi" not in text
+
+
+def test_an_icmp_refusal_is_never_called_blocked() -> None:
+    _, by_id = run(make_report([failed("udp", "udp_refused"), ok("tcp")]))
+    assert "udp-blocked" not in by_id
+    assert "blocked" not in by_id["udp-refused"]["summary"]
+
+
+def test_relay_echo_loss_over_tcp_is_not_called_this_networks() -> None:
+    _, by_id = run(make_report([failed("udp", "udp_no_response"), ok("tcp", loss=0.2)]))
+    assert "relay-loss" in by_id
+    assert "high-loss" not in by_id
+    _, by_id = run(make_report([ok("udp", loss=0.2)]))
+    assert "high-loss" in by_id
+    assert "relay-loss" not in by_id

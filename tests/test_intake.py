@@ -159,7 +159,7 @@ def test_bounds() -> None:
     load_report(dict(REPORT, settings={"x": nested(MAX_DEPTH - 2)}))  # 63 levels in all: fine
     many = "[" + ",".join(["{}"] * (MAX_CONTAINERS + 1)) + "]"
     assert error_of(many) == (
-        "the data has more than 50000 objects and arrays, more than any report"
+        "the data has more than 20000 objects and arrays, more than any report"
     )
     assert error_of(dict(REPORT, x=[{}] * (MAX_CONTAINERS + 1))) == error_of(many)
     assert error_of("[" * 100_000) == error_of(many)  # counted before parsing: no recursion

@@ -499,7 +499,7 @@ def test_decodes_but_not_json_or_not_a_report() -> None:
     )
     deeper = b"[" * 100_000 + b"]" * 100_000
     assert error_of(make_block(deeper)) == (
-        intact + "the data has more than 50000 objects and arrays, more than any report"
+        intact + "the data has more than 20000 objects and arrays, more than any report"
     )
 
 

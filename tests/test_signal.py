@@ -246,3 +246,25 @@ def test_websockets_would_log_the_token_without_lkices_guard(
     request.headers["Authorization"] = "Bearer control-token-123"
     control.send_request(request)
     assert "control-token-123" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("project", "region", "allowed"),
+    [
+        ("wss://p.livekit.cloud", "wss://p.oregon1.production.livekit.cloud", True),
+        ("wss://p.livekit.cloud", "ws://p.oregon1.production.livekit.cloud", False),
+        ("wss://lk.example.com", "wss://lk.example.com:8443/other", True),
+        ("wss://lk.example.com", "ws://lk.example.com", False),
+        ("ws://lk.example.com", "ws://lk.example.com:7880", True),
+        ("wss://lk.example.com", "wss://eu.example.com", False),
+        ("wss://mycompany.co.uk", "wss://attacker.co.uk", False),
+        ("wss://lk.fly.dev", "wss://evil.fly.dev", False),
+        ("wss://198.18.0.1", "wss://198.18.0.2", False),
+        ("wss://p.livekit.cloud", "wss://livekit.cloud.evil.test", False),
+    ],
+)
+def test_which_regions_may_receive_the_token(project: str, region: str, allowed: bool) -> None:
+    from lkice.livekit import parse_livekit_url
+    from lkice.probe.signal import may_receive_token
+
+    assert may_receive_token(parse_livekit_url(project), parse_livekit_url(region)) is allowed

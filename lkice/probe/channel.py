@@ -48,6 +48,10 @@ class _Channel:
         self.label = label
         self._pending: dict[bytes, asyncio.Future[stun.Message]] = {}
         self._failure: ProbeError | None = None
+        # Valid STUN messages received, and the methods of the requests answered: a server
+        # that answered earlier and then stops is silent, not filtered.
+        self.answers = 0
+        self.answered: list[str] = []
         # Set by probe trains: called with (transaction id, arrival time) for every response,
         # and with (peer, data, arrival time) for every TURN Data indication.
         self.on_response: Callable[[bytes, float], None] | None = None
@@ -64,6 +68,7 @@ class _Channel:
         self._send(bytes(message))
 
     def _deliver(self, message: stun.Message, arrived: float) -> None:
+        self.answers += 1
         if message.message_class == stun.Class.INDICATION:
             relayed = codec.data_indication(message)
             if relayed is not None and self.on_data is not None:
@@ -73,6 +78,8 @@ class _Channel:
             self.on_response(message.transaction_id, arrived)
         fut = self._pending.get(message.transaction_id)
         if fut is not None and not fut.done():
+            if len(self.answered) < 8:
+                self.answered.append(message.message_method.name.replace("_", " ").title())
             fut.set_result(message)
 
     def _fail_all(self, exc: ProbeError) -> None:
@@ -99,22 +106,22 @@ class _Channel:
         start = time.perf_counter()
         sends = 0
         try:
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for returns a result that lands
+            # in the same step as a cancellation and swallows the cancellation, so a path cut
+            # by the deadline or Ctrl-C would run on through its whole train.
             for offset in schedule:
                 delay = offset - (time.perf_counter() - start)
                 if delay > 0:
-                    try:
-                        message = await asyncio.wait_for(asyncio.shield(fut), delay)
-                        return Exchange(message, elapsed_ms(start), sends)
-                    except asyncio.TimeoutError:
-                        pass
+                    await asyncio.wait({fut}, timeout=delay)
+                    if fut.done():
+                        return Exchange(fut.result(), elapsed_ms(start), sends)
                 self._send(data)
                 sends += 1
             remaining = timeout - (time.perf_counter() - start)
-            try:
-                message = await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.0))
-            except asyncio.TimeoutError:
-                raise self._timeout_error(phase, timeout, sends) from None
-            return Exchange(message, elapsed_ms(start), sends)
+            await asyncio.wait({fut}, timeout=max(remaining, 0.0))
+            if not fut.done():
+                raise self._timeout_error(phase, timeout, sends)
+            return Exchange(fut.result(), elapsed_ms(start), sends)
         except ProbeError as exc:
             if exc.phase is None:
                 exc.phase = phase
@@ -173,7 +180,7 @@ class UdpChannel(_Channel, asyncio.DatagramProtocol):
         if isinstance(exc, ConnectionRefusedError):
             self._fail_all(
                 ProbeError(
-                    ErrorKind.UDP_NO_RESPONSE,
+                    ErrorKind.UDP_REFUSED,
                     f"no STUN answer from {self.label}: ICMP port unreachable "
                     "(the host answered, but nothing listens on that UDP port)",
                 )
@@ -192,6 +199,8 @@ class UdpChannel(_Channel, asyncio.DatagramProtocol):
             self.transport.close()
 
     def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
+        if self.answered:
+            return _silent_after(self.label, self.answered, phase, timeout, sends)
         if self.malformed:
             return ProbeError(
                 ErrorKind.PROTOCOL,
@@ -264,7 +273,17 @@ class StreamChannel(_Channel, asyncio.Protocol):
             self.transport.close()
 
     def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
+        if self.answered:
+            return _silent_after(self.label, self.answered, phase, timeout, sends)
         proto = "TLS" if self.tls else "TCP"
+        if self.answers:
+            # Messages came, none an answer to this request (a flood of unsolicited STUN).
+            return ProbeError(
+                ErrorKind.TCP_NO_RESPONSE,
+                f"{self.label} accepted the {proto} connection and sent {self.answers} STUN "
+                f"message(s), none an answer to lkice's request, within {timeout:g} s",
+                phase,
+            )
         return ProbeError(
             ErrorKind.TCP_NO_RESPONSE,
             f"{self.label} accepted the {proto} connection but sent no STUN answer within "
@@ -274,6 +293,22 @@ class StreamChannel(_Channel, asyncio.Protocol):
 
     async def request(self, msg: stun.Message, phase: Phase) -> Exchange:
         return await self._transact(msg, phase, [0.0], self.timeout)
+
+
+def _silent_after(
+    label: str, answered: list[str], phase: Phase, timeout: float, sends: int
+) -> ProbeError:
+    """The server answered earlier requests on this connection (or 5-tuple), then not this
+    one: the network carries the traffic, so it is the server that went silent."""
+    earlier = ", ".join(dict.fromkeys(answered))
+    return ProbeError(
+        ErrorKind.SERVER_SILENT,
+        f"{label} answered lkice's earlier requests ({earlier}) on this connection, then sent no "
+        f"answer to the {phase.value.replace('_', ' ')} request within {timeout:g} s "
+        f"({sends} send{'s' if sends != 1 else ''}): the server stopped answering (not a "
+        "firewall: the same traffic got through before)",
+        phase,
+    )
 
 
 def _describe_bytes(data: bytes, exc: ProbeError) -> str:

@@ -64,6 +64,9 @@ class ProbeSettings:
     # Stream paths: tunnel through this web proxy (HTTP CONNECT to the URI's host name and
     # port; the proxy resolves it) instead of connecting directly.
     proxy: ProxyConfig | None = None
+    # A followed 300 to an address the user did not name: the note the path gets the moment
+    # credentials are sent there.
+    credentials_note: str | None = None
 
 
 async def probe_path(
@@ -87,8 +90,9 @@ async def probe_path(
             while True:
                 try:
                     allocation = await allocate(
-                        channel, result, credentials, follow_redirect, forms
-                    )
+                        channel, result, credentials, follow_redirect, forms,
+                        settings.credentials_note,
+                    )  # fmt: skip
                     break
                 except ProbeError as exc:
                     if exc.stun_code == 437 and transport is Transport.UDP and not mismatch_retried:
@@ -123,6 +127,9 @@ async def probe_path(
             await _quality(uri, transport, address, channel, result, settings, allocation)
         if allocation is not None:
             await release(channel, allocation, result)
+        broken = _broken_relay(result)
+        if broken is not None:
+            raise broken
         result.ok = True
         result.phase = None
         log.info("%s %s %s: ok %s", result.kind, result.address, transport.value, _timings(result))
@@ -279,6 +286,26 @@ async def _quality(
                 f"{name} train stopped after {len(outcome.samples)} of {train.count} probes: "
                 f"{outcome.cut_short.message}"
             )
+
+
+def _broken_relay(result: PathResult) -> ProbeError | None:
+    """A relay that carries nothing while the server answers every Binding on the same
+    connection is the server's fault (its relayed address is unreachable: a wrong external-ip
+    or relay-ip), never loss on this network: the path fails as ``relay_failed``."""
+    relay, binding = result.relay_quality, result.quality
+    if not relay or not binding or relay.get("received") or not relay.get("samples"):
+        return None
+    if not binding.get("received"):
+        return None
+    return ProbeError(
+        ErrorKind.RELAY_FAILED,
+        f"the TURN relay carried nothing: none of the {relay['samples']} packets sent through "
+        f"it (relayed address {result.relayed_address}) to lkice's second allocation came "
+        f"back, while the server answered {binding['received']} of {binding['samples']} "
+        "Bindings on the same connection: the relayed address is unreachable (check the "
+        "server's external-ip / relay-ip setting)",
+        Phase.QUALITY,
+    )
 
 
 async def _binding_train(channel: Channel, train: Train) -> TrainResult:

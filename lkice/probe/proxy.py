@@ -72,12 +72,17 @@ class ProxyConfig:
 def parse_proxy_url(text: str) -> ProxyConfig:
     """``http://[user:password@]host[:port]`` (port 3128 if omitted: squid's and many
     appliances' default)."""
-    shown = text.split("@")[-1]  # a message never repeats the credentials
+    # A message never repeats the credentials (nor more than a line of what was given).
+    from lkice.textsafe import redact_url, visible
+
+    shown = visible(redact_url(text.strip()))[:120]
     try:
         parts = urlsplit(text.strip() if "://" in text else f"http://{text.strip()}")
         port = parts.port
-    except ValueError:
-        raise UsageError(f"proxy URL '...@{shown}' is not valid") from None
+    except ValueError as exc:
+        raise UsageError(f"proxy URL {shown!r} is not valid ({exc})") from None
+    if port == 0:
+        raise UsageError(f"proxy URL {shown!r}: port 0 is no port")
     if parts.scheme != "http":
         raise UsageError(
             f"proxy URL scheme {parts.scheme!r} is not supported: give http://host:port (the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import dns.rdatatype
 import dns.resolver
 
 from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.stun import format_address
 
 HOSTS_FILE = Path("/etc/hosts")
 
@@ -54,12 +56,20 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     """``IP`` or ``IP:PORT`` or ``[IPv6]:PORT``; raises ValueError."""
     if text.startswith("["):
         host, _, port = text[1:].partition("]")
+        if port and not port.startswith(":"):
+            raise ValueError("text after ']'")
         port = port.removeprefix(":")
     elif text.count(":") == 1:
         host, _, port = text.partition(":")
     else:
         host, port = text, ""
-    ipaddress.ip_address(host)
+    if "%" in host:
+        raise ValueError("a scoped (zone) address")  # dnspython would ignore the zone
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified or ip.is_multicast:
+        raise ValueError("not an address a DNS server has")
+    if port and not re.fullmatch(r"[0-9]{1,5}", port):  # '+53', ' 53', '٥٣' are no ports
+        raise ValueError("not a port")
     number = int(port) if port else 53
     if not 0 < number < 65536:
         raise ValueError(f"port {number} out of range")
@@ -91,6 +101,8 @@ async def resolve(
         resolver.port = nameserver[1]
     resolver.lifetime = timeout
     server_text = ", ".join(str(ns) for ns in resolver.nameservers) or "none"
+    if nameserver is not None and nameserver[1] != 53:
+        server_text = format_address(nameserver)  # the port the user gave, not only the IP
     results = await asyncio.gather(
         resolver.resolve(host, dns.rdatatype.A, search=False),
         resolver.resolve(host, dns.rdatatype.AAAA, search=False),

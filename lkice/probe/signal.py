@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus, PayloadTooBig
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import InvalidStatus, PayloadTooBig, ProtocolError
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
@@ -234,6 +234,16 @@ def _validate_verdict(
             f"body: {reason[:80]!r}): this is not a LiveKit server, or a proxy answers for it",
             Phase.VALIDATE,
         )
+    if 300 <= status < 400:
+        # Never followed: the token would go wherever the answer points.
+        where = headers.get("location", "")
+        return ProbeError(
+            ErrorKind.NOT_LIVEKIT,
+            f"{url.server} redirects /rtc/validate (HTTP {status}"
+            + (f" to {_short(where, 160)!r}" if where else "")
+            + "): lkice does not follow redirects with the token; give the final URL",
+            Phase.VALIDATE,
+        )
     if status in (502, 503, 504) or "via" in headers:
         return ProbeError(
             ErrorKind.PROXY,
@@ -301,6 +311,9 @@ async def _upgrade(
             if kind is ErrorKind.TOKEN_REJECTED
             else f"WebSocket upgrade refused (HTTP {status})"
         )
+        location = exc.response.headers.get("Location")
+        if 300 <= status < 400 and location:
+            what += f", redirected to {_short(location, 160)!r} (not followed: the token stays)"
         raise ProbeError(kind, f"{what}: {body or 'no reason given'}", Phase.WEBSOCKET)
     if exc is not None:
         raise ProbeError(
@@ -357,9 +370,7 @@ async def _first_message(
                 broken = _broken_websocket(protocol)
                 if broken is not None:
                     raise broken
-                raise ConnectionError(
-                    f"the server closed the WebSocket ({protocol.close_reason or 'no reason'})"
-                )
+                raise ConnectionError(f"the server closed the WebSocket ({_close_of(event)})")
         broken = _broken_websocket(protocol)
         if broken is not None:
             raise broken
@@ -368,6 +379,17 @@ async def _first_message(
             raise ConnectionError("the server closed the connection before sending the join")
         protocol.receive_data(data)
         pending = protocol.events_received()
+
+
+def _close_of(frame: Frame) -> str:
+    """A close frame's code and reason, as the server gave them (LiveKit names why, e.g. a
+    full room or a duplicate identity)."""
+    try:
+        close = Close.parse(bytes(frame.data))
+    except (ProtocolError, ValueError):
+        return "an unreadable close frame"
+    reason = f" {_short(close.reason, 120)!r}" if close.reason else ", no reason given"
+    return f"code {int(close.code)}{reason}"
 
 
 def _summarize_join(join: Any, result: SignalResult) -> list[IceServer]:
@@ -561,19 +583,24 @@ class Region:
     distance: int | None
 
 
-def may_receive_token(project: LiveKitUrl, host: str) -> bool:
-    """Whether lkice may send the project's token to ``host`` unasked: the project's own host,
-    or a host under its parent domain (LiveKit Cloud's regions of ``p.livekit.cloud`` live under
-    ``livekit.cloud``). A parent of one label (``com``) or an IP address is no domain: then
-    only the same host qualifies."""
-    given, other = project.host.rstrip(".").lower(), host.rstrip(".").lower()
+# LiveKit Cloud's domains, as client-sdk-js tells a Cloud URL (isCloud): its regions of
+# ``p.livekit.cloud`` live elsewhere under the same domain. Any other parent domain could be a
+# public suffix (``co.uk``, ``fly.dev``) shared with strangers.
+CLOUD_DOMAINS = ("livekit.cloud", "livekit.run")
+
+
+def may_receive_token(project: LiveKitUrl, region: LiveKitUrl) -> bool:
+    """Whether lkice may send the project's token to a region it did not get from the user:
+    never in clear text when the project uses TLS; to the project's own host; and between
+    hosts of LiveKit Cloud's own domains. Anything else needs ``--region NAME=URL``."""
+    if project.secure and not region.secure:
+        return False
+    given, other = project.host.rstrip(".").lower(), region.host.rstrip(".").lower()
     if other == given:
         return True
-    labels = given.split(".")
-    if len(labels) < 3 or all(part.isdigit() for part in labels) or ":" in given:
-        return False
-    parent = ".".join(labels[1:])
-    return other.endswith("." + parent)
+    return any(
+        given.endswith("." + domain) and other.endswith("." + domain) for domain in CLOUD_DOMAINS
+    )
 
 
 async def fetch_regions(
@@ -630,8 +657,8 @@ async def fetch_regions(
         if region_url.given in seen:
             continue
         seen.add(region_url.given)
-        if not may_receive_token(url, region_url.host):
-            foreign.append(f"{name} ({_short(region_url.host, 64)})")
+        if not may_receive_token(url, region_url):
+            foreign.append(f"{name} ({_short(region_url.given, 80)})")
             continue
         if len(regions) >= MAX_REGIONS:
             beyond += 1
@@ -642,9 +669,9 @@ async def fetch_regions(
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
         notes.append(
-            f"/settings/regions lists {len(foreign)} region(s) outside {url.host}'s domain, "
-            f"skipped: {shown}; lkice sends the token only where you pointed it (give a region "
-            "with --region NAME=URL to test it)"
+            f"/settings/regions lists {len(foreign)} region(s) lkice does not send the token "
+            f"to unasked (another domain than {url.host}'s, or no TLS), skipped: {shown}; give "
+            "a region with --region NAME=URL to test it"
         )
     if beyond:
         notes.append(

@@ -47,6 +47,7 @@ async def allocate(
     credentials: TurnCredentials | None,
     follow_redirect: bool,
     earlier_forms: Sequence[str | None] = (),
+    credentials_note: str | None = None,
 ) -> Allocation:
     """Allocate a UDP relay: the unauthenticated round (expecting 401), then the authenticated
     one. ``earlier_forms``: TURN REST username forms already refused on other connections (a
@@ -78,6 +79,8 @@ async def allocate(
     result.auth = credentials.mode
     result.auth_form = credentials.form
     result.phase = Phase.ALLOCATE
+    if credentials_note is not None and credentials_note not in result.notes:
+        result.notes.append(credentials_note)  # before sending: a cut path says it too
     response, rtt, auth = await _authenticated(
         channel, codec.allocate_request(), Auth(credentials, realm, nonce), Phase.ALLOCATE
     )
@@ -91,7 +94,13 @@ async def allocate(
 def _refused(response: stun.Message) -> bool:
     """The authenticated round refused the credentials: 401 (coturn, RFC 8656), or 400 with no
     reason (pion/turn answers a wrong username or password that way, after its own 401)."""
-    return response.message_class == stun.Class.ERROR and response.error_code in (400, 401)
+    if response.message_class != stun.Class.ERROR:
+        return False
+    if response.error_code == 401:
+        return True
+    _, reason = response.attributes.get("ERROR-CODE", (0, ""))
+    # A 400 that says why ('Wrong transport field') is about the request, not the credentials.
+    return response.error_code == 400 and not str(reason).strip("\x00 ")
 
 
 def refused(exc: ProbeError) -> bool:
@@ -193,6 +202,14 @@ def _check_redirect(msg: stun.Message, result: PathResult, follow: bool) -> None
             ErrorKind.PROTOCOL, "300 Try Alternate without an ALTERNATE-SERVER", result.phase
         )
     result.alternate_server = codec.format_address(alternate)
+    unusable = _unusable(alternate)
+    if unusable:
+        raise ProbeError(
+            ErrorKind.PROTOCOL,
+            f"the server redirected the allocation (300 Try Alternate) to "
+            f"{result.alternate_server}, {unusable}: not followed",
+            result.phase,
+        )
     error = ProbeError(
         ErrorKind.TRY_ALTERNATE,
         f"the server redirected the allocation to {result.alternate_server} (300 Try Alternate)"
@@ -203,6 +220,21 @@ def _check_redirect(msg: stun.Message, result: PathResult, follow: bool) -> None
     if follow:
         raise Redirect(alternate)
     raise error
+
+
+def _unusable(address: tuple[str, int]) -> str | None:
+    """Why an ALTERNATE-SERVER cannot be a TURN server to go to, or None."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address[0])
+    except ValueError:
+        return "not an IP address"
+    if not 0 < int(address[1]) < 65536:
+        return "a port no server listens on"
+    if ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
+        return "an address no server has"
+    return None
 
 
 def _record_allocation(msg: stun.Message, result: PathResult) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lkice.redact import redact_report
-from lkice.textsafe import visible, visible_report
+from lkice.textsafe import clipped, visible, visible_report
 
 __all__ = ["render"]
 
@@ -219,7 +219,9 @@ def render(report: dict[str, Any], *, redact: bool = False) -> str:
     """The report as one HTML document; ``redact`` replaces hosts and public addresses first."""
     if redact:
         report = redact_report(report)
-    report = visible_report(report)  # after redaction, which reads the strings as they came
+    report = clipped(
+        visible_report(report)
+    )  # after redaction, which reads the strings as they came
     paths = [p for p in _list(report.get("paths")) if isinstance(p, dict)]
     verdict = str(report.get("verdict", "unknown"))
     body: list[str] = [_header(report, paths, redacted=redact)]

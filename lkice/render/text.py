@@ -8,7 +8,7 @@ import math
 import textwrap
 from typing import Any
 
-from lkice.textsafe import visible_report
+from lkice.textsafe import clipped, visible_report
 
 __all__ = ["render"]
 
@@ -59,7 +59,7 @@ def _wrap(text: str, first: str, rest: str | None = None) -> list[str]:
 def render(report: dict[str, Any]) -> str:
     """The report (as :func:`lkice.intake.load_report` accepts it) as text; every string from
     it is shown with control characters made visible."""
-    report = visible_report(report)
+    report = clipped(visible_report(report))
     paths: list[dict[str, Any]] = report["paths"]
     summary = report.get("summary") or {
         "ok": sum(1 for p in paths if p["ok"]),
@@ -71,11 +71,17 @@ def render(report: dict[str, Any]) -> str:
     head += f", {duration:.0f} ms)" if duration is not None else ")"
     if report.get("interrupted"):
         head += "  [INTERRUPTED: partial report]"
-    lines = [head, ""]
+    lines = [head]
+    stages = report.get("stages_ms")
+    if isinstance(stages, dict) and stages:
+        shown = [f"{k} {_ms(v)}" for k, v in stages.items() if _num(v) is not None]
+        lines.append("  stages: " + ", ".join(shown) + " ms (TURN and SFU run at once)")
+    lines.append("")
     sections = [
         _findings(report.get("findings") or []),
         _recommendation(report.get("recommendation")),
         _signal(report["signal"]) if report.get("signal") else [],
+        _regions(report.get("regions")),
         _nat(report.get("nat")),
         _table([p for p in paths if p["kind"] != "sfu"]),
         _quality([p for p in paths if p["kind"] != "sfu"]),
@@ -112,14 +118,18 @@ def _findings(findings: list[dict[str, Any]]) -> list[str]:
 def _recommendation(rec: dict[str, Any] | None) -> list[str]:
     if not rec:
         return []
-    where = rec.get("region") or "this deployment"
-    how = str(rec.get("transport") or "no transport").upper()
-    if rec.get("proxy"):
-        how += f" through the web proxy {rec['proxy']}"
-    out = _wrap(
-        f"{where} over {how}" + (f" ({rec['server']})" if rec.get("server") else ""),
-        "Recommended: ",
-    )
+    if not rec.get("transport"):
+        # Nothing usable was found: there is nothing to recommend, only the reason.
+        out = ["Recommended: nothing (no usable path was found)"]
+    else:
+        where = rec.get("region") or "this deployment"
+        how = str(rec["transport"]).upper()
+        if rec.get("proxy"):
+            how += f" through the web proxy {rec['proxy']}"
+        out = _wrap(
+            f"{where} over {how}" + (f" ({rec['server']})" if rec.get("server") else ""),
+            "Recommended: ",
+        )
     if rec.get("reason"):
         out += _wrap(str(rec["reason"]), "  ")
     ranking = rec.get("ranking") or []
@@ -157,6 +167,19 @@ def _signal(signal: dict[str, Any]) -> list[str]:
         out.append("  the server asks clients to force relay (TURN)")
     for note in signal.get("notes", []):
         out += _wrap(str(note), "  note: ", "    ")
+    return out
+
+
+def _regions(regions: list[dict[str, Any]] | None) -> list[str]:
+    """Each region's own signaling: which answered, and why the others did not."""
+    if not regions:
+        return []
+    out = ["Regions (LiveKit signaling of each):"]
+    for region in regions:
+        signal = region.get("signal") or {}
+        error = signal.get("error") or {}
+        state = "ok" if signal.get("ok") else f"FAILED: {error.get('message') or error.get('kind')}"
+        out += _wrap(f"{region.get('region')} ({region.get('url')}): {state}", "  ", "    ")
     return out
 
 

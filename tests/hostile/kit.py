@@ -574,7 +574,7 @@ XOR_MAPPED_ADDRESS, LIFETIME, ALTERNATE_SERVER = 0x0020, 0x000D, 0x8023
 StunMode = Literal[
     "ok", "silent", "xor_mapped_len2", "lifetime_len2", "garbage", "truncated", "redirect"
 ]
-AfterAuth = Literal["forbidden", "redirect"]
+AfterAuth = Literal["forbidden", "redirect", "silent", "bad_request"]
 
 
 @dataclass(frozen=True)
@@ -674,7 +674,8 @@ class StunServer(_LoopThread):
 
     - ``ok``: Binding success (XOR-MAPPED-ADDRESS, and ``software`` as SOFTWARE if given);
       Allocate without credentials: 401 with REALM and NONCE; with credentials: ``after_auth``
-      (``forbidden``: 403; ``redirect``: 300 Try Alternate to ``alternate``).
+      (``forbidden``: 403; ``redirect``: 300 Try Alternate to ``alternate``; ``silent``: no
+      answer at all; ``bad_request``: 400 with a reason that is not about credentials).
     - ``redirect``: Binding success; Allocate: 300 Try Alternate + ALTERNATE-SERVER ``alternate``.
     - ``silent``: nothing, ever (a filtered port looks like this, not like ICMP refused).
     - ``xor_mapped_len2``: a Binding success whose XOR-MAPPED-ADDRESS is 2 bytes long.
@@ -775,6 +776,10 @@ class StunServer(_LoopThread):
                 challenge.attributes["REALM"] = self.realm
                 challenge.attributes["NONCE"] = b"hostile-nonce-0001"
                 return bytes(challenge)
+            if self.after_auth == "silent":
+                return None  # answered the Binding and the 401 round, then goes quiet
+            if self.after_auth == "bad_request":
+                return bytes(_error(method, tid, 400, "Wrong transport field"))
             return bytes(_error(method, tid, 403, "Forbidden"))
         return bytes(_error(method, tid, 400, "Bad Request"))
 
