@@ -111,6 +111,9 @@ class _Outputs:
     paste: str | None = None  # "-": after the human view on stdout
     html: str | None = None
     redact: bool = False
+    # The double-click mode writes next to the program (a Downloads folder): no symlink there
+    # is written through.
+    follow_symlinks: bool = True
 
 
 class OutputError(Exception):
@@ -172,7 +175,7 @@ def _emit_dict(data: dict[str, Any], outputs: _Outputs) -> None:
     failed: list[str] = []
     for option, path, make in files:
         try:
-            write_atomic(path, make())
+            write_atomic(path, make(), follow_symlinks=outputs.follow_symlinks)
         except OSError as exc:
             failed.append(f"{option} {_shown(path)}: cannot write ({exc.strerror or exc})")
     if failed:
@@ -790,10 +793,12 @@ def _enduser() -> int | None:
     if found is None:
         return None
     request, source = found
-    click.echo(f"lkice {__version__}: testing {', '.join(request.targets)} ({source})\n")
+    click.echo(
+        f"lkice {__version__}: testing {_shown(', '.join(request.targets))} ({_shown(source)})\n"
+    )
     report = asyncio.run(diagnose(request, progress_for(True)))
     paste, html = enduser.output_names(enduser.output_dir(enduser.executable_dir()))
-    _emit(report, _Outputs(paste=str(paste), html=str(html)))
+    _emit(report, _Outputs(paste=str(paste), html=str(html), follow_symlinks=False))
     click.echo(f"\nFor your support ticket, send this file: {paste}")
     click.echo(f"The same report with charts (open it in a browser): {html}")
     return _finish(report)

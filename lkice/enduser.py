@@ -27,6 +27,7 @@ from lkice.errors import UsageError
 
 if TYPE_CHECKING:
     from lkice.job import RunRequest
+    from lkice.probedef import ProbeDefinition
 
 __all__ = ["CONFIG_NAME", "default_request", "executable_dir", "output_dir"]
 
@@ -63,7 +64,9 @@ def default_request(folder: Path) -> tuple[RunRequest, str] | None:
     config = folder / CONFIG_NAME
     if config.exists():
         try:
-            return to_request(load(config), system_proxy_env(os.environ)), str(config)
+            definition = load(config)
+            _only_local_secrets(definition, folder)
+            return to_request(definition, system_proxy_env(os.environ)), str(config)
         except DefinitionError as exc:
             raise UsageError("\n".join(exc.problems)) from None
     default = embedded()
@@ -79,17 +82,48 @@ def default_request(folder: Path) -> tuple[RunRequest, str] | None:
     return request, "the default built into this program"
 
 
+def _only_local_secrets(definition: ProbeDefinition, folder: Path) -> None:
+    """An ``lkice.toml`` can arrive next to the program by a download nobody looked at. It may
+    name secrets only as files in its own folder: an environment variable (an AWS key, say) or
+    a file elsewhere would be sent, as a TURN username or credential, to a server it names."""
+    from lkice.probedef import DefinitionError
+
+    refs = dict(definition.credentials)
+    for region in definition.regions:
+        refs.update({f"region.{region.name}.{k}": v for k, v in region.credentials.items()})
+    problems = []
+    home = folder.resolve()
+    for key, ref in refs.items():
+        if ref.env is not None:
+            problems.append(
+                f"{definition.path}: {key}: an {CONFIG_NAME} beside the program may not read "
+                f"environment variables (${ref.env}): put the secret in a file next to it"
+            )
+        elif ref.file is not None and ref.file.resolve().parent != home:
+            problems.append(
+                f"{definition.path}: {key}: an {CONFIG_NAME} beside the program may read only "
+                f"files next to it, not {ref.file}"
+            )
+    if problems:
+        raise DefinitionError(problems)
+
+
 def output_dir(preferred: Path) -> Path:
-    """``preferred`` if files can be written there, else the current folder."""
+    """``preferred`` if files can be written there, else the current folder. The check creates
+    a file of its own (never through a link someone left there) and removes it."""
     for folder in (preferred, Path.cwd()):
-        probe = folder / ".lkice-write-test"
+        probe = folder / f".lkice-write-test-{os.getpid()}"
         try:
-            probe.write_text("")
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+            os.close(fd)
             probe.unlink()
             return folder
         except OSError:
             continue
     return Path.cwd()
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def output_names(folder: Path, now: datetime | None = None) -> tuple[Path, Path]:

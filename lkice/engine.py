@@ -395,6 +395,7 @@ async def run(
         if monitor is not None:
             await monitor.stop()
     state.reraise_bugs()
+    judge_trains(state.paths, () if monitor is None else monitor.stalls)
     duration = (time.perf_counter() - t0) * 1000
     return Report(
         started_at=started_at,
@@ -404,9 +405,26 @@ async def run(
         verdict=decide(state.paths).value,
         settings=settings_record(settings),
         interrupted=interrupted,
-        loop_stalls=None if monitor is None else monitor.summary(),
+        loop_stalls=None if monitor is None else monitor.summary(_train_windows(state.paths)),
         nat=None if state.nat is None else state.nat.to_dict(),
     )
+
+
+def judge_trains(paths: Sequence[PathResult], blind: Sequence[tuple[float, float]]) -> None:
+    """Every train of the run judged together once all have ended (``lkice.quality``): a stall
+    on a TCP/TLS path at a moment when a UDP train of the run was held as much is a shared hold
+    (the way or this computer held everything, UDP too), not TCP's doing; answers that arrived
+    while the agent's own loop stalled (``blind``) are left out. All trains run on one host and
+    one clock (``time.perf_counter()``), so any UDP train of the run is a witness."""
+    shared = [h for p in paths for train in p.trains.by_name.values() for h in train.holds(blind)]
+    for p in paths:
+        for name, train in p.trains.by_name.items():
+            setattr(p, name, train.figures(blind=blind, shared=shared))
+
+
+def _train_windows(paths: Sequence[PathResult]) -> list[tuple[float, float]]:
+    windows = (t.window() for p in paths for t in p.trains.by_name.values())
+    return [w for w in windows if w is not None]
 
 
 def settings_record(settings: EngineSettings) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class ErrorKind(str, enum.Enum):
     TOKEN_REJECTED = "token_rejected"  # noqa: S105 (an error kind, not a secret)
     NOT_LIVEKIT = "not_livekit"
     PROXY = "proxy"
+    # An HTTP gateway answered instead of LiveKit (502/503/504, a Via header) with no web proxy
+    # in use: most often the deployment's own load balancer or CDN with LiveKit behind it down.
+    GATEWAY = "gateway"
     WEBSOCKET_REJECTED = "websocket_rejected"
     JOIN_TIMEOUT = "join_timeout"
     # A path this agent's own stack cannot exercise: neither a success nor a failure.

@@ -168,6 +168,20 @@ def _port(server: str | None) -> str | None:
     return port if port.isascii() and port.isdigit() and len(port) <= 5 else None
 
 
+def _url_port(url: str) -> str:
+    """The port of a LiveKit URL as given (its scheme's default when none is written)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "443"
+    if port:
+        return str(port)
+    return "80" if parts.scheme in ("ws", "http") else "443"
+
+
 def _ip(p: Path) -> str | None:
     address = p.get("address")
     return None if not address else _host(str(address))
@@ -396,6 +410,10 @@ _SIGNAL_ADVICE = {
     "not_livekit": "The URL does not point at a LiveKit server: check it with the operator.",
     "join_timeout": "The server accepted the connection but sent no join response: ask the "
     "operator to check the LiveKit server's logs and health.",
+    "gateway": "Ask the operator whether the LiveKit server behind its load balancer, CDN or "
+    "reverse proxy at {hosts} is up (the gateway answered, LiveKit did not); if the operator "
+    "sees none of these requests, ask IT whether a proxy on this network intercepts HTTPS to "
+    "{hosts}.",
 }
 
 
@@ -455,7 +473,9 @@ def _rule_signal(ctx: _Ctx) -> list[Finding]:
 
 
 # Signaling failures after the connection was made: the network reached the server.
-_REACHED_KINDS = frozenset({"tcp_no_response", "not_livekit", "join_timeout", "protocol"})
+_REACHED_KINDS = frozenset(
+    {"tcp_no_response", "not_livekit", "join_timeout", "protocol", "gateway"}
+)
 
 
 def _describe_kind(kind: str) -> str:
@@ -466,6 +486,7 @@ def _describe_kind(kind: str) -> str:
         "tcp_no_response": "the server did not answer in time",
         "server_silent": "the server stopped answering",
         "relay_failed": "its relay carried nothing",
+        "gateway": "a gateway in front of it answered instead of LiveKit",
         "udp_refused": "UDP was refused (nothing listens there)",
         "network_unreachable": "there is no route to it",
         "tls_handshake": "the secure (TLS) connection could not be set up",
@@ -489,10 +510,12 @@ def _rule_proxy(ctx: _Ctx) -> list[Finding]:
     if through:
         # lkice itself went through the proxy (--proxy, HTTPS_PROXY): the proxy said no.
         how = _proxy_refusal(err) or "policy"
+        url = str(signal.get("url") or "")
+        port = _port(signal.get("address")) or _url_port(url)
         summary, advice = _proxy_login(how, through, hosts, "anything reaches LiveKit") or (
             f"The web proxy {through} refuses to connect to the LiveKit server {hosts}.",
             f"Ask IT to allow HTTPS and WebSocket connections through the proxy to {hosts} "
-            "(port 443), without TLS inspection.",
+            f"(port {port}), without TLS inspection.",
         )
         return [
             _finding(
@@ -549,19 +572,29 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
     certificate for another name, an expired one, a self-signed one are the server's or the
     URL's problem, with advice to match."""
     known: set[str] = set()
+    # The issuers each host showed on verified connections: a different one from the same
+    # host is what proves interception (another server may simply use another CA).
+    known_by_host: dict[str, set[str]] = {}
     sources: list[tuple[int | None, str, dict[str, Any] | None, dict[str, Any] | None]] = []
+    hosts_of: dict[int | None, str] = {}
     signal = ctx.report.get("signal")
     if signal:
         tls = signal.get("tls") or {}
+        signal_host = (ctx.signal_hosts() or [""])[0]
+        hosts_of[None] = signal_host
         if signal.get("ok") and tls.get("verified") and tls.get("issuer"):
             known.add(str(tls["issuer"]))
+            known_by_host.setdefault(signal_host, set()).add(str(tls["issuer"]))
         sources.append(
             (None, f"signaling to {_mask(str(signal.get('url')))}", signal.get("error"), tls)
         )
     for i, p in enumerate(ctx.paths):
         tls = p.get("tls") or {}
+        host = _host(str(p.get("server")))
+        hosts_of[i] = host
         if p.get("ok") and tls.get("verified") and tls.get("issuer"):
             known.add(str(tls["issuer"]))
+            known_by_host.setdefault(host, set()).add(str(tls["issuer"]))
         sources.append((i, _label(p), p.get("error"), tls))
     failed = [
         (i, label, err, tls)
@@ -590,11 +623,21 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
         | (set(ctx.signal_hosts()) if signal_failed else set())
     )
     for issuer, items in interception.items():
-        if known:
+        own = sorted(
+            {k for where, _ in items for k in known_by_host.get(hosts_of.get(where, ""), set())}
+        )
+        if own:
             summary = (
                 "Something on this network intercepts encrypted connections: the certificate "
-                f"came from '{issuer}', while the servers' own certificates, seen on paths that "
-                f"worked, come from {_join(sorted(known))}."
+                f"came from '{issuer}', while the same server's own certificate, seen on a path "
+                f"that worked, comes from {_join(own)}."
+            )
+        elif known:
+            summary = (
+                f"Encrypted connections got a certificate from '{issuer}' that this computer "
+                "does not trust (other servers here showed certificates from "
+                f"{_join(sorted(known))}): unless '{issuer}' is this server's own CA, a "
+                "TLS-inspecting proxy on this network intercepts them."
             )
         else:
             summary = (
@@ -611,7 +654,7 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
                 (
                     "Encrypted connections to the call servers are broken open by an "
                     "inspecting proxy; WebRTC and TURN over TLS do not work through it"
-                    if known
+                    if own
                     else "If it is an inspecting proxy, it breaks encrypted connections to the "
                     "call servers open, and WebRTC and TURN over TLS do not work through it"
                 )
@@ -716,6 +759,14 @@ def _certificate_advice(
             "Ask the operator to install a certificate from a public or company CA; to test "
             "anyway, give the server's certificate to lkice with --ca-file.",
         )
+    said = _join(sorted({str(c["verify_error"]) for c in certs if c.get("verify_error")}))
+    if problem == "other" and said:
+        return (
+            "tls-certificate",
+            f"A server's TLS certificate was rejected: {said}.",
+            "Ask the operator to check the certificate (its key, its purpose: server "
+            "authentication, and its chain); this is not about which CA signed it.",
+        )
     return (
         "tls-certificate",
         "A server's TLS certificate was rejected (signed by a CA this computer does not trust, "
@@ -819,6 +870,15 @@ def _rule_credentials(ctx: _Ctx) -> list[Finding]:
     return out
 
 
+def _reset_after_connect(p: Path) -> bool:
+    """TCP connected, then the connection was reset or closed before any answer."""
+    message = _message(p.get("error")).lower()
+    kind = _kind(p)
+    if kind == "tls_handshake":
+        return "closed or reset" in message
+    return kind == "connection_closed" and ("reset" in message or "errno 104" in message)
+
+
 def _silent_tls(p: Path) -> bool:
     """A TLS handshake that got no answer after TCP connected (a middlebox may hold it)."""
     return _kind(p) == "tls_handshake" and "got no answer within" in _message(p.get("error"))
@@ -844,12 +904,21 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
     n_silent = sum(
         k in SILENT_KINDS or _silent_tls(p) for k, (_, p) in zip(kinds, ctx.indexed, strict=True)
     )
+    # A reset right after connecting (on the ClientHello, on the first STUN request) is the
+    # mark of an application-aware firewall as often as of the server: never "not a firewall".
+    n_reset = sum(_reset_after_connect(p) for _, p in ctx.indexed)
+    n_silent += n_reset
     n_other = len(kinds) - n_dns - n_refused - n_timeout - n_unreach - n_silent
     if n_timeout:
         parts.append(f"{n_timeout} got no answer (a firewall silently drops the traffic)")
-    if n_silent:
+    if n_reset:
         parts.append(
-            f"{n_silent} reached the server but got no answer after that (TCP connected and "
+            f"{n_reset} were reset right after connecting (a firewall that inspects TLS or "
+            "STUN and cuts what it does not allow, or the server)"
+        )
+    if n_silent - n_reset:
+        parts.append(
+            f"{n_silent - n_reset} reached the server but got no answer after that (TCP connected and "
             "no STUN or TLS answer came, or the server stopped answering: a TLS port spoken to "
             "without TLS, a port that is not STUN/TURN, a server that goes silent, or a "
             "middlebox holding the data)"
@@ -882,8 +951,9 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
         )
         if n_silent:
             advice += (
-                f" {n_silent} got no answer after connecting: if the operator finds the ports "
-                "right, ask IT whether something on the way inspects or holds that traffic."
+                f" {n_silent} got no answer or were reset after connecting: if the operator "
+                "finds the ports right, ask IT whether something on the way inspects, holds "
+                "or cuts that traffic."
             )
         else:
             advice += " This is not a firewall problem."
@@ -905,6 +975,11 @@ def _rule_no_path(ctx: _Ctx) -> list[Finding]:
             advice += (
                 f" The {n_other} that reached their server failed for other reasons (see the "
                 "errors): ask the operator about those."
+            )
+        if n_reset:
+            advice += (
+                f" The {n_reset} reset right after connecting may be cut by a firewall that "
+                "inspects TLS or STUN: ask IT about those too."
             )
     return [
         _finding(
@@ -1079,8 +1154,14 @@ def _proxy_refusal(err: dict[str, Any] | None) -> str | None:
     if err.get("kind") == "proxy":
         if "rejected the credentials" in message:
             return "auth-rejected"
+        if "accepts only" in message and "lkice cannot do" in message:
+            return "auth-unsupported"
+        if "did not answer CONNECT" in message:
+            return "silent"  # reached, then quiet: the proxy's failing, not unreachable
+        if "is broken" in message:
+            return "broken"
         return "auth-required" if "authentication" in message else "policy"
-    if "unreachable" in message or "did not answer CONNECT" in message:
+    if "unreachable" in message:
         return "unreachable"
     return None
 
@@ -1100,6 +1181,28 @@ def _proxy_login(how: str, proxy: str, targets: str, gate: str) -> tuple[str, st
             f"The web proxy {proxy} rejected the login lkice gave it.",
             "Check the proxy user name and password (the ones your browser uses); lkice "
             "never shows them.",
+        )
+    if how == "auth-unsupported":
+        return (
+            f"The web proxy {proxy} wants a Windows login (Negotiate/NTLM) before {gate}, which "
+            "lkice cannot give (it speaks Basic only).",
+            f"Your password is probably fine: browsers log in with your Windows account. Ask IT "
+            f"to let {targets} through the proxy without a login, or to allow Basic "
+            "authentication for this test.",
+        )
+    if how == "silent":
+        return (
+            f"The web proxy {proxy} accepted the connection but never answered, so nothing "
+            f"reached {targets}.",
+            f"Ask IT whether the proxy {proxy} is working (overloaded, or not a proxy at that "
+            "address); the servers behind it were never asked.",
+        )
+    if how == "broken":
+        return (
+            f"The web proxy {proxy} answered with something that is not a proxy's answer, so "
+            f"nothing reached {targets}.",
+            f"Ask IT to check the proxy address and the proxy {proxy} itself; the servers "
+            "behind it were never asked.",
         )
     return None
 
@@ -1664,8 +1767,46 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
     return out
 
 
+def _repairs(q: dict[str, Any]) -> tuple[int | None, str]:
+    """Losses the kernel repaired on a train's TCP connection(s) (None: not fully counted
+    here), with the evidence in words ("" when there is none)."""
+    tcp = q.get("tcp")
+    if not tcp:
+        return None, ""
+    resent = max(0, int(tcp.get("retransmits") or 0) - int(tcp.get("spurious") or 0))
+    behind = tcp.get("out_of_order")
+    words = []
+    if resent:
+        words.append(f"this computer resent {resent} segment(s)")
+    if behind:
+        words.append(f"{behind} segment(s) came in behind a gap (the server resent them)")
+    if words:
+        return resent + int(behind or 0), f"; the kernel says {_join(words)} during the train"
+    if behind is None:
+        # A direction the platform does not count: no claim either way.
+        return None, ""
+    return 0, "; the kernel resent nothing and received nothing out of order during the train"
+
+
+def _udp_loss(ctx: _Ctx) -> list[str]:
+    """Evidence of loss on this network measured over UDP (where nothing is repaired)."""
+    out = []
+    for i, p in ctx.of("udp"):
+        for source in ("quality", "relay_quality"):
+            q = p.get(source) or {}
+            if p.get("ok") and q.get("samples") and float(q.get("loss") or 0.0) > 0:
+                m = _Measure(i, p, source, q)
+                out.append(f"{m.head()}: {_pct(float(q['loss']))} lost over {m.count()}")
+    return out
+
+
 def _rule_hol(ctx: _Ctx) -> list[Finding]:
+    """Head-of-line stalls on TCP/TLS, worded by the evidence of loss behind them: repairs the
+    kernel counted (loss and HOL), loss measured over UDP on this network (HOL plausible), or
+    none (a hold without loss, never called loss). Holds that a UDP train of the run had at the
+    same moment are not TCP's doing: said apart (``shared-hold``), never as HOL."""
     hits: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
+    shared: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
     for i, p in ctx.indexed:
         if not p.get("ok") or p.get("transport") not in ("tcp", "tls"):
             continue
@@ -1674,33 +1815,67 @@ def _rule_hol(ctx: _Ctx) -> list[Finding]:
             hol = q.get("hol") or {}
             if hol.get("detected"):
                 hits.append((i, p, source, q, hol))
-    if not hits:
-        return []
+            if hol.get("shared"):
+                shared.append((i, p, source, q, hol))
+    out = []
+    if hits:
+        out.append(_hol_blocking(ctx, hits))
+    if shared:
+        out.append(_shared_hold(shared))
+    return out
+
+
+def _hol_blocking(
+    ctx: _Ctx, hits: Sequence[tuple[int, Path, str, dict[str, Any], dict[str, Any]]]
+) -> Finding:
     worst = max(hits, key=lambda h: float(h[4].get("max_stall_ms") or 0.0))
     n_ms = worst[4].get("max_stall_ms")
     udp_ok = ctx.works("udp")
     evidence = []
+    repaired: list[int | None] = []
     for i, p, source, q, hol in hits:
         m = _Measure(i, p, source, q)
+        count, kernel = _repairs(q)
+        repaired.append(count)
         evidence.append(
             f"{m.head()}: {hol.get('stalls')} stalls, longest {_ms(hol.get('max_stall_ms'))} ms "
-            f"beyond baseline, {_pct(float(hol.get('stalled_fraction') or 0.0))} of probes "
-            f"held, over {m.count()} (TCP repairs each loss, so it shows as a stall)"
+            f"beyond the typical RTT, {_pct(float(hol.get('stalled_fraction') or 0.0))} of the "
+            f"train held, over {m.count()}{kernel}"
         )
+    stalls = sum(int(h[4].get("stalls") or 0) for h in hits)
     classes = {str(h[1].get("transport")) for h in hits}
     transports = _join(f"TURN/{c.upper()}" for c in CLASSES if c in classes)
-    cause = (
-        "TCP through the web proxy holds audio back"
-        if all(h[1].get("proxy") for h in hits)
-        else "packet loss on this network makes TCP hold audio back"
-    )
-    summary = (
-        f"{transports} {'works' if len(classes) == 1 else 'work'}, but {cause}: "
-        f"stalls of up to {_ms(n_ms)} ms were measured."
-    )
+    udp_loss = _udp_loss(ctx)
+    lossy = any(r for r in repaired)
+    works = f"{transports} {'works' if len(classes) == 1 else 'work'}, but"
+    up_to = f"stalls of up to {_ms(n_ms)} ms were measured."
+    # Loss is named only where it was measured: repairs the kernel counted, or UDP losing.
+    said_loss = True
+    if all(h[1].get("proxy") for h in hits):
+        summary = f"{works} TCP through the web proxy holds audio back: {up_to}"
+        said_loss = lossy
+    elif lossy:
+        summary = f"{works} packet loss on this network makes TCP hold audio back: {up_to}"
+    elif udp_loss and not all(r == 0 for r in repaired):
+        summary = (
+            f"{works} packets are lost on this network (measured over UDP), and TCP most "
+            f"likely holds audio back while it resends them: {up_to}"
+        )
+        evidence += udp_loss
+    else:
+        summary = (
+            f"{works} TCP/TLS stalled {stalls} times, for up to {_ms(n_ms)} ms, with no loss "
+            "measured: something on the way held the data (a proxy, a busy link)."
+        )
+        said_loss = False
     impact = (
-        f"When media goes over TCP or TLS, every lost packet stops the audio behind it until "
-        f"TCP has resent it: freezes of up to {_ms(n_ms)} ms, then a burst."
+        "When media goes over TCP or TLS, "
+        + (
+            "every lost packet stops the audio behind it until TCP has resent it"
+            if said_loss
+            else "anything held on the way stops all the audio behind it"
+        )
+        + f": freezes of up to {_ms(n_ms)} ms, then a burst."
         + (
             " Here UDP works, so clients will use it and should not feel this."
             if udp_ok
@@ -1712,15 +1887,117 @@ def _rule_hol(ctx: _Ctx) -> list[Finding]:
         if udp_ok
         else "Ask IT to open UDP (see the UDP advice): UDP has no head-of-line blocking."
     )
+    return _finding(
+        "hol-blocking",
+        "info" if udp_ok else "warning",
+        summary,
+        impact,
+        evidence,
+        advice,
+        [h[0] for h in hits],
+    )
+
+
+def _shared_hold(
+    shared: Sequence[tuple[int, Path, str, dict[str, Any], dict[str, Any]]],
+) -> Finding:
+    count = sum(int(h[4].get("shared") or 0) for h in shared)
+    longest = max(float(h[4].get("shared_max_ms") or 0.0) for h in shared)
+    evidence = [
+        f"{_Measure(i, p, source, q).head()}: {hol.get('shared')} hold(s) of up to "
+        f"{_ms(hol.get('shared_max_ms'))} ms, each at a moment when a UDP train of this run "
+        "was held at least half as long"
+        for i, p, source, q, hol in shared
+    ]
+    return _finding(
+        "shared-hold",
+        "info",
+        f"All traffic was held at the same moments, UDP too: {count} hold(s) of up to "
+        f"{_ms(longest)} ms on TCP/TLS matched holds on UDP, so they were not TCP's doing.",
+        "Something on the way or on this computer held every connection at once (a Wi-Fi "
+        "scan or roaming, a busy router, a VPN client, a paused virtual machine): a call would "
+        "freeze for a moment at such times whatever the transport. They are not counted as "
+        "head-of-line stalls.",
+        evidence,
+        "If calls freeze now and then, check the Wi-Fi (background scans, roaming), VPN "
+        "software and what else this computer is doing.",
+        [h[0] for h in shared],
+    )
+
+
+# An agent stall this long holds at least two audio packets' worth of timing; this much in all
+# during the trains is past scheduling noise (the loop monitor's threshold is 10 ms per wake-up).
+AGENT_STALL_MS = 50.0
+AGENT_STALLED_TOTAL_MS = 100.0
+# A stall the loop's own thread spent computing for at least this share was lkice's own work.
+AGENT_OWN_SHARE = 0.5
+
+
+def _rule_agent_busy(ctx: _Ctx) -> list[Finding]:
+    """lkice's own event loop stalled while trains ran: answers that came in then were left
+    out (``lkice.quality``), and what held the loop is named from the CPU time its thread used
+    over the stalls: lkice's own work, or the computer (a processor busy with other programs,
+    a paused process). Never the network, and never a warning: the network's verdict stands on
+    the figures that were kept. Stalls outside the trains (start-up, handshakes) touch no figure
+    and are not reported here."""
+    stalls = (ctx.report.get("agent") or {}).get("loop_stalls") or {}
+    during = stalls.get("during_trains")
+    if not isinstance(during, dict):
+        return []  # no train ran (or a report from before the trains were told apart)
+    longest = float(during.get("max_ms") or 0.0)
+    total_ms = float(during.get("total_ms") or 0.0)
+    if longest < AGENT_STALL_MS and total_ms < AGENT_STALLED_TOTAL_MS:
+        return []
+    own_ms = min(total_ms, float(during.get("own_ms") or 0.0))
+    excluded = discounted = trains = 0
+    for p in ctx.paths:
+        for source in ("quality", "relay_quality"):
+            q = p.get(source) or {}
+            left = int(q.get("excluded") or 0)
+            agent = int((q.get("hol") or {}).get("discounted") or 0)
+            if left or agent:
+                trains += 1
+                excluded += left
+                discounted += agent
+    window = float(during.get("window_ms") or 0.0)
+    evidence = [
+        f"while the trains ran ({_ms(window)} ms), lkice's event loop woke late "
+        f"{during.get('stalls')} times (more than {_ms(stalls.get('threshold_ms'))} ms late "
+        f"counts), longest {_ms(longest)} ms, {_ms(total_ms)} ms in all; its own thread "
+        f"computed for {_ms(own_ms)} ms of that"
+    ]
+    if excluded:
+        evidence.append(
+            f"{excluded} answers on {trains} train(s) arrived while lkice could not look: left "
+            "out of jitter, late answers and stall figures"
+        )
+    if discounted:
+        evidence.append(f"{discounted} stall(s) released while lkice was held: not counted")
+    if own_ms >= AGENT_OWN_SHARE * total_ms:
+        return [
+            _finding(
+                "agent-busy",
+                "info",
+                f"lkice itself could not keep up during {_ms(total_ms)} ms of the test (its own "
+                "work held its clock); figures in those moments were left out.",
+                "Answers that came in while lkice was busy are not counted against the network. "
+                "This says nothing about the network or about calls on this computer.",
+                evidence,
+                "For figures of the network alone, test fewer servers at once or use a longer "
+                "--quality-interval.",
+            )
+        ]
     return [
         _finding(
-            "hol-blocking",
-            "info" if udp_ok else "warning",
-            summary,
-            impact,
+            "agent-busy",
+            "info",
+            f"This computer was too busy during {_ms(total_ms)} ms of the test (lkice waited "
+            "for the processor); figures in those moments were left out.",
+            "Answers that came in then are not counted against the network. A computer this "
+            "busy may also make a call stutter, whatever the network does.",
             evidence,
-            advice,
-            [h[0] for h in hits],
+            "Close programs that keep the processor busy (or let updates and backups finish) "
+            "and run lkice again for figures of the network alone.",
         )
     ]
 
@@ -1795,12 +2072,21 @@ def _rule_works(ctx: _Ctx) -> list[Finding]:
 
     direct = [(i, p) for i, p in sfu if not p.get("relay") and p.get("transport") == "udp"]
     if direct:
+        forced = bool((ctx.report.get("signal") or {}).get("force_relay"))
         out.append(
             _finding(
                 "sfu-direct-ok",
                 "info",
-                "Direct UDP to the LiveKit SFU works: the best path for calls.",
-                "Audio and video go straight to the SFU over UDP, with the least delay.",
+                "Direct UDP to the LiveKit SFU works"
+                + (
+                    ", but the server tells clients to relay through TURN (force_relay): calls "
+                    "use the relay, not this path."
+                    if forced
+                    else ": the best path for calls."
+                ),
+                "The server's force_relay setting sends media through TURN instead."
+                if forced
+                else "Audio and video go straight to the SFU over UDP, with the least delay.",
                 [sfu_evidence(p) for _, p in direct],
                 "Nothing to do.",
                 [i for i, _ in direct],
@@ -1972,6 +2258,7 @@ _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _rule_nat,
     _rule_interrupted,
     _rule_local,
+    _rule_agent_busy,
     _rule_relay_failed,
     _rule_regions,
     _rule_works,

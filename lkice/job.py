@@ -317,8 +317,8 @@ async def _diagnose_livekit(
         setup=True,
     )
     servers = [] if probed is None else probed[1]
-    if probed is None:
-        _cut(signal_result, clock)
+    if probed is None and signal_result.error is None:
+        _cut(signal_result, clock)  # an error already known (a rejected certificate) stays
     given = [name for name, url in livekit.regions if url == livekit.url.given]
     main_region = (
         given[0] if given else (signal_result.server or {}).get("region") or livekit.url.host

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from lkice.credentials import Secret
 from lkice.errors import UsageError
@@ -83,10 +83,27 @@ def parse_livekit_url(text: str) -> LiveKitUrl:
     if not _valid_host(parts.hostname):
         raise UsageError(f"{_quote(raw)}: {parts.hostname!r} is not a valid host name or address")
     secure, default_port = _SCHEMES[scheme]
-    prefix = parts.path.rstrip("/")
+    # What goes into the request line is percent-encoded: a space, a control character or
+    # non-ASCII in a path (a hostile region list's, a typo's) cannot break the request.
+    prefix = quote(parts.path.rstrip("/"), safe="/:@!$&'()*+,;=-._~%")
     if prefix.endswith("/rtc"):
         prefix = prefix[: -len("/rtc")]
-    return LiveKitUrl(raw, parts.hostname.lower(), port or default_port, secure, prefix)
+    return LiveKitUrl(_masked(raw), parts.hostname.lower(), port or default_port, secure, prefix)
+
+
+# Query parameters that carry a token or a secret (meeting links carry the token this way):
+# lkice never sends the given URL's query, and never shows these values.
+_SECRET_QUERY = re.compile(
+    r"(?i)(^|[?&;])(access_token|token|jwt|secret|api_secret|password|key)=[^&;#]*"
+)
+
+
+def _masked(url: str) -> str:
+    """The URL as reports show it: secret-looking query values replaced with ``***``."""
+    base, sep, rest = url.partition("?")
+    if not sep:
+        return url
+    return base + sep + _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", rest)
 
 
 def _valid_host(host: str) -> bool:

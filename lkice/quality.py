@@ -31,12 +31,22 @@ Baseline
 
 Head-of-line blocking (``hol``, stream transports only; None for UDP)
     On TCP (and TLS over it) a lost segment holds every later byte in the receiver's kernel until
-    the retransmission arrives (tail-loss probe or fast retransmit: about an RTT plus a probe
-    interval later; RTO: at least 200 ms on Linux), and then every held answer reaches the
-    application at the same instant. The signature is that release: answers to probes sent an
-    interval apart arriving together. Holds are measured from the path's typical RTT (the median
-    of answered RTTs), not from its floor, so ordinary jitter is not mistaken for a hold. With
-    ``tau = max(min_excess_ms, baseline_factor * median)`` (15 ms, a quarter of the median):
+    the retransmission arrives, and then every held answer reaches the application at the same
+    instant. The signature is that release: answers to probes sent an interval apart arriving
+    together. Holds are measured from the path's typical RTT (the median of answered RTTs), not
+    from its floor, so ordinary jitter is not mistaken for a hold.
+
+    How long a repair takes is physics, and the threshold follows from it. The sender learns of
+    a loss only from the peer: a SACK for a later segment (RACK, fast retransmit: one RTT of the
+    connection after that later segment, here the next probe, one interval on), the tail-loss
+    probe timer (two smoothed RTTs, 10 ms at least) or the retransmission timeout (200 ms at
+    least on Linux). So the answer behind a lost segment is held at least about one connection
+    RTT (measured in the lab: never under 54 ms at 40 ms RTT, where RTT + interval is 60 ms).
+    A round trip may cross several TCP connections in series (a relay echo crosses the client's
+    leg twice: ``legs`` 2), each repairing its own losses, so the connection RTT is the median
+    divided by ``legs``. A hold counts above ``tau = max(min_excess_ms, baseline_factor *
+    median / legs)`` (15 ms; 0.75: a quarter below the physical floor, so the floor's own timing
+    noise is kept, and well above the few ms by which a busy host's scheduling delays answers):
 
     * A stall starts at an answer held suddenly: more than ``tau`` above the median and more
       than ``tau`` above the previous answer (the pre-stall level). A filling queue (bufferbloat)
@@ -49,22 +59,54 @@ Head-of-line blocking (``hol``, stream transports only; None for UDP)
       sent an interval or more apart. One late answer alone is no evidence that anything was
       held behind it, and a slow or jittery path delivers answers spaced out, not together.
       Measured in the lab: no release on lossy UDP (nothing is held there), none on loss-free TCP.
-    * The agent's own event loop, when it stalls, also hands over answers together. The probe
-      layer measures its loop's stalls (``blind`` intervals); a stall whose releases all fall in
-      one is not counted, and ``hol.discounted`` says how many were set aside that way.
 
-    ``stalls`` counts stalls, ``detected`` is ``stalls > 0``, ``max_stall_ms`` is the largest
-    excess over the median of any answer in any stall (None without stalls), and
-    ``stalled_fraction`` is the sum over stalls of each stall's largest excess, divided by the
-    train's duration, capped at 1. The same signature is left by any stall-and-release along
-    the path (a Wi-Fi or cellular link retransmitting), which hurts real-time media just the same.
-    At a near-zero RTT, Linux repairs a loss by a tail-loss probe within about 10 ms: holds that
+    Two things hold and release answers just the same without being TCP's doing, and a stall
+    that is theirs is set aside, not counted:
+
+    * The agent's own event loop (a busy computer): the probe layer measures its stalls
+      (``blind`` intervals); a stall whose releases all fall in one is the agent's
+      (``hol.discounted``).
+    * A shared hold: something on the way or on this host that held every connection at once (a
+      Wi-Fi scan, a busy router, a paused VM). All trains of a run share one clock
+      (``time.perf_counter()``), so a stall is compared with the run's datagram trains: if an
+      answer of one of them (``shared``, from ``held``) was in flight during the stall (from the
+      first held probe's send to the release) and held at least ``shared_ratio`` (half) of the
+      stall's excess, the hold was the path's or the host's, not TCP's (``hol.shared``, its
+      longest excess ``shared_max_ms`` and each one's window ``shared_windows``, in ms since the
+      train's first send). UDP has no head-of-line blocking: a loss there is lost, never held,
+      so a UDP answer held as long at the same moment is the proof.
+
+    ``stalls`` counts the stalls that remain, ``detected`` is ``stalls > 0``, ``max_stall_ms`` is
+    the largest excess over the median of any answer in any of them (None without stalls), and
+    ``stalled_fraction`` is the sum over them of each stall's largest excess, divided by the
+    train's duration, capped at 1. The same signature is left by any stall-and-release on one
+    connection's way (a Wi-Fi or cellular link retransmitting, a proxy), which hurts real-time
+    media just the same; whether the kernel repaired a loss is read separately (``tcp``). At a
+    near-zero RTT, Linux repairs a loss by a tail-loss probe within about 10 ms: holds that
     short stay under ``tau`` and are not reported (no jitter buffer would notice them).
+
+Answers the agent held (``excluded``)
+    Answers whose arrival falls in a ``blind`` interval (within ``release_window_ms`` of its
+    end) were timestamped when the agent got round to them, not when they came: they are left
+    out of the jitter and of the late answers (so out of the MOS), a stall they release is the
+    agent's (above), and ``excluded`` says how many. RTT percentiles and loss still count them.
+
+Kernel evidence (``tcp``, stream transports where the platform tells; None otherwise)
+    What the agent's kernel says about its own TCP connection(s) of the train, read before and
+    after it (Linux ``TCP_INFO``, macOS ``TCP_CONNECTION_INFO``, Windows ``SIO_TCP_INFO``; see
+    ``lkice.probe.train``): ``retransmits`` (segments this computer resent during the train),
+    ``spurious`` (of those, how many the peer already had: DSACKs, Linux), ``out_of_order``
+    (segments that arrived behind a gap: the server resent them; Linux only), and the kernel's
+    smoothed ``rtt_ms`` and ``rttvar_ms`` at the end. A stall with a repair behind it is loss;
+    a stall with none measured is a hold without loss.
 
 Late answers (``late``, stream transports only; 0 for UDP)
     Answers whose RTT exceeds the baseline by more than ``JITTER_BUFFER_MS``. Real-time audio
     over a stream (TURN over TCP/TLS) cannot skip a held packet, and a receiver's jitter buffer
-    plays concealment rather than wait that long, so these count as lost in the MOS.
+    plays concealment rather than wait that long, so these count as lost in the MOS. Not
+    counted: answers the agent held (``excluded``) and answers held in a stall set aside as a
+    shared hold (a UDP train held as long at the same moment counts none late either: the hold
+    was the way's or the host's, not TCP's).
 
 MOS (``mos``)
     The simplified ITU-T G.107 E-model used by Twilio and others: effective latency ``eff =
@@ -90,12 +132,17 @@ __all__ = [
     "JITTER_BUFFER_MS",
     "Hol",
     "HolSettings",
+    "Hold",
     "Quality",
     "Sample",
+    "TcpEvidence",
+    "TrainRecord",
+    "Trains",
     "baseline_ms",
     "count_reordered",
     "detect_hol",
     "e_model_mos",
+    "held",
     "percentile",
     "rfc3550_jitter",
     "summarize",
@@ -127,17 +174,23 @@ class HolSettings:
     """Thresholds of the head-of-line stall rule (see the module docstring)."""
 
     # A probe is held when its RTT exceeds the median by more than max(min_excess_ms,
-    # baseline_factor * median): above ordinary jitter, and proportionally more on long paths.
+    # baseline_factor * median / legs): a quarter under the fastest TCP repair (one connection
+    # RTT), far above a busy host's scheduling noise.
     min_excess_ms: float = 15.0
-    baseline_factor: float = 0.25
+    baseline_factor: float = 0.75
     # Answers arriving within this many ms of the held one's arrival were released with it.
     release_window_ms: float = 5.0
     # A stall needs at least this many answers released together.
     min_burst: int = 2
+    # A datagram answer held at least this share of a stall's excess, at the same moment, makes
+    # the stall a shared hold.
+    shared_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.min_excess_ms >= 0 or not self.baseline_factor >= 0:
             raise ValueError("min_excess_ms and baseline_factor must be >= 0")
+        if not 0 < self.shared_ratio <= 1:
+            raise ValueError("shared_ratio must be within (0, 1]")
         if self.min_burst < 2:
             raise ValueError("min_burst must be >= 2: a release needs at least two answers")
         if not self.release_window_ms > 0:
@@ -151,6 +204,44 @@ class Hol:
     max_stall_ms: float | None  # the longest a probe was held beyond baseline, over all stalls
     stalled_fraction: float  # sum of each stall's largest excess over the train duration (0..1)
     discounted: int = 0  # bursts released while the agent's own event loop was stalled
+    shared: int = 0  # stalls matched by a datagram train held as long at the same moment
+    shared_max_ms: float | None = None  # the largest excess of those, ms
+    # (start, end) of each shared hold, ms since the train's first send
+    shared_windows: tuple[tuple[float, float], ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A moment a datagram train was held: a probe's flight (send to answer, samples' clock,
+    seconds) and how far beyond its train's median RTT it was held (ms)."""
+
+    start: float
+    end: float
+    excess_ms: float
+
+
+@dataclass(frozen=True)
+class TcpEvidence:
+    """The kernel's account of a train's TCP connection(s), from counters read before and
+    after it (``lkice.probe.train.tcp_evidence``); None fields: the platform does not say."""
+
+    retransmits: int  # segments this computer resent during the train
+    spurious: int | None  # of those, ones the peer already had (DSACK)
+    out_of_order: int | None  # segments received behind a gap (the server resent them)
+    rtt_ms: float | None  # the kernel's smoothed RTT at the end (first connection)
+    rttvar_ms: float | None
+    connections: int
+
+    @property
+    def repairs(self) -> int | None:
+        """Losses the kernel repaired, either way: resent here (less those proven needless)
+        plus data received out of order; None when a direction is not counted here."""
+        if self.out_of_order is None:
+            return None
+        return max(0, self.retransmits - (self.spurious or 0)) + self.out_of_order
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
@@ -172,6 +263,8 @@ class Quality:
     # Per probe, in send order: send time since the first send, and RTT (None: lost). Kept so a
     # reader (the HTML timeline, support staff, a re-analysis) sees the measurement itself.
     series: dict[str, list[float | None]] = field(default_factory=dict)
+    excluded: int = 0  # answers that arrived while the agent's own loop stalled (left out)
+    tcp: TcpEvidence | None = None  # stream paths: the kernel's counters over the train
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: keys are the field names, floats rounded to 3 decimals."""
@@ -183,9 +276,11 @@ def _json_value(value: object) -> object:
         return round(value, 3)
     if isinstance(value, list):
         return [None if v is None else round(v, 2) for v in value]
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
     if isinstance(value, dict):
         return {k: _json_value(v) for k, v in value.items()}
-    if isinstance(value, Hol):
+    if isinstance(value, (Hol, TcpEvidence)):
         return value.to_dict()
     return value
 
@@ -268,24 +363,88 @@ def _release_bursts(arrivals: Sequence[float], window: float) -> list[tuple[floa
     return groups
 
 
+def _check_legs(legs: int) -> None:
+    if legs < 1:
+        raise ValueError(f"legs must be >= 1, got {legs}")
+
+
+def _tau(typical: float, settings: HolSettings, legs: int) -> float:
+    """The least hold that counts (ms): a quarter under one connection's RTT (module docstring)."""
+    return max(settings.min_excess_ms, settings.baseline_factor * typical / legs)
+
+
+def _in_blind(t: float, blind: Sequence[tuple[float, float]], slack: float) -> bool:
+    return any(a - slack <= t <= b + slack for a, b in blind)
+
+
+def held(
+    samples: Sequence[Sample],
+    *,
+    settings: HolSettings = HolSettings(),
+    legs: int = 1,
+    blind: Sequence[tuple[float, float]] = (),
+) -> list[Hold]:
+    """A datagram train's held answers: more than ``tau`` above its median RTT (as for stalls),
+    leaving out answers the agent itself held (``blind``). What a stream path's stall is
+    compared with to tell a shared hold (module docstring)."""
+    _check_legs(legs)
+    slack = settings.release_window_ms / 1000.0
+    answered = [
+        s for s in samples if s.received is not None and not _in_blind(s.received, blind, slack)
+    ]
+    rtts = sorted((s.received - s.sent) * 1000.0 for s in answered if s.received is not None)
+    if not rtts:
+        return []
+    typical = percentile(rtts, 50)
+    tau = _tau(typical, settings, legs)
+    out = []
+    for s in answered:
+        assert s.received is not None
+        excess = (s.received - s.sent) * 1000.0 - typical
+        if excess > tau:
+            out.append(Hold(s.sent, s.received, excess))
+    return out
+
+
 def detect_hol(
     samples: Sequence[Sample],
     *,
     interval: float,
     settings: HolSettings,
     blind: Sequence[tuple[float, float]] = (),
+    shared: Sequence[Hold] = (),
+    legs: int = 1,
 ) -> Hol:
     """Head-of-line stalls: sudden holds that end in a release (rule in the module docstring).
-    ``blind``: (start, end) times, on the samples' clock, when the agent's loop was stalled."""
+    ``blind``: (start, end) times, on the samples' clock, when the agent's loop was stalled;
+    ``shared``: the run's datagram holds (``held``), on the same clock; ``legs``: TCP
+    connections a round trip crosses in series."""
+    return _detect_hol(samples, interval, settings, blind, shared, legs)[0]
+
+
+def _detect_hol(
+    samples: Sequence[Sample],
+    interval: float,
+    settings: HolSettings,
+    blind: Sequence[tuple[float, float]],
+    shared: Sequence[Hold],
+    legs: int,
+) -> tuple[Hol, set[int]]:
+    """``detect_hol``, and the seqs of the answers held in the stalls set aside as shared."""
     _check_interval(interval)
+    _check_legs(legs)
+    in_shared: set[int] = set()
     rtts = sorted(r for s in samples if (r := s.rtt_ms) is not None)
     if not rtts:
-        return Hol(detected=False, stalls=0, max_stall_ms=None, stalled_fraction=0.0)
+        return Hol(detected=False, stalls=0, max_stall_ms=None, stalled_fraction=0.0), in_shared
     typical = percentile(rtts, 50)
-    tau = max(settings.min_excess_ms, settings.baseline_factor * typical)
+    tau = _tau(typical, settings, legs)
     window = settings.release_window_ms / 1000.0
     by_seq = sorted(samples, key=lambda s: s.seq)
+    first_sent = min(s.sent for s in samples)
     excesses: list[float] = []  # each stall's largest excess over the median, ms
+    shared_windows: list[tuple[float, float]] = []
+    shared_excesses: list[float] = []
     discounted = 0
     previous: float | None = None  # RTT of the previous answer
     i = 0
@@ -320,23 +479,42 @@ def detect_hol(
             k += 1
         bursts = [t for t, size in _release_bursts(arrivals, window) if size >= settings.min_burst]
         if bursts:
-            if all(any(a - window <= t <= b + window for a, b in blind) for t in bursts):
+            excess = max(r for s in by_seq[i:end] if (r := s.rtt_ms) is not None) - typical
+            since, until = by_seq[i].sent, max(arrivals)
+            if all(_in_blind(t, blind, window) for t in bursts):
                 discounted += 1
+            elif any(
+                h.start <= until
+                and h.end >= since
+                and h.excess_ms >= settings.shared_ratio * excess
+                for h in shared
+            ):
+                shared_excesses.append(excess)
+                in_shared.update(s.seq for s in by_seq[i:end])
+                shared_windows.append(
+                    ((since - first_sent) * 1000.0, (until - first_sent) * 1000.0)
+                )
             else:
-                held = [r for s in by_seq[i:end] if (r := s.rtt_ms) is not None]
-                excesses.append(max(held) - typical)
+                excesses.append(excess)
         previous = by_seq[end - 1].rtt_ms
         i = end
+    shared_max = max(shared_excesses, default=None)
+    windows = tuple(shared_windows)
     if not excesses:
-        return Hol(False, 0, None, 0.0, discounted)
+        hol = Hol(False, 0, None, 0.0, discounted, len(shared_excesses), shared_max, windows)
+        return hol, in_shared
     duration_ms = _duration(samples, interval) * 1000.0
-    return Hol(
+    hol = Hol(
         detected=True,
         stalls=len(excesses),
         max_stall_ms=max(excesses),
         stalled_fraction=min(1.0, sum(excesses) / duration_ms),
         discounted=discounted,
+        shared=len(shared_excesses),
+        shared_max_ms=shared_max,
+        shared_windows=windows,
     )
+    return hol, in_shared
 
 
 def e_model_mos(rtt_ms: float, jitter_ms: float, loss: float) -> float:
@@ -356,13 +534,19 @@ def summarize(
     interval: float,
     hol: HolSettings = HolSettings(),
     blind: Sequence[tuple[float, float]] = (),
+    shared: Sequence[Hold] = (),
+    legs: int = 1,
+    tcp: TcpEvidence | None = None,
 ) -> Quality:
     """All figures for one train. ``stream``: the path is TCP or TLS (HOL and late answers apply).
+    ``blind``, ``shared``, ``legs``: as for ``detect_hol``; ``tcp``: the kernel's counters over
+    the train (stream paths).
 
     Raises ValueError for impossible input (an answer before its request, a repeated seq, a
     non-positive interval): that is a bug in the measuring layer, not a property of the path.
     """
     _check_interval(interval)
+    _check_legs(legs)
     if len({s.seq for s in samples}) != len(samples):
         raise ValueError("samples repeat a seq")
     if any(s.received is not None and s.received < s.sent for s in samples):
@@ -371,7 +555,16 @@ def summarize(
     rtts = sorted(r for s in samples if (r := s.rtt_ms) is not None)
     n, received = len(samples), len(rtts)
     loss = (n - received) / n if n else 0.0
-    jitter = rfc3550_jitter(samples)
+    # Answers timestamped late because the agent itself was stalled: not the network's jitter.
+    slack = hol.release_window_ms / 1000.0
+    seen = [s for s in samples if s.received is None or not _in_blind(s.received, blind, slack)]
+    excluded = len(samples) - len(seen)
+    jitter = rfc3550_jitter(seen)
+
+    hol_figures: Hol | None = None
+    in_shared: set[int] = set()
+    if stream:
+        hol_figures, in_shared = _detect_hol(samples, interval, hol, blind, shared, legs)
 
     rtt_summary: dict[str, float] | None = None
     mos: float | None = None
@@ -386,8 +579,16 @@ def summarize(
             "mean": min(max(math.fsum(rtts) / received, rtts[0]), rtts[-1]),  # no ulp outside
         }
         if stream:
+            # Answers of a shared hold are not late on TCP's account: the UDP train, held as
+            # long at the same moment, counts none late either.
             baseline = percentile(rtts, BASELINE_PERCENTILE)
-            late = sum(1 for r in rtts if r - baseline > JITTER_BUFFER_MS)
+            late = sum(
+                1
+                for s in seen
+                if (r := s.rtt_ms) is not None
+                and r - baseline > JITTER_BUFFER_MS
+                and s.seq not in in_shared
+            )
         mos = e_model_mos(rtt_summary["p50"], jitter or 0.0, (n - received + late) / n)
 
     return Quality(
@@ -398,12 +599,62 @@ def summarize(
         loss=loss,
         reordered=count_reordered(samples),
         late=late,
-        hol=detect_hol(samples, interval=interval, settings=hol, blind=blind) if stream else None,
+        hol=hol_figures,
         mos=mos,
         interval_ms=interval * 1000.0,
         duration_ms=_duration(samples, interval) * 1000.0,
         series=_series(samples),
+        excluded=excluded,
+        tcp=tcp if stream else None,
     )
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """One train as measured, kept until the whole run has ended so its figures can be judged
+    with every other train of the run (shared holds, the agent's stalls; see ``lkice.engine``)."""
+
+    samples: tuple[Sample, ...]
+    interval: float
+    stream: bool
+    legs: int = 1
+    tcp: TcpEvidence | None = None
+
+    def figures(
+        self, blind: Sequence[tuple[float, float]] = (), shared: Sequence[Hold] = ()
+    ) -> dict[str, object]:
+        return summarize(
+            self.samples,
+            stream=self.stream,
+            interval=self.interval,
+            blind=blind,
+            shared=shared,
+            legs=self.legs,
+            tcp=self.tcp,
+        ).to_dict()
+
+    def window(self) -> tuple[float, float] | None:
+        """From the first send to the last answer (or send), the samples' clock; None if empty."""
+        if not self.samples:
+            return None
+        ends = [s.received if s.received is not None else s.sent for s in self.samples]
+        return min(s.sent for s in self.samples), max(ends)
+
+    def holds(self, blind: Sequence[tuple[float, float]] = ()) -> list[Hold]:
+        """This train's held answers, when it is a datagram train (a stream's are its own)."""
+        return [] if self.stream else held(self.samples, legs=self.legs, blind=blind)
+
+
+class Trains:
+    """A path's trains as measured (name -> TrainRecord), not reported. Deep copies share it:
+    ``dataclasses.asdict`` copies every field of a report object, and these records never
+    change once their train has ended."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, TrainRecord] = {}
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Trains:
+        return self
 
 
 def _series(samples: Sequence[Sample]) -> dict[str, list[float | None]]:

@@ -115,7 +115,8 @@ class Redactor:
             return "[" + self._address(groups["v6b"]) + "]"
         if groups["name"] is not None:
             name: str = groups["name"]
-            if name.rsplit(".", 1)[1].lower() in _FILE_SUFFIXES:
+            # "report.json" is a file; "turn.empresa.com.py" (Paraguay) is a host.
+            if name.count(".") == 1 and name.rsplit(".", 1)[1].lower() in _FILE_SUFFIXES:
                 return name
             return self._host(name)
         for group in ("v6", "v4"):

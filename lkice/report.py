@@ -16,6 +16,7 @@ from typing import Any
 
 from lkice import __version__
 from lkice.errors import ErrorKind, Phase, ProbeError
+from lkice.quality import Trains
 
 SCHEMA_ID = "lkice.report/1"
 
@@ -109,6 +110,9 @@ class PathResult:
     notes: list[str] = field(default_factory=list)
     # Not reported: the phase in progress, so an interrupted probe can say where it stopped.
     phase: Phase | None = field(default=None, repr=False, compare=False)
+    # Not reported: the trains as measured, judged with the run's other trains at its end
+    # (lkice.engine.judge_trains); ``quality``/``relay_quality`` are their figures.
+    trains: Trains = field(default_factory=Trains, repr=False, compare=False)
 
     def fail(self, exc: ProbeError) -> None:
         self.ok = False
@@ -118,7 +122,7 @@ class PathResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        del data["phase"]
+        del data["phase"], data["trains"]
         data["timings_ms"] = {k: _round(v) for k, v in self.timings_ms.items()}
         return data
 

@@ -131,6 +131,10 @@ def _parse_hostport(raw: str, hostport: str, default_port: int) -> tuple[str, in
         if end < 0:
             raise UsageError(f"{_quote(raw)}: unclosed '[' in IPv6 address")
         host, tail = hostport[1:end], hostport[end + 1 :]
+        if "%" in host:
+            raise UsageError(
+                f"{_quote(raw)}: scoped IPv6 addresses (with a %zone) are not supported"
+            )
         try:
             ipaddress.IPv6Address(host)
         except ValueError:

@@ -81,3 +81,32 @@ def test_output_goes_to_the_current_folder_when_the_program_folder_is_read_only(
     monkeypatch.chdir(tmp_path)
     assert enduser.output_dir(Path("/proc")) == tmp_path
     assert enduser.output_dir(tmp_path / "..") == tmp_path / ".."
+
+
+def test_a_toml_beside_the_program_reads_secrets_only_from_files_beside_it(
+    tmp_path: Path,
+) -> None:
+    """A planted lkice.toml must not send an environment variable or a file from elsewhere to a
+    server it names (as a TURN username or credential)."""
+    from lkice import enduser
+    from lkice.errors import UsageError
+
+    (tmp_path / "lkice.toml").write_text(
+        '[probe]\nname = "x"\n\n[credentials]\nturn_username = { env = "AWS_SECRET_ACCESS_KEY" }\n'
+        'turn_password = { file = "/etc/passwd" }\n\n[[targets]]\nuri = "turn:198.18.0.9"\n'
+    )
+    with pytest.raises(UsageError) as caught:
+        enduser.default_request(tmp_path)
+    message = str(caught.value)
+    assert "may not read environment variables" in message
+    assert "only files next to it" in message
+
+
+def test_the_write_check_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    from lkice import enduser
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".lkice-write-test").symlink_to(victim)
+    assert enduser.output_dir(tmp_path) == tmp_path
+    assert victim.read_text() == "precious"

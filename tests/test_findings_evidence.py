@@ -726,6 +726,10 @@ RULES = [
 ]
 
 
+def _proxy_case(message: str) -> Builder:
+    return report([ok("udp"), failed("tls", "proxy", proxy=PROXY, message=message)])
+
+
 def _relay_broken(transport: str) -> dict[str, Any]:
     p = failed(transport, "relay_failed", message="the TURN relay carried nothing: ...")
     p["error"]["phase"] = "quality"
@@ -733,6 +737,46 @@ def _relay_broken(transport: str) -> dict[str, Any]:
 
 
 RULES += [
+    Rule(
+        "proxy-silent",
+        {
+            "CONNECT never answered": (
+                _proxy_case(
+                    f"the proxy {PROXY} accepted the connection but did not answer CONNECT "
+                    "turn.eu.example.com:443 within 5 s"
+                ),
+                "warning",
+            )
+        },
+        {"the proxy unreachable (proxy-unreachable)": _proxy_case(f"proxy {PROXY} unreachable")},
+    ),
+    Rule(
+        "proxy-broken",
+        {
+            "not HTTP": (
+                _proxy_case(f"the proxy {PROXY} is broken: it is not an HTTP proxy ('SSH-2.0')"),
+                "warning",
+            )
+        },
+        {"a policy refusal (proxy-policy)": _proxy_case(f"the proxy {PROXY} refused CONNECT")},
+    ),
+    Rule(
+        "proxy-auth-unsupported",
+        {
+            "NTLM only": (
+                _proxy_case(
+                    f"the proxy {PROXY} accepts only negotiate, ntlm logins (407 Denied), which "
+                    "lkice cannot do (Basic only): the password is probably fine"
+                ),
+                "warning",
+            )
+        },
+        {
+            "a rejected Basic login (proxy-auth-rejected)": _proxy_case(
+                f"the proxy {PROXY} rejected the credentials (407 Denied)"
+            )
+        },
+    ),
     Rule(
         "udp-refused",
         {
@@ -809,6 +853,62 @@ RULES += [
             "another relay works": (report([_relay_broken("udp"), ok("tcp")]), "warning"),
         },
         {"relays work": report(OPEN), "UDP dropped": report([*udp_dropped(), ok("tcp")])},
+    ),
+]
+
+
+def _shared(hol: dict[str, Any], count: int = 3, longest: float = 150.0) -> dict[str, Any]:
+    """A hol block with ``count`` stalls set aside as holds UDP had at the same moments."""
+    return {**hol, "shared": count, "shared_max_ms": longest, "shared_windows": []}
+
+
+def _busy(max_ms: float, total_ms: float, own_ms: float = 0.0, *, outside: float = 0.0) -> Builder:
+    """An open network measured by an agent whose event loop stalled as given while the trains
+    ran (its own thread computing for ``own_ms`` of it), and for ``outside`` ms besides."""
+
+    def build() -> Report:
+        r = make_report(OPEN)
+        during = {"stalls": 4, "max_ms": max_ms, "total_ms": total_ms, "own_ms": own_ms}
+        r["agent"]["loop_stalls"] = {
+            "stalls": 4 + (1 if outside else 0),
+            "max_ms": max(max_ms, outside),
+            "threshold_ms": 10.0,
+            "total_ms": total_ms + outside,
+            "own_ms": own_ms + outside,
+            "during_trains": {**during, "window_ms": 5000.0},
+        }
+        r["settings"] = {"quality": {"interval_ms": 20.0, "duration_s": 5.0}}
+        return r
+
+    return build
+
+
+RULES += [
+    Rule(
+        "shared-hold",
+        {
+            "TCP held when UDP was": (
+                report([ok("udp"), ok("tcp", hol=_shared(NO_STALL))]),
+                "info",
+            )
+        },
+        {
+            "real stalls only": report([*udp_dropped(), ok("tcp", hol=stalls(300.0))]),
+            "no stalls": report(OPEN),
+        },
+    ),
+    Rule(
+        "agent-busy",
+        {
+            "one 120 ms stall": (_busy(120.0, 130.0), "info"),
+            "stalled for 20 % of the train": (_busy(80.0, 1000.0), "info"),
+            "its own work": (_busy(80.0, 300.0, own_ms=290.0), "info"),
+        },
+        {
+            "a few short stalls": _busy(20.0, 45.0),
+            "not measured": report(OPEN),
+            "stalls only outside the trains (start-up)": _busy(0.0, 0.0, outside=400.0),
+        },
     ),
 ]
 
@@ -1166,3 +1266,61 @@ def test_relay_echo_loss_over_tcp_is_not_called_this_networks() -> None:
     _, by_id = run(make_report([ok("udp", loss=0.2)]))
     assert "high-loss" in by_id
     assert "relay-loss" not in by_id
+
+
+def test_a_reset_after_connecting_is_never_called_not_a_firewall() -> None:
+    """A reset on the ClientHello or the first STUN request is what an application-aware
+    firewall does as often as a server: the advice keeps IT in it."""
+    reset_tls = failed(
+        "tls",
+        "tls_handshake",
+        message="TLS handshake with 203.0.113.10:443 failed: the connection was closed or reset "
+        "(ConnectionResetError)",
+    )
+    reset_tcp = failed(
+        "tcp", "connection_closed", message="203.0.113.10:3478 closed the connection ([Errno 104])"
+    )
+    _, by_id = run(make_report([reset_tls, reset_tcp]))
+    advice = by_id["no-path"]["advice"]
+    assert "not a firewall problem" not in advice
+    assert "ask IT" in advice
+    assert "reset right after connecting" in by_id["no-path"]["summary"]
+
+
+def test_another_servers_other_ca_is_no_proof_of_interception() -> None:
+    """LiveKit's certificate from a public CA and the TURN server's from the operator's private
+    CA: two servers, two CAs, no middlebox. Interception is hedged unless the same server showed
+    another issuer on a path that worked."""
+    signal_ok = make_signal()
+    signal_ok["tls"] = {
+        "version": "TLSv1.3",
+        "cipher": "TLS_AES_128_GCM_SHA256",
+        "subject": "CN=lk.example.com",
+        "issuer": PUBLIC_CA,
+        "verified": True,
+    }
+    private = rejected_certificate("untrusted_issuer", issuer="CN=Acme Private CA")
+    _, by_id = run(make_report([ok("udp"), private], signal=signal_ok))
+    summary = by_id["tls-interception"]["summary"]
+    assert not summary.startswith("Something on this network intercepts")
+    assert "unless" in summary
+    # The same server showing another issuer where it worked: that is interception.
+    same_host_ok = ok("tls", port=5349, tls_issuer=PUBLIC_CA)
+    _, by_id = run(make_report([same_host_ok, private]))
+    assert by_id["tls-interception"]["summary"].startswith("Something on this network intercepts")
+
+
+def test_agent_busy_names_what_held_the_loop() -> None:
+    """The same stall time, told apart by the CPU lkice's own thread used over it: waiting
+    for a processor is this computer's load; computing is lkice's own work (never the user's
+    other programs, and nothing about calls)."""
+    s = run(_busy(80.0, 300.0, own_ms=20.0)())[1]["agent-busy"]
+    o = run(_busy(80.0, 300.0, own_ms=290.0)())[1]["agent-busy"]
+    assert s["summary"].startswith("This computer was too busy")
+    assert "Close programs" in s["advice"]
+    assert o["summary"].startswith("lkice itself could not keep up")
+    assert "Close programs" not in o["advice"]
+    assert "nothing about the network" in o["impact"]
+    for f in (s, o):
+        assert "300 ms" in f["summary"]
+        assert "computed for" in f["evidence"][0]

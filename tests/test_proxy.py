@@ -4,6 +4,7 @@ through a real tinyproxy to a real coturn's TLS port, with refusals and 407 name
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import pytest
 from aioice import stun
 
 from lkice import stun as codec
+from lkice.credentials import Secret
 from lkice.errors import ErrorKind, ProbeError, UsageError
 from lkice.lab.coturn import free_port
 from lkice.lab.pki import LabPki
@@ -274,3 +276,59 @@ def test_proxy_user_without_password_and_no_terminal_is_a_usage_error() -> None:
     assert done.returncode == 3
     assert "no password" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def _misbehaving_proxy(
+    answer: bytes | None, done: asyncio.Event
+) -> tuple[asyncio.AbstractServer, int]:
+    """A 'proxy' on loopback that reads the CONNECT and answers ``answer`` (None: never),
+    holding the connection until ``done``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            await reader.readuntil(b"\r\n\r\n")
+            if answer is not None:
+                writer.write(answer)
+                await writer.drain()
+            await asyncio.wait_for(done.wait(), 5)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (None, "accepted the connection but did not answer CONNECT"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "is broken: it is not an HTTP proxy"),
+        (
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\n"
+            b"Proxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n",
+            "accepts only negotiate, ntlm logins",
+        ),
+    ],
+    ids=["silent", "not-http", "ntlm-only"],
+)
+async def test_a_misbehaving_proxy_is_named_as_the_proxy(answer: bytes | None, words: str) -> None:
+    from lkice.probe.proxy import ProxyConfig, connect_via_proxy
+
+    done = asyncio.Event()
+    server, port = await _misbehaving_proxy(answer, done)
+    try:
+        with pytest.raises(ProbeError) as caught:
+            await connect_via_proxy(
+                ProxyConfig("127.0.0.1", port, Secret("u"), Secret("pw")),
+                ("turn.lab.test", 443),
+                0.5,
+            )
+    finally:
+        done.set()
+        await asyncio.sleep(0.05)  # the handler closes its side
+        server.close()
+        await server.wait_closed()
+    assert caught.value.kind.value == "proxy"
+    assert words in caught.value.message
+    assert "pw" not in caught.value.message

@@ -514,6 +514,8 @@ def test_to_dict_is_json_ready_and_rounded() -> None:
         "interval_ms",
         "duration_ms",
         "series",
+        "excluded",
+        "tcp",
     ]
     assert json.loads(json.dumps(data)) == data
     series = data["series"]
@@ -523,7 +525,16 @@ def test_to_dict_is_json_ready_and_rounded() -> None:
     assert series["rtt_ms"][100] == round(200.123456 + 40, 2)  # the held probe, as measured
     hol = data["hol"]
     assert isinstance(hol, dict)
-    assert list(hol) == ["detected", "stalls", "max_stall_ms", "stalled_fraction", "discounted"]
+    assert list(hol) == [
+        "detected",
+        "stalls",
+        "max_stall_ms",
+        "stalled_fraction",
+        "discounted",
+        "shared",
+        "shared_max_ms",
+        "shared_windows",
+    ]
     assert hol["detected"] is True
     assert hol["max_stall_ms"] == round(hol["max_stall_ms"], 3)
     rtt = data["rtt_ms"]

@@ -146,3 +146,22 @@ def test_redacted_strings_have_their_control_characters_visible() -> None:
     assert redacted["paths"][0]["notes"][0].startswith("\\u202ehost-")
     assert redacted["odd\\x07key"] == "x"
     assert report["paths"][0]["notes"] == ["\u202eturn.eu.lab.test"]  # input untouched
+
+
+def test_a_host_under_a_file_like_tld_is_still_a_host() -> None:
+    """Paraguay's .py, and other country codes that look like file suffixes: a name of several
+    labels is a host; only "name.ext" in a message is taken for a file."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "report-udp-blocked.json").read_text())
+    data["paths"][0]["server"] = "turn.empresa.com.py:3478"
+    data["paths"][0]["error"] = {
+        "kind": "dns",
+        "message": "turn.empresa.com.py: no such domain (see _ssl.c and report.json)",
+        "phase": "dns",
+    }
+    shown = json.dumps(redact_report(data))
+    assert "empresa" not in shown
+    assert "_ssl.c" in shown
+    assert "report.json" in shown

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from aiohttp import web
@@ -268,3 +268,42 @@ def test_which_regions_may_receive_the_token(project: str, region: str, allowed:
     from lkice.probe.signal import may_receive_token
 
     assert may_receive_token(parse_livekit_url(project), parse_livekit_url(region)) is allowed
+
+
+async def test_a_gateway_answering_for_a_down_livekit_is_the_deployments() -> None:
+    """A 502 with Via from a load balancer, with no web proxy in use: the deployment's own
+    gateway with LiveKit down behind it, told to the operator; not "a proxy on this network"."""
+    from lkice.findings import evaluate
+    from lkice.report import Report
+
+    async def bad_gateway(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="Bad Gateway", headers={"Via": "1.1 google"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", bad_gateway)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        token = diagnostic_token("APIkey", Secret("s" * 32))
+        result, _ = await probe_signal(
+            parse_livekit_url(f"ws://127.0.0.1:{port}"), token, SignalSettings(timeout=2)
+        )
+    finally:
+        await runner.cleanup()
+    assert result.error is not None
+    assert result.error.kind == "gateway"
+    report = Report(
+        started_at=datetime.now(timezone.utc),
+        duration_ms=1.0,
+        targets=[],
+        paths=[],
+        verdict="failed",
+        settings={},
+        signal=result,
+    )
+    findings = {f["id"]: f for f in evaluate(report.to_dict())}
+    assert "proxy-required" not in findings
+    assert "operator" in findings["signal-failed"]["advice"]

@@ -13,8 +13,14 @@ Subcommands (``python3 -m lkice.lab.router <command> --help``):
     Create TUN device NAME and forward through it. Configuration arrives as JSON lines on stdin
     (``{"seq": 1, "reorder": false, "flows": [{"net": "198.19.0.0/24", "up": {"delay_ms": 20,
     "jitter_ms": 0}, "down": {...}}]}``), each acknowledged on stdout with ``ack <seq>``;
-    ``{"seq": 2, "stats": true}`` is answered with ``stats <seq> <json>``. End of stdin (the lab
-    process went away) ends the router. ``ready <name>`` on stdout says the device exists.
+    ``{"seq": 2, "stats": true}`` is answered with ``stats <seq> <json>``;
+    ``{"seq": 3, "hold": {"ms": 150, "every_ms": 900, "count": 8, "after_ms": 0}}`` freezes all
+    forwarding (every flow, both directions, unmatched traffic too) for ``ms`` milliseconds,
+    ``count`` times, ``every_ms`` apart, the first ``after_ms`` from now: a Wi-Fi scan, a paused
+    VM or a stalled router as every connection of a host sees it (nothing is dropped or
+    reordered; what arrived during a hold leaves when it ends); ``{"hold": {"clear": true}}``
+    calls off the holds not yet done. End of stdin (the lab process went away) ends the router.
+    ``ready <name>`` on stdout says the device exists.
 ``echo --bind IP --port PORT``
     A UDP echo server (prints ``ready``), the far end of the lab's overhead measurement.
 ``ping --to IP --port PORT [--count N]``
@@ -55,6 +61,10 @@ READ_BURST = 256
 # Upper bound on queued packets (about 100 MB at full size): beyond it the router drops, as a
 # full router buffer would, instead of growing without bound.
 MAX_QUEUE = 20000
+# Bounds of a hold schedule: a lab freezes its traffic for moments, never for good.
+MAX_HOLD_MS = 10_000.0
+MAX_HOLDS = 1000
+MAX_HOLD_AFTER_MS = 600_000.0
 
 
 @dataclass
@@ -101,6 +111,48 @@ class DelayRouter:
         self.seq = 0
         self.unmatched = 0
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.holds: list[tuple[float, float]] = []  # (start, end) of freezes to come, by start
+        self.holds_done = 0
+
+    def schedule_holds(self, spec: dict[str, Any], now: float) -> None:
+        """Freeze all forwarding ``count`` times for ``ms``, ``every_ms`` apart, the first
+        ``after_ms`` from ``now`` (see the module docstring). Raises ValueError out of bounds."""
+        if spec.get("clear"):
+            self.holds.clear()  # what is not yet done is called off
+            return
+        ms = float(spec["ms"])
+        count = int(spec.get("count", 1))
+        every = float(spec.get("every_ms", ms))
+        after = float(spec.get("after_ms", 0.0))
+        if not 0.0 < ms <= MAX_HOLD_MS:
+            raise ValueError(f"hold ms must be within (0, {MAX_HOLD_MS:g}], not {ms}")
+        if not 1 <= count <= MAX_HOLDS:
+            raise ValueError(f"hold count must be within 1..{MAX_HOLDS}, not {count}")
+        if count > 1 and not ms <= every <= MAX_HOLD_MS * 10:
+            raise ValueError(f"every_ms must be at least the hold ({ms} ms), not {every}")
+        if not 0.0 <= after <= MAX_HOLD_AFTER_MS:
+            raise ValueError(f"after_ms must be within 0..{MAX_HOLD_AFTER_MS:g}, not {after}")
+        first = now + after / 1000.0
+        for i in range(count):
+            start = first + i * every / 1000.0
+            self.holds.append((start, start + ms / 1000.0))
+        self.holds.sort()
+
+    def _hold_end(self, t: float) -> float | None:
+        """The end of the freeze covering time ``t``, None when not frozen (holds that touch
+        freeze as one)."""
+        end: float | None = None
+        for start, stop in self.holds:  # sorted by start
+            if end is None:
+                if start > t:
+                    break
+                if t < stop:
+                    end = stop
+            elif start <= end:
+                end = max(end, stop)
+            else:
+                break
+        return end
 
     def configure(self, message: dict[str, Any]) -> None:
         """Apply a configuration message; flows keep their counters and order state by name."""
@@ -151,20 +203,32 @@ class DelayRouter:
         heapq.heappush(self.queue, (release, self.seq, packet))
 
     def due(self, now: float) -> list[bytes]:
-        """Pop every packet whose release time has come, in release order."""
+        """Pop every packet whose release time has come, in release order (none while a hold
+        freezes forwarding)."""
         out: list[bytes] = []
+        while self.holds and self.holds[0][1] <= now:  # past holds: forgotten, counted
+            self.holds.pop(0)
+            self.holds_done += 1
+        if self._hold_end(now) is not None:
+            return out
         while self.queue and self.queue[0][0] <= now:
             out.append(heapq.heappop(self.queue)[2])
         return out
 
     def next_release(self) -> float | None:
-        return self.queue[0][0] if self.queue else None
+        """When the next packet leaves: its release time, or the end of a hold covering it."""
+        if not self.queue:
+            return None
+        release = self.queue[0][0]
+        end = self._hold_end(release)
+        return release if end is None else end
 
     def stats(self) -> dict[str, Any]:
         return {
             "reorder": self.reorder,
             "queued": len(self.queue),
             "unmatched": self.unmatched,
+            "holds": {"done": self.holds_done, "pending": len(self.holds)},
             "flows": {f.name: {"up": f.up.stats(), "down": f.down.stats()} for f in self.flows},
         }
 
@@ -244,7 +308,10 @@ def _control(router: DelayRouter, line: bytes, write_errors: int) -> None:
             stats["write_errors"] = write_errors
             _say(f"stats {seq} {json.dumps(stats, separators=(',', ':'))}")
             return
-        router.configure(message)
+        if "hold" in message:
+            router.schedule_holds(dict(message["hold"]), time.monotonic())
+        else:
+            router.configure(message)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         _say(f"error {json.dumps(str(exc))}")
         return

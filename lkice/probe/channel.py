@@ -52,6 +52,7 @@ class _Channel:
         # that answered earlier and then stops is silent, not filtered.
         self.answers = 0
         self.answered: list[str] = []
+        self.unmatched = 0
         # Set by probe trains: called with (transaction id, arrival time) for every response,
         # and with (peer, data, arrival time) for every TURN Data indication.
         self.on_response: Callable[[bytes, float], None] | None = None
@@ -81,6 +82,8 @@ class _Channel:
             if len(self.answered) < 8:
                 self.answered.append(message.message_method.name.replace("_", " ").title())
             fut.set_result(message)
+        elif self.on_response is None:
+            self.unmatched += 1  # no train running: an answer to nothing lkice asked
 
     def _fail_all(self, exc: ProbeError) -> None:
         self._failure = exc
@@ -200,7 +203,7 @@ class UdpChannel(_Channel, asyncio.DatagramProtocol):
 
     def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
         if self.answered:
-            return _silent_after(self.label, self.answered, phase, timeout, sends)
+            return _silent_after(self.label, self.answered, phase, timeout, sends, self.unmatched)
         if self.malformed:
             return ProbeError(
                 ErrorKind.PROTOCOL,
@@ -274,7 +277,7 @@ class StreamChannel(_Channel, asyncio.Protocol):
 
     def _timeout_error(self, phase: Phase, timeout: float, sends: int) -> ProbeError:
         if self.answered:
-            return _silent_after(self.label, self.answered, phase, timeout, sends)
+            return _silent_after(self.label, self.answered, phase, timeout, sends, self.unmatched)
         proto = "TLS" if self.tls else "TCP"
         if self.answers:
             # Messages came, none an answer to this request (a flood of unsolicited STUN).
@@ -296,17 +299,28 @@ class StreamChannel(_Channel, asyncio.Protocol):
 
 
 def _silent_after(
-    label: str, answered: list[str], phase: Phase, timeout: float, sends: int
+    label: str, answered: list[str], phase: Phase, timeout: float, sends: int, unmatched: int = 0
 ) -> ProbeError:
     """The server answered earlier requests on this connection (or 5-tuple), then not this
-    one: the network carries the traffic, so it is the server that went silent."""
+    one: the network carries the traffic, so it is the server that went silent (or, with
+    ``unmatched``, that sent only messages nobody asked for)."""
     earlier = ", ".join(dict.fromkeys(answered))
+    step = phase.value.replace("_", " ")
+    plural = "s" if sends != 1 else ""
+    if unmatched:
+        return ProbeError(
+            ErrorKind.SERVER_SILENT,
+            f"{label} answered lkice's earlier requests ({earlier}) on this connection, then sent "
+            f"{unmatched} STUN message(s) that answer nothing lkice asked, and no answer to the "
+            f"{step} request within {timeout:g} s ({sends} send{plural}): the server is broken "
+            "(not a firewall: its traffic gets through)",
+            phase,
+        )
     return ProbeError(
         ErrorKind.SERVER_SILENT,
         f"{label} answered lkice's earlier requests ({earlier}) on this connection, then sent no "
-        f"answer to the {phase.value.replace('_', ' ')} request within {timeout:g} s "
-        f"({sends} send{'s' if sends != 1 else ''}): the server stopped answering (not a "
-        "firewall: the same traffic got through before)",
+        f"answer to the {step} request within {timeout:g} s ({sends} send{plural}): the server "
+        "stopped answering (not a firewall: the same traffic got through before)",
         phase,
     )
 
@@ -347,6 +361,7 @@ async def attach_stream(
     tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     proxy: ProxyConfig | None = None,
+    early: Callable[[ProbeError], None] | None = None,
 ) -> tuple[StreamChannel, TlsInfo | None]:
     """Wrap a connected socket in a STUN channel, after a TLS handshake when ``tls`` is given."""
     loop = asyncio.get_running_loop()
@@ -368,7 +383,7 @@ async def attach_stream(
         )
     except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
         sock.close()
-        raise await tls_failure(exc, address, server_hostname, timeout, proxy) from exc
+        raise await tls_failure(exc, address, server_hostname, timeout, proxy, early) from exc
     except BaseException:
         sock.close()
         raise

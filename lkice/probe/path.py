@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import time
+from asyncio.trsock import TransportSocket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,7 +32,15 @@ from lkice.probe.channel import (
 )
 from lkice.probe.proxy import ProxyConfig, connect_stream
 from lkice.probe.tcp import client_tls_context
-from lkice.probe.train import LoopMonitor, Train, TrainResult, TrainSettings
+from lkice.probe.train import (
+    LoopMonitor,
+    TcpSocket,
+    Train,
+    TrainResult,
+    TrainSettings,
+    read_tcp_counters,
+    tcp_evidence,
+)
 from lkice.probe.turn import (
     Allocation,
     Redirect,
@@ -38,7 +49,7 @@ from lkice.probe.turn import (
     refused,
     release,
 )
-from lkice.quality import Sample, summarize
+from lkice.quality import Sample, TrainRecord
 from lkice.report import PathResult
 from lkice.uri import IceUri, Transport
 
@@ -186,6 +197,7 @@ async def _open(
             tls=settings.tls_context or client_tls_context(),
             server_hostname=uri.host,
             proxy=settings.proxy,
+            early=result.fail,  # a deadline while the certificate is re-read keeps tls_verify
         )
     except ProbeError as exc:
         result.tls = exc.tls  # a rejected certificate: what it was and what was wrong
@@ -257,8 +269,18 @@ async def _quality(
         )
     blind = settings.monitor.stalls if settings.monitor is not None else []
 
-    def figures(samples: list[Sample]) -> dict[str, Any]:
-        return summarize(samples, stream=stream, interval=train.interval, blind=blind).to_dict()
+    def record(name: str, samples: list[Sample], outcome: TrainResult | None = None) -> None:
+        # Figures now, so a cut run still has them; the raw train stays for the engine, which
+        # judges every train of the run together once all have ended (shared holds).
+        kept = TrainRecord(
+            tuple(samples),
+            train.interval,
+            stream,
+            legs=2 if name == "relay_quality" else 1,
+            tcp=None if outcome is None else outcome.tcp,
+        )
+        result.trains.by_name[name] = kept
+        setattr(result, name, kept.figures(blind=blind))
 
     try:
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
@@ -267,7 +289,7 @@ async def _quality(
         for name, cut in trains.items():
             samples = cut.partial(now)
             if samples:
-                setattr(result, name, figures(samples))
+                record(name, samples)
                 result.notes.append(
                     f"{name} train cut short after {len(cut.sent_at)} of {train.count} probes; "
                     "the figures cover the probes answered or overdue by then"
@@ -280,7 +302,7 @@ async def _quality(
         if isinstance(outcome, BaseException):
             raise outcome
         if outcome.samples:
-            setattr(result, name, figures(outcome.samples))
+            record(name, outcome.samples, outcome)
         if outcome.cut_short is not None:
             result.notes.append(
                 f"{name} train stopped after {len(outcome.samples)} of {train.count} probes: "
@@ -308,6 +330,27 @@ def _broken_relay(result: PathResult) -> ProbeError | None:
     )
 
 
+def _stream_socket(channel: Channel) -> TcpSocket | None:
+    """The TCP socket under a stream channel (TLS or a proxy tunnel included: the connection
+    from this computer), for the kernel's counters; None for UDP."""
+    if not isinstance(channel, StreamChannel) or channel.transport is None:
+        return None
+    sock = channel.transport.get_extra_info("socket")
+    return sock if isinstance(sock, (socket.socket, TransportSocket)) else None
+
+
+async def _counted(
+    sockets: list[TcpSocket | None], run: Callable[[], Awaitable[TrainResult]]
+) -> TrainResult:
+    """Run a train between two readings of its connections' kernel counters (stream paths)."""
+    if not any(sock is not None for sock in sockets):
+        return await run()
+    before = [read_tcp_counters(sock) for sock in sockets]
+    outcome = await run()
+    after = [read_tcp_counters(sock) for sock in sockets]
+    return replace(outcome, tcp=tcp_evidence(before, after))
+
+
 async def _binding_train(channel: Channel, train: Train) -> TrainResult:
     seq_of: dict[bytes, int] = {}
 
@@ -323,7 +366,9 @@ async def _binding_train(channel: Channel, train: Train) -> TrainResult:
 
     channel.on_response = on_response
     try:
-        return await train.run(send, lambda: channel.failure)
+        return await _counted(
+            [_stream_socket(channel)], lambda: train.run(send, lambda: channel.failure)
+        )
     finally:
         channel.on_response = None
 
@@ -367,7 +412,11 @@ async def _relay_train(
 
         peer.on_data, channel.on_data = echo, back
         try:
-            outcome = await train.run(send, lambda: channel.failure or peer.failure)
+            # Both client legs' connections: a loss on either holds the echo.
+            outcome = await _counted(
+                [_stream_socket(channel), _stream_socket(peer)],
+                lambda: train.run(send, lambda: channel.failure or peer.failure),
+            )
         finally:
             peer.on_data = channel.on_data = None
         await release(peer, peer_allocation, None)

@@ -79,8 +79,12 @@ def parse_proxy_url(text: str) -> ProxyConfig:
     try:
         parts = urlsplit(text.strip() if "://" in text else f"http://{text.strip()}")
         port = parts.port
-    except ValueError as exc:
-        raise UsageError(f"proxy URL {shown!r} is not valid ({exc})") from None
+    except ValueError:
+        # Never the parser's words: for a password with '/' or '#' they quote part of it.
+        raise UsageError(
+            f"proxy URL {shown!r} is not valid (a password with '/', '#', '?' or '@' must be "
+            "percent-encoded, or typed at the prompt: --proxy http://USER@host:port)"
+        ) from None
     if port == 0:
         raise UsageError(f"proxy URL {shown!r}: port 0 is no port")
     if parts.scheme != "http":
@@ -260,10 +264,18 @@ async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout
         head = await asyncio.wait_for(_read_head(loop, sock), timeout)
     except asyncio.TimeoutError:
         sock.close()
+        # The proxy was reached (TCP connected) and went quiet: its own failing, named as such,
+        # never the server's behind it.
         raise ProbeError(
-            ErrorKind.TCP_NO_RESPONSE,
-            f"proxy {proxy.label} did not answer CONNECT {where} within {timeout:g} s",
+            ErrorKind.PROXY,
+            f"the proxy {proxy.label} accepted the connection but did not answer CONNECT "
+            f"{where} within {timeout:g} s",
             Phase.CONNECT,
+        ) from None
+    except ProbeError as exc:  # an answer too long, data after a 200
+        sock.close()
+        raise ProbeError(
+            ErrorKind.PROXY, f"the proxy {proxy.label} is broken: {exc.message}", Phase.CONNECT
         ) from None
     except BaseException as exc:  # a cancellation too: the socket is never left open
         sock.close()
@@ -284,8 +296,9 @@ async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout
     ):
         sock.close()
         raise ProbeError(
-            ErrorKind.PROTOCOL,
-            f"{proxy.label} is not an HTTP proxy (it answered {status_line[:60]!r})",
+            ErrorKind.PROXY,
+            f"the proxy {proxy.label} is broken: it is not an HTTP proxy (it answered "
+            f"{status_line[:60]!r})",
             Phase.CONNECT,
         )
     status = int(fields[1])
@@ -294,6 +307,17 @@ async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout
         return Tunnel(sock, connect_ms, (time.perf_counter() - sent) * 1000.0)
     sock.close()
     if status in (401, 407):  # 407 is the standard; some proxies (tinyproxy) say 401
+        schemes = _auth_schemes(head)
+        if schemes and "basic" not in schemes:
+            # Negotiate/NTLM only (a Windows domain's proxy): a wrong password is not the
+            # problem, and giving one cannot help.
+            raise ProbeError(
+                ErrorKind.PROXY,
+                f"the proxy {proxy.label} accepts only {', '.join(sorted(schemes))} logins "
+                f"({status} {reason}), which lkice cannot do (Basic only): the password is "
+                "probably fine",
+                Phase.CONNECT,
+            )
         message = (
             f"the proxy {proxy.label} rejected the credentials ({status} {reason})"
             if proxy.username is not None
@@ -307,6 +331,17 @@ async def connect_via_proxy(proxy: ProxyConfig, target: tuple[str, int], timeout
         "blocks this destination or port",
         Phase.CONNECT,
     )
+
+
+def _auth_schemes(head: str) -> set[str]:
+    """The authentication schemes a 401/407 offers (Proxy-Authenticate / WWW-Authenticate),
+    lower-case: {"basic"}, {"negotiate", "ntlm"}..."""
+    schemes = set()
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("proxy-authenticate", "www-authenticate") and value.strip():
+            schemes.add(value.strip().split(None, 1)[0].lower()[:32])
+    return schemes
 
 
 async def _read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> str:

@@ -198,7 +198,7 @@ async def _open(
         )
     except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
         sock.close()
-        error = await tls_failure(exc, address, url.host, settings.timeout, proxy)
+        error = await tls_failure(exc, address, url.host, settings.timeout, proxy, result.fail)
         result.tls = error.tls  # a rejected certificate: what it was and what was wrong
         raise error from exc
     result.timings_ms["tls"] = elapsed_ms(start)
@@ -209,7 +209,7 @@ async def _open(
 
 
 def _validate_verdict(
-    status: int, headers: dict[str, str], body: str, url: LiveKitUrl
+    status: int, headers: dict[str, str], body: str, url: LiveKitUrl, proxied: bool = False
 ) -> ProbeError | None:
     reason = " ".join(body.split())[:200]
     if status == 200 and body.strip() == "success":
@@ -242,6 +242,16 @@ def _validate_verdict(
             f"{url.server} redirects /rtc/validate (HTTP {status}"
             + (f" to {_short(where, 160)!r}" if where else "")
             + "): lkice does not follow redirects with the token; give the final URL",
+            Phase.VALIDATE,
+        )
+    if (status in (502, 503, 504) or "via" in headers) and not proxied:
+        # No web proxy in use: the gateway is the deployment's own (a load balancer, a CDN, a
+        # reverse proxy) more often than one on this network; the findings say both.
+        via = headers.get("via") or headers.get("server", "unknown")
+        return ProbeError(
+            ErrorKind.GATEWAY,
+            f"HTTP {status} from a gateway in front of LiveKit ({_short(via, 80)}): LiveKit "
+            "itself did not answer",
             Phase.VALIDATE,
         )
     if status in (502, 503, 504) or "via" in headers:
@@ -432,7 +442,8 @@ def _summarize_join(join: Any, result: SignalResult) -> list[IceServer]:
         )
     if not any(s.uri.kind == "turn" for s in servers):
         result.notes.append(
-            "the JoinResponse offers no TURN server: clients behind UDP-blocking firewalls cannot connect"
+            "the JoinResponse offers no TURN server: clients behind firewalls that block UDP "
+            "cannot connect unless ICE/TCP to the SFU gets through"
         )
     return servers
 
@@ -478,7 +489,9 @@ async def probe_signal(
             MAX_VALIDATE,
         )  # fmt: skip
         result.timings_ms["validate"] = elapsed_ms(start)
-        problem = _validate_verdict(answer.status, answer.headers, answer.body, url)
+        problem = _validate_verdict(
+            answer.status, answer.headers, answer.body, url, proxied=proxy is not None
+        )
         if problem is not None:
             raise problem
         if answer.status == 404:
@@ -569,6 +582,12 @@ async def _get(
     except HttpError as exc:
         raise ProbeError(
             ErrorKind.PROTOCOL, f"{url.server} {exc} to GET {target.split('?')[0]}"
+        ) from None
+    except Exception as exc:  # h11's LocalProtocolError: a request lkice could not send
+        if type(exc).__name__ != "LocalProtocolError":
+            raise
+        raise ProbeError(
+            ErrorKind.PROTOCOL, f"the request to {url.server} could not be formed ({exc})"
         ) from None
     except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise ProbeError(

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -39,6 +40,11 @@ __all__ = [
 LOCAL_ERRNOS = frozenset(
     {errno.EADDRINUSE, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 )
+
+
+# The second look at a rejected certificate (its issuer, names, dates) is a detail: bounded
+# apart from --timeout, so it never costs a slow server's full timeout twice.
+REREAD_S = 2.0
 
 
 def client_tls_context() -> ssl.SSLContext:
@@ -106,13 +112,24 @@ async def tls_failure(
     server_hostname: str | None,
     timeout: float,
     proxy: ProxyConfig | None = None,
+    early: Callable[[ProbeError], None] | None = None,
 ) -> ProbeError:
     """Translate a failed TLS handshake into ``tls_verify`` (naming the presented issuer) or
     ``tls_handshake``. ``proxy``: the handshake ran in a tunnel through it (``address`` is then
-    the host name and port asked of the proxy)."""
+    the host name and port asked of the proxy). ``early`` gets the verification failure at
+    once, before the certificate is read again for its details, so a deadline during that
+    second look keeps what is already known."""
     label = format_address(address)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        presented = await _presented_certificate(address, server_hostname, timeout, proxy)
+        if early is not None:
+            early(
+                ProbeError(
+                    ErrorKind.TLS_VERIFY, _verify_message(label, exc, None, "other"), Phase.TLS
+                )
+            )
+        presented = await _presented_certificate(
+            address, server_hostname, min(timeout, REREAD_S), proxy
+        )
         dialled = server_hostname or address[0]
         problem = certificate_problem(exc.verify_code, presented)
         if presented is not None:

@@ -8,6 +8,7 @@ import math
 import textwrap
 from typing import Any
 
+from lkice.report import SIGNAL_TIMING_KEYS
 from lkice.textsafe import clipped, visible_report
 
 __all__ = ["render"]
@@ -155,7 +156,12 @@ def _signal(signal: dict[str, Any]) -> list[str]:
     if server:
         facts = [f"{k} {v}" for k, v in server.items() if v]
         out += _wrap(", ".join(facts), "  server: ", "    ")
-    steps = [f"{k} {_ms(v)}" for k, v in signal["timings_ms"].items() if v is not None]
+    timings = signal["timings_ms"]
+    # In the order the steps run (a paste's canonical JSON sorts the keys).
+    order = [k for k in SIGNAL_TIMING_KEYS if k in timings] + sorted(
+        k for k in timings if k not in SIGNAL_TIMING_KEYS
+    )
+    steps = [f"{k} {_ms(timings[k])}" for k in order if timings[k] is not None]
     if steps:
         out.append("  " + "  ".join(steps) + " (ms)")
     if signal["error"] is not None:
