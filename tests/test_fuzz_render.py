@@ -153,7 +153,8 @@ class _Strategies:
             return TEXT.filter(lambda s: len(s) >= node.get("minLength", 0))
         if kind == "array":
             items = self.of(node["items"]) if "items" in node else JSON_ANY
-            return st.lists(items, max_size=3)
+            low = node.get("minItems", 0)
+            return st.lists(items, min_size=low, max_size=max(low, node.get("maxItems", 3)))
         assert kind == "object", kind
         return self.object(node)
 
