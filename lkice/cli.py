@@ -1,20 +1,19 @@
 """The ``lkice`` command. Exit statuses follow the Nagios/Icinga convention (see verdict.py);
 click's own usage errors (exit 2) become 3 UNKNOWN here, in one place: ``main``.
 
-Heavy modules (the engine, aioice, dnspython, cryptography) are imported inside the commands so
-``lkice --help`` stays fast.
+Heavy modules (asyncio, the engine, aioice, dnspython, cryptography) are imported inside the
+commands so ``lkice --help`` and ``--version`` stay fast.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,8 @@ from lkice.errors import UsageError, bug_summary
 
 if TYPE_CHECKING:
     from lkice.daemon import Sinks
+    from lkice.job import RunRequest
+    from lkice.render.progress import Progress
     from lkice.report import Report
 
 EXIT_UNKNOWN = 3
@@ -114,6 +115,7 @@ class _Outputs:
     # The double-click mode writes next to the program (a Downloads folder): no symlink there
     # is written through.
     follow_symlinks: bool = True
+    view: bool = True  # False: the human view is already on stdout (lkice run)
 
 
 class OutputError(Exception):
@@ -167,7 +169,7 @@ def _emit_dict(data: dict[str, Any], outputs: _Outputs) -> None:
             files.append(("--paste", outputs.paste, lambda: paste_text))
     if outputs.as_json:
         click.echo(text)
-    else:
+    elif outputs.view:
         click.echo(render(data), nl=False)
     if block is not None and outputs.paste == "-":
         click.echo("\nPaste everything below into your ticket:\n")
@@ -353,7 +355,7 @@ def run(
     turns:host[:port][?transport=tcp] (RFC 7064/7065). turn: without a transport is probed over
     both UDP and TCP.
     """
-    from lkice.job import RunRequest, diagnose
+    from lkice.job import RunRequest
     from lkice.render.progress import progress_for
 
     _setup_logging(verbose)
@@ -380,9 +382,41 @@ def run(
         proxy_env={} if no_proxy else _proxy_env(),
     )
     progress = progress_for(not as_json and verbose == 0)
-    report = asyncio.run(diagnose(request, progress))
-    _emit(report, _Outputs(as_json, output, paste, html, redact))
+    import asyncio
+
+    report = asyncio.run(
+        _diagnose_then_release(request, progress, _Outputs(as_json, output, paste, html, redact))
+    )
     sys.exit(_finish(report))
+
+
+async def _diagnose_then_release(
+    request: RunRequest, progress: Progress, outputs: _Outputs
+) -> Report:
+    """The diagnosis, its verdict printed at once, then the TURN allocations' release (Refresh
+    lifetime 0: sent when each path concluded, waited for here, briefly) before the outputs that
+    record the report (JSON, the files, the paste block), so they say whether each allocation
+    was released. Every allocation is released, or given up, before lkice exits."""
+    from lkice.job import diagnose, release_allocations
+    from lkice.probe.releases import Releases
+
+    releases = Releases()
+    try:
+        report = await diagnose(request, progress, releases=releases)
+    except BaseException:
+        await release_allocations(releases)
+        raise
+    if outputs.as_json:
+        await release_allocations(releases)
+    else:
+        from lkice.render.text import render
+
+        await release_allocations(
+            releases, first=lambda: click.echo(render(report.to_dict()), nl=False)
+        )
+        outputs = replace(outputs, view=False)
+    _emit(report, outputs)
+    return report
 
 
 @cli.command()
@@ -506,6 +540,8 @@ def demo(
             from lkice.render.progress import progress_for
 
             progress = progress_for(not as_json and verbose == 0)
+            import asyncio
+
             report = asyncio.run(run_engine([], settings, job, progress=progress))
         finally:
             if livekit_server is not None:
@@ -720,6 +756,8 @@ def probe(
         raise UsageError("\n".join(exc.problems)) from None
     progress = progress_for(not as_json and verbose == 0)
     started = time.perf_counter()
+    import asyncio
+
     report = asyncio.run(diagnose(request, progress))
     report.probe = {
         "name": definition.name,
@@ -771,6 +809,8 @@ def _probe_daemon(
             prom.serve(host or "127.0.0.1", int(port), prom.registry_with(sinks.metrics))
         except (ValueError, OSError) as exc:
             raise UsageError(f"--metrics-listen {metrics_listen}: {exc}") from None
+    import asyncio
+
     asyncio.run(daemon.serve())
     return 0
 
@@ -796,6 +836,8 @@ def _enduser() -> int | None:
     click.echo(
         f"lkice {__version__}: testing {_shown(', '.join(request.targets))} ({_shown(source)})\n"
     )
+    import asyncio
+
     report = asyncio.run(diagnose(request, progress_for(True)))
     paste, html = enduser.output_names(enduser.output_dir(enduser.executable_dir()))
     _emit(report, _Outputs(paste=str(paste), html=str(html), follow_symlinks=False))

@@ -8,6 +8,7 @@ so a partial report is always a true one.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import logging
 import time
@@ -383,6 +384,7 @@ async def run(
     # The same URI given twice (500 copies of one target, or a JoinResponse repeating what
     # the user gave) is one set of paths.
     uris = list(dict.fromkeys(uris))
+    _load_resolver(uris)
     try:
         for uri in uris:
             state.spawn(state.target(uri))
@@ -408,6 +410,17 @@ async def run(
         loop_stalls=None if monitor is None else monitor.summary(_train_windows(state.paths)),
         nat=None if state.nat is None else state.nat.to_dict(),
     )
+
+
+def _load_resolver(uris: Sequence[IceUri]) -> None:
+    """dnspython, imported before any probe starts when a target is a name (an import inside
+    the run would stall the loop under the other paths' timings); IP addresses need none."""
+    for uri in uris:
+        try:
+            ipaddress.ip_address(uri.host)
+        except ValueError:
+            importlib.import_module("dns.asyncresolver")
+            return
 
 
 def judge_trains(paths: Sequence[PathResult], blind: Sequence[tuple[float, float]]) -> None:

@@ -16,6 +16,10 @@ Honesty rules, applied everywhere:
   second allocation of the agent's) and an SFU data round trip (A -> SFU -> B -> SFU -> A, both
   participants on this machine) cross this network twice each way, so the RTT limit applied to
   them is twice the client-to-server limit, and the evidence says so;
+- loss is judged per crossing of this network (``crossings``: 2 for a Binding, 4 for an echo),
+  with its 95 % interval and probe count, and on UDP also pooled over every train of the run
+  that worked (``lkice.quality.pooled_loss``), so that the best of noisy trains cannot hide a
+  loss the network has;
 - nothing secret is echoed (tokens and ``key=value`` secrets are masked in quoted messages).
 
 Severity (see ``docs/findings.md`` for the table):
@@ -44,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lkice.errors import UsageError
+from lkice.quality import loss_each_way, pooled_loss, wilson_interval
 from lkice.uri import parse_ice_uri
 
 __all__ = ["SEVERITIES", "evaluate", "verdict_from_findings"]
@@ -1560,6 +1565,22 @@ class _Measure:
         return 2 if self.source == "relay_quality" or self.path.get("kind") == "sfu" else 1
 
     @property
+    def crossings(self) -> int:
+        """How many times a probe crosses this network (``crossings`` in the report; reports
+        from before it: 2 per leg, there and back)."""
+        value = self.q.get("crossings")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        return 2 * self.legs
+
+    @property
+    def lost(self) -> int | None:
+        received = self.q.get("received")
+        if not isinstance(received, int) or not 0 <= received <= self.samples:
+            return None
+        return self.samples - received
+
+    @property
     def what(self) -> str:
         if self.source == "relay_quality":
             return "relay echo (data through the TURN relay and back)"
@@ -1617,24 +1638,92 @@ def _best(measures: Sequence[_Measure]) -> _Measure | None:
     return min(measures, key=key) if measures else None
 
 
-def _cap(severity: str, m: _Measure, preferred: bool) -> str:
+def _cap(severity: str, m: _Measure | int, preferred: bool) -> str:
+    """Full severity only on the class the client will use; critical only from MIN_SAMPLES
+    probes or more (``m``: the measure, or the probe count)."""
     if not preferred:
         return "info"
-    if severity == "critical" and m.samples < MIN_SAMPLES:
+    samples = m if isinstance(m, int) else m.samples
+    if severity == "critical" and samples < MIN_SAMPLES:
         return "warning"
     return severity
+
+
+def _interval(low: float, high: float) -> str:
+    return f"95 % interval {low * 100:.1f}-{high * 100:.1f} %"
+
+
+def _loss_interval(m: _Measure) -> str:
+    """The Wilson 95 % interval of a train's loss, converted per crossing ("" without counts)."""
+    lost = m.lost
+    if lost is None or m.samples <= 0:
+        return ""
+    low, high = wilson_interval(lost, m.samples)
+    return _interval(loss_each_way(low, m.crossings), loss_each_way(high, m.crossings)) + "; "
+
+
+def _pooled_udp_loss(ctx: _Ctx) -> tuple[str, float, int, list[int]] | None:
+    """Every UDP train of the run that worked, pooled: one network's loss, so that the best of
+    several noisy trains cannot hide it (``lkice.quality.pooled_loss``). (evidence, loss each
+    way, probes, path indices), or None with fewer than two trains."""
+    trains: list[tuple[int, int, int]] = []
+    lost: list[int] = []
+    crossings: set[int] = set()
+    servers: set[str] = set()
+    indices: list[int] = []
+    for i, p in ctx.of("udp"):
+        if not p.get("ok") or p.get("proxy"):
+            continue
+        for source in ("quality", "relay_quality"):
+            q = p.get(source)
+            if not q:
+                continue
+            m = _Measure(i, p, source, q)
+            if m.lost is None or m.samples <= 0 or m.lost == m.samples:
+                continue  # nothing back: a broken relay or path, never loss
+            trains.append((m.samples, m.samples - m.lost, m.crossings))
+            lost.append(m.lost)
+            crossings.add(m.crossings)
+            servers.add(str(p.get("server")))
+            indices.append(i)
+    pooled = pooled_loss(trains)
+    if pooled is None or pooled.trains < 2:
+        return None
+    low, high = pooled.each_way_ci
+    times = " or ".join(str(c) for c in sorted(crossings))
+    evidence = (
+        f"all {pooled.trains} UDP trains of this run pooled ({len(servers)} server(s)): "
+        f"{pooled.lost} of {pooled.samples} probes lost (per train {min(lost)}-{max(lost)}), "
+        f"about {_pct(pooled.each_way)} each way ({_interval(low, high)}; maximum likelihood "
+        f"over trains crossing this network {times} times, loss assumed the same each way"
+    )
+    return evidence, pooled.each_way, pooled.samples, indices
 
 
 def _rule_quality(ctx: _Ctx) -> list[Finding]:
     preferred = ctx.preferred()
     results: dict[str, list[tuple[str, str, int]]] = {}
 
-    def add(fid: str, severity: str, evidence: str, index: int) -> None:
-        results.setdefault(fid, []).append((severity, evidence, index))
+    def add(fid: str, severity: str, evidence: str, index: int | Sequence[int]) -> None:
+        for i in [index] if isinstance(index, int) else index:
+            results.setdefault(fid, []).append((severity, evidence, i))
 
     lim = limits_of(ctx.report)
+    pooled = _pooled_udp_loss(ctx)
     for c in CLASSES:
         pref = c == preferred
+        if c == "udp" and pooled is not None and pooled[1] > lim.loss_warn:
+            # One network's loss over every UDP train: a warning even where the best train,
+            # by chance, lost less (picking the best of noisy trains must not hide it).
+            evidence, pooled_each_way, probes, indices = pooled
+            sev = "critical" if pooled_each_way >= lim.loss_crit else "warning"
+            bad = lim.source("loss_crit", "Daily 'bad'")
+            evidence += (
+                f"; {lim.source('loss_warn', 'Teams')}: under {_pct(lim.loss_warn)}"
+                + (f"; {bad} from {_pct(lim.loss_crit)}" if sev == "critical" else "")
+                + ")"
+            )
+            add("high-loss", _cap(sev, probes, pref), evidence, indices)
         rtt_m = _best(_measures(ctx, c, media=False))
         media_m = _best(_measures(ctx, c, media=True))
         if rtt_m is not None and rtt_m.rtt is not None:
@@ -1672,9 +1761,12 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
             )
         loss = q.get("loss")
         # The thresholds are for one direction of a stream; a probe crosses this network
-        # 2 x legs times (there and back, per leg), so the loss one way is estimated from it.
-        crossings = 2 * media_m.legs
-        each_way = None if loss is None else 1.0 - (1.0 - float(loss)) ** (1.0 / crossings)
+        # ``crossings`` times (2 per leg: there and back), so the loss one way is estimated
+        # from it (lkice.quality.loss_each_way: the same each way).
+        crossings = media_m.crossings
+        each_way: float | None = None
+        if isinstance(loss, (int, float)) and 0 <= loss <= 1:
+            each_way = loss_each_way(float(loss), crossings)
         if loss is not None and each_way is not None and each_way > lim.loss_warn:
             sev = "critical" if each_way >= lim.loss_crit else "warning"
             bad = lim.source("loss_crit", "Daily 'bad'")
@@ -1685,8 +1777,9 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
                 "relay-loss" if server_side else "high-loss",
                 _cap(sev, media_m, pref),
                 f"{media_m.head()}: {_pct(loss)} lost over {media_m.count()}, about "
-                f"{_pct(each_way)} each way (the probe crosses this network {crossings} times;"
-                f" {lim.source('loss_warn', 'Teams')}: under {_pct(lim.loss_warn)}"
+                f"{_pct(each_way)} each way ({_loss_interval(media_m)}the probe crosses this "
+                f"network {crossings} times; {lim.source('loss_warn', 'Teams')}: under "
+                f"{_pct(lim.loss_warn)}"
                 + (f"; {bad} from {_pct(lim.loss_crit)}" if sev == "critical" else "")
                 + ")",
                 media_m.index,
@@ -1806,6 +1899,7 @@ def _rule_hol(ctx: _Ctx) -> list[Finding]:
     none (a hold without loss, never called loss). Holds that a UDP train of the run had at the
     same moment are not TCP's doing: said apart (``shared-hold``), never as HOL."""
     hits: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
+    held: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
     shared: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
     for i, p in ctx.indexed:
         if not p.get("ok") or p.get("transport") not in ("tcp", "tls"):
@@ -1814,15 +1908,58 @@ def _rule_hol(ctx: _Ctx) -> list[Finding]:
             q = p.get(source) or {}
             hol = q.get("hol") or {}
             if hol.get("detected"):
-                hits.append((i, p, source, q, hol))
+                # The kernel counted every repair either way and there was none: the stalls
+                # were holds without a loss behind them here (a freeze on the way that no UDP
+                # train of the run happened to witness, a middlebox), not head-of-line blocking.
+                # Through a web proxy the counters see only the hop to the proxy.
+                unrepaired = _repairs(q)[0] == 0 and not p.get("proxy")
+                (held if unrepaired else hits).append((i, p, source, q, hol))
             if hol.get("shared"):
                 shared.append((i, p, source, q, hol))
     out = []
     if hits:
         out.append(_hol_blocking(ctx, hits))
+    if held:
+        out.append(_stream_hold(ctx, held))
     if shared:
         out.append(_shared_hold(shared))
     return out
+
+
+def _stream_hold(
+    ctx: _Ctx, held: Sequence[tuple[int, Path, str, dict[str, Any], dict[str, Any]]]
+) -> Finding:
+    """Stalls on TCP/TLS trains whose kernel counters show no repair: holds, said as holds."""
+    n_ms = max(float(h[4].get("max_stall_ms") or 0.0) for h in held)
+    stalls = sum(int(h[4].get("stalls") or 0) for h in held)
+    udp_ok = ctx.works("udp")
+    evidence = []
+    for i, p, source, q, hol in held:
+        m = _Measure(i, p, source, q)
+        evidence.append(
+            f"{m.head()}: {hol.get('stalls')} stall(s), longest {_ms(hol.get('max_stall_ms'))} "
+            f"ms beyond the typical RTT, over {m.count()}{_repairs(q)[1]}"
+        )
+    return _finding(
+        "stream-hold",
+        "info" if udp_ok else "warning",
+        f"TCP/TLS was held {stalls} time(s), for up to {_ms(n_ms)} ms, while this computer's "
+        "kernel repaired nothing: something on the way or on this computer held the data (a "
+        "busy link, a Wi-Fi scan, a middlebox that repairs traffic beyond it).",
+        "When media goes over TCP or TLS, a hold stops all the audio behind it: freezes of up "
+        f"to {_ms(n_ms)} ms, then a burst."
+        + (
+            " Here UDP works, so clients will use it and should not feel this."
+            if udp_ok
+            else " Here UDP does not work, so calls will go this way."
+        ),
+        evidence,
+        "Nothing to do while UDP stays open."
+        if udp_ok
+        else "If calls freeze now and then, check the Wi-Fi and any middlebox on the way; "
+        "opening UDP avoids holds on TCP altogether.",
+        [h[0] for h in held],
+    )
 
 
 def _hol_blocking(

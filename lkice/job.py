@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from lkice.engine import EngineSettings
     from lkice.livekit import LiveKitUrl
     from lkice.probe.proxy import Proxies
+    from lkice.probe.releases import Releases
     from lkice.probe.signal import IceServer, Region, SignalSettings
     from lkice.probe.train import TrainSettings
     from lkice.render.progress import Progress
@@ -45,12 +46,16 @@ MAX_STUN_USERNAME = 500  # RFC 8489: < 513 bytes; the REST form adds "<expiry>:"
 CANCEL_GRACE_S = 0.4
 
 
-def tls_context(ca_files: Sequence[str], insecure: bool) -> ssl.SSLContext:
+def tls_context(
+    ca_files: Sequence[str], insecure: bool, *, system_cas: bool = True
+) -> ssl.SSLContext:
+    """``system_cas`` False: without the system's CAs, which the caller then loads
+    (``probe.tcp.load_system_cas``)."""
     import ssl
 
-    from lkice.probe.tcp import client_tls_context
+    from lkice.probe.tcp import client_tls_context, load_system_cas
 
-    ctx = client_tls_context()
+    ctx = client_tls_context(system_cas=False)
     for ca in ca_files:
         try:
             ctx.load_verify_locations(cafile=ca)
@@ -63,6 +68,8 @@ def tls_context(ca_files: Sequence[str], insecure: bool) -> ssl.SSLContext:
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    if system_cas:
+        load_system_cas(ctx)
     return ctx
 
 
@@ -667,11 +674,12 @@ def livekit_job(
         is_livekit_url,
         parse_livekit_url,
     )
-    from lkice.probe.signal import SignalSettings
 
     urls = [t for t in targets if is_livekit_url(t)]
     if not urls:
         return None
+    from lkice.probe.signal import SignalSettings  # websockets, aiohttp: only for LiveKit
+
     if len(urls) > 1:
         raise UsageError("give one LiveKit URL per run (its regions and TURN servers come with it)")
     targets.remove(urls[0])
@@ -784,8 +792,6 @@ def _check_secrets(request: RunRequest) -> None:
 def prepare(request: RunRequest) -> Prepared:
     """Check and turn a request into what the probes take; every mistake is a UsageError."""
     _check_secrets(request)
-    from lkice.engine import EngineSettings
-    from lkice.probe.path import ProbeSettings
     from lkice.probe.proxy import Proxies, parse_proxy_url
     from lkice.probe.resolve import parse_nameserver
     from lkice.uri import parse_ice_uri
@@ -811,7 +817,11 @@ def prepare(request: RunRequest) -> Prepared:
             raise UsageError(
                 f"--nameserver {request.nameserver!r}: expected IP or IP:PORT"
             ) from None
-    tls = tls_context(request.ca_files, request.insecure)
+    # The system's CAs are read in a thread once the request is known to be good, beside the
+    # first round trips; LiveKit's signaling and SFU sessions use the context without awaiting
+    # them (the STUN/TURN paths do), so with a LiveKit URL they are read now.
+    background_cas = not any(is_livekit(t) for t in targets)
+    tls = tls_context(request.ca_files, request.insecure, system_cas=not background_cas)
     proxies = Proxies.from_environment(
         request.proxy_env, parse_proxy_url(request.proxy) if request.proxy else None
     )
@@ -840,6 +850,11 @@ def prepare(request: RunRequest) -> Prepared:
         if has_own_turn or livekit is None
         else None
     )
+    # The probes' modules (aioice and the rest) only once the request is known to be good: a
+    # usage error is told without them.
+    from lkice.engine import EngineSettings
+    from lkice.probe.path import ProbeSettings
+
     settings = EngineSettings(
         probe=ProbeSettings(
             udp_timeout=request.udp_timeout,
@@ -853,6 +868,10 @@ def prepare(request: RunRequest) -> Prepared:
         nameserver=ns,
         proxies=proxies,
     )
+    if background_cas:
+        from lkice.probe.tcp import load_system_cas
+
+        load_system_cas(tls, background=True)
     return Prepared(parsed, settings, livekit, region_of_uri, by_uri, dict(request.thresholds))
 
 
@@ -869,14 +888,22 @@ def _credentials_by_uri(request: RunRequest) -> dict[str, TurnCredentials]:
 
 
 async def diagnose(
-    request: RunRequest, progress: Progress | None = None, stop: asyncio.Event | None = None
+    request: RunRequest,
+    progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
+    releases: Releases | None = None,
 ) -> Report:
     """One whole diagnosis, concluded (findings, recommendation, verdict); ``stop`` cuts it
-    short with a partial report."""
+    short with a partial report. With ``releases``, the TURN allocations are released in the
+    background instead of before the verdict: the caller then calls
+    :func:`release_allocations` before it exits."""
     job = prepare(request)
+    settings = job.settings
+    if releases is not None:
+        settings = replace(settings, probe=replace(settings.probe, releases=releases))
     return await run_engine(
         job.uris,
-        job.settings,
+        settings,
         job.livekit,
         job.region_of_uri,
         progress,
@@ -884,3 +911,20 @@ async def diagnose(
         stop,
         job.thresholds,
     )
+
+
+async def release_allocations(
+    releases: Releases, timeout: float | None = None, *, first: Callable[[], None] | None = None
+) -> None:
+    """Call ``first`` (the verdict printed), then wait for the releases :func:`diagnose` handed
+    over, ``timeout`` seconds at most (the release grace by default). From the moment ``first``
+    is called, the first Ctrl-C or SIGTERM ends the wait at once (and lets the caller finish)."""
+    from lkice.probe.releases import RELEASE_GRACE_S
+
+    stop = asyncio.Event()
+    with _stop_on_signals(stop, own=True):
+        try:
+            if first is not None:
+                first()
+        finally:
+            await releases.finish(RELEASE_GRACE_S if timeout is None else timeout, stop)

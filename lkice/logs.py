@@ -7,6 +7,10 @@ What a log line shows is safe to show: every value has its control characters ma
 URLs have their passwords replaced by ``***``, and tracebacks are plain, without the local
 variables rich's tracebacks would print (a password among them). :class:`SafeFormatter` does
 the same for the plain stdlib lines of the one-shot commands (``cli._setup_logging``).
+
+structlog (and rich, which structlog loads when it is installed) is imported only where a
+structlog logger is configured or made: a one-shot ``lkice run`` logs through the stdlib alone,
+and does not pay for them at start-up.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ import traceback
 from collections.abc import Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, TextIO
-
-import structlog
 
 from lkice.textsafe import (
     MAX_DEPTH,
@@ -130,6 +132,10 @@ def _exception_text(_logger: Any, _method: str, event_dict: MutableMapping[str, 
 
 def configure(*, json_output: bool | None = None, level: int = logging.INFO) -> None:
     """``json_output`` None: JSON unless stderr is a terminal."""
+    global _plain_pending
+    import structlog
+
+    _plain_pending = False
     if json_output is None:
         json_output = not sys.stderr.isatty()
     shared: list[Any] = [
@@ -176,30 +182,44 @@ class SafeFormatter(logging.Formatter):
 
 
 _PLAIN_FORMAT = "lkice: %(levelname)s %(name)s: %(message)s"
-_KEY_VALUE = structlog.processors.KeyValueRenderer(
-    key_order=["event"], drop_missing=True, repr_native_str=False
-)
+_key_value: Any = None  # structlog's KeyValueRenderer, made with the plain configuration
+# configure_plain ran before structlog was imported: get_logger finishes it.
+_plain_pending = False
 
 
 def _to_stdlib(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """The event as one ``event=... key=value`` message for the stdlib logger; an exception
     goes along as ``exc_info``, for :class:`SafeFormatter` to format."""
     exc_info = event_dict.pop("exc_info", None)
-    message = _KEY_VALUE(logger, method, event_dict)
+    message = _key_value(logger, method, event_dict)
     return (message,), ({"exc_info": exc_info} if exc_info else {})
 
 
 def configure_plain(level: int = logging.WARNING) -> None:
     """The one-shot commands' log (run, demo, probe without a schedule): plain lines on stderr,
     ``lkice: LEVEL logger: message``; structlog events (the sinks' ``push_failed``...) are
-    written the same way, as ``event key=value``, never to stdout where the report goes."""
+    written the same way, as ``event key=value``, never to stdout where the report goes.
+    structlog is configured now if it is loaded, else by the first :func:`get_logger`."""
+    global _plain_pending
+    _install(SafeFormatter(_PLAIN_FORMAT), level)
+    _plain_pending = "structlog" not in sys.modules
+    if not _plain_pending:
+        _configure_structlog_plain()
+
+
+def _configure_structlog_plain() -> None:
+    global _key_value
+    import structlog
+
+    _key_value = structlog.processors.KeyValueRenderer(
+        key_order=["event"], drop_missing=True, repr_native_str=False
+    )
     structlog.configure(
         processors=[safe_values, _to_stdlib],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    _install(SafeFormatter(_PLAIN_FORMAT), level)
 
 
 def _install(formatter: logging.Formatter, level: int) -> None:
@@ -212,4 +232,10 @@ def _install(formatter: logging.Formatter, level: int) -> None:
 
 
 def get_logger(name: str) -> Any:
+    global _plain_pending
+    import structlog
+
+    if _plain_pending:
+        _plain_pending = False
+        _configure_structlog_plain()
     return structlog.get_logger(name)

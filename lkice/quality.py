@@ -65,7 +65,9 @@ Head-of-line blocking (``hol``, stream transports only; None for UDP)
 
     * The agent's own event loop (a busy computer): the probe layer measures its stalls
       (``blind`` intervals); a stall whose releases all fall in one is the agent's
-      (``hol.discounted``).
+      (``hol.discounted``). On an echo through this computer (``legs`` > 1) a probe the agent
+      held is echoed late and its answer comes home up to one leg's trip later, so there the
+      release may fall up to ``median * (legs - 1) / legs`` after the stall.
     * A shared hold: something on the way or on this host that held every connection at once (a
       Wi-Fi scan, a busy router, a paused VM). All trains of a run share one clock
       (``time.perf_counter()``), so a stall is compared with the run's datagram trains: if an
@@ -88,8 +90,9 @@ Head-of-line blocking (``hol``, stream transports only; None for UDP)
 Answers the agent held (``excluded``)
     Answers whose arrival falls in a ``blind`` interval (within ``release_window_ms`` of its
     end) were timestamped when the agent got round to them, not when they came: they are left
-    out of the jitter and of the late answers (so out of the MOS), a stall they release is the
-    agent's (above), and ``excluded`` says how many. RTT percentiles and loss still count them.
+    out of the jitter and of the late answers, a stall they release is the agent's (above; so
+    none of them reaches the MOS), and ``excluded`` says how many. RTT percentiles and loss
+    still count them.
 
 Kernel evidence (``tcp``, stream transports where the platform tells; None otherwise)
     What the agent's kernel says about its own TCP connection(s) of the train, read before and
@@ -101,20 +104,81 @@ Kernel evidence (``tcp``, stream transports where the platform tells; None other
     a stall with none measured is a hold without loss.
 
 Late answers (``late``, stream transports only; 0 for UDP)
-    Answers whose RTT exceeds the baseline by more than ``JITTER_BUFFER_MS``. Real-time audio
-    over a stream (TURN over TCP/TLS) cannot skip a held packet, and a receiver's jitter buffer
-    plays concealment rather than wait that long, so these count as lost in the MOS. Not
-    counted: answers the agent held (``excluded``) and answers held in a stall set aside as a
-    shared hold (a UDP train held as long at the same moment counts none late either: the hold
-    was the way's or the host's, not TCP's).
+    Answers whose RTT exceeds the baseline by more than ``JITTER_BUFFER_MS``: what a fixed
+    100 ms jitter buffer would have had to conceal. Reported, not in the MOS: a real receiver's
+    adaptive buffer (WebRTC's NetEq) waits for held audio rather than concealing it (measured
+    against Chrome on TCP at 2 % loss: almost nothing concealed, the buffer held 100-155 ms), so
+    a stall costs delay (``call.playout_ms``), not loss. Not counted: answers the agent held
+    (``excluded``) and answers held in a stall set aside as a shared hold.
+
+Crossings and loss each way (``crossings``, ``loss_each_way``)
+    How many times a probe crosses this network (this computer's access to the server):
+    ``BINDING_CROSSINGS`` (2) for the Binding train (request, answer); ``ECHO_CROSSINGS`` (4)
+    for the relay echo (to the server, from the relay to the agent's second allocation, echoed
+    back to the server, back to the agent) and for the SFU data echo (A -> SFU -> B -> SFU -> A,
+    both participants on this computer and on the same path). Assumed: every crossing is alike,
+    loss independent and the same each way (symmetric). Then a probe survives with probability
+    ``(1 - p) ** crossings`` and the loss of one crossing is ``loss_each_way = 1 - (1 - loss) **
+    (1 / crossings)``. An echo that crosses four times loses about twice what a Binding does.
+
+Confidence (``loss_ci``, ``loss_each_way_ci``)
+    The Wilson score 95 % interval on ``loss``, ``lost`` of ``samples`` probes: ``(k + z^2/2 +-
+    z sqrt(k (n - k) / n + z^2 / 4)) / (n + z^2)``, z = 1.96 (0 and 1 exactly at k = 0 and k =
+    n); ``loss_each_way_ci`` is the same interval converted per crossing (the conversion is
+    monotone, so it keeps the coverage). With 250 probes and none lost, the loss is under 1.5 %
+    with 95 % confidence, not "zero".
+
+Pooled loss (``pooled_loss``, read by ``lkice.findings``)
+    Trains of one run that cross the same network (all its UDP trains) are one sample of that
+    network's loss: the best of several noisy trains must not hide it. The pooled loss each way
+    is the maximum-likelihood estimate of one per-crossing loss ``p`` over the trains (train i:
+    ``n_i`` probes, ``r_i`` answered, ``c_i`` crossings; log-likelihood ``sum r_i c_i log(1 - p)
+    + (n_i - r_i) log(1 - (1 - p) ** c_i)``, concave, solved by bisection), with the 95 %
+    likelihood-ratio interval (the ``p`` whose log-likelihood is within 1.92, half the 95 % point
+    of chi-squared with one degree of freedom, of the maximum). For a single train it is that
+    train's ``loss_each_way``. Trains with nothing answered are left out: a path that carries
+    nothing is broken, which is not loss.
+
+Call model (``call``)
+    The MOS is of a reference call: audio from this computer through the server to a listener
+    on a network like this one, so its media crosses this network ``CALL_CROSSINGS`` (2) times,
+    as a Binding round trip does (the lab's two-party call at 2 % loss each way lost 3.8-4.6 %,
+    its Binding train 4.4-4.8 %). An echo's figures are converted to it (same assumption as
+    above):
+
+    * ``call.rtt_ms = p50 * CALL_CROSSINGS / crossings`` (half an echo's round trip);
+    * ``call.loss = 1 - (1 - loss_each_way) ** CALL_CROSSINGS``;
+    * ``call.jitter_ms``: the jitter as measured (0 with a single answer). More crossings can
+      only add variation, so an echo's jitter is not smaller than the call's: kept, not scaled;
+    * ``call.playout_ms = max(2 * jitter, hol.max_stall_ms)``: the delay the receiver's jitter
+      buffer adds. The E-model's allowance is twice the jitter; on a stream path that stalls, an
+      adaptive buffer grows to ride out the longest hold instead of concealing it (measured:
+      Chrome's buffer target 106-135 ms against lkice's largest stall of 110-139 ms on TCP at
+      2 % loss, 40 ms RTT). Only the stalls counted (``hol.stalls``) add to it: a shared hold or
+      the agent's own is not the path's. Datagram paths have no stall: 2 x jitter;
+    * ``call.effective_ms = call.rtt_ms + call.playout_ms + 10``.
 
 MOS (``mos``)
-    The simplified ITU-T G.107 E-model used by Twilio and others: effective latency ``eff =
-    rtt + 2 * jitter + 10`` ms; ``R = 93.2 - eff / 40`` if ``eff < 160`` else ``R = 93.2 -
-    (eff - 120) / 10``; ``R -= 2.5 * loss_percent``; R clamped to [0, 100]; ``MOS = 1 + 0.035 R
-    + 7e-6 R (R - 60) (100 - R)`` clamped to [1, 4.5]. ``summarize`` feeds it the p50 RTT, the
-    RFC 3550 jitter (0 with a single answer) and the loss counting late answers as lost. None
-    when nothing was answered.
+    The simplified ITU-T G.107 E-model used by Twilio and others, of the call above: effective
+    latency ``eff = rtt + max(2 * jitter, stall) + 10`` ms (with no stall: the usual ``rtt + 2 *
+    jitter + 10``); ``R = 93.2 - eff / 40`` if ``eff < 160`` else ``R = 93.2 - (eff - 120) /
+    10``; ``R -= 2.5 * loss_percent``; R clamped to [0, 100]; ``MOS = 1 + 0.035 R + 7e-6 R (R -
+    60) (100 - R)`` clamped to [1, 4.5]. ``summarize`` feeds it ``call.rtt_ms``,
+    ``call.jitter_ms``, the longest counted stall and ``call.loss``. None when nothing was
+    answered.
+
+Warm-up (``warmup``, the SFU data echo; None elsewhere)
+    A data channel can take seconds to carry anything end to end after it reports open (an
+    SCTP retransmission timeout, 3 s at first, while the far side was not ready): measured, a
+    first echo after 3,042 ms and a delay draining for about 3 s: a median of 752 ms on a path
+    where the call had 42 ms. So the SFU train starts only once the path has carried an echo
+    end to end: warm-up probes go out every interval until one sent after the first echo came
+    back has come back too (nothing sent before it is still in the way), for at most
+    ``SfuSettings.warmup_timeout`` (5 s; nothing back by then: the path fails; a first echo
+    but no second: the train starts anyway, and the note says so). They are not in any
+    figure; ``warmup`` says how many
+    there were (``probes``, ``answered``), when the first came back (``first_echo_ms``) and how
+    long it took (``ms``), all from the first warm-up send.
 
 Duration
     ``duration_ms`` is last send minus first send plus one interval: the time the train covers.
@@ -124,38 +188,59 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 __all__ = [
     "BASELINE_PERCENTILE",
+    "BINDING_CROSSINGS",
+    "CALL_CROSSINGS",
+    "ECHO_CROSSINGS",
     "JITTER_BUFFER_MS",
+    "Call",
     "Hol",
     "HolSettings",
     "Hold",
+    "PooledLoss",
     "Quality",
     "Sample",
     "TcpEvidence",
     "TrainRecord",
     "Trains",
+    "Warmup",
     "baseline_ms",
     "count_reordered",
     "detect_hol",
     "e_model_mos",
     "held",
+    "loss_each_way",
+    "loss_over",
     "percentile",
+    "pooled_loss",
     "rfc3550_jitter",
     "summarize",
+    "wilson_interval",
 ]
 
 # Stalls and queues only add delay, so a low percentile of RTT is the path's own delay; the 5th
 # rather than the minimum so that one freak-fast sample does not set it.
 BASELINE_PERCENTILE = 5.0
 
-# An interactive audio jitter buffer adapts to tens of ms of variation; 100 ms beyond the path's
-# base delay is a generous bound, past which a receiver conceals the gap instead of waiting, so
-# the packet is as good as lost to the listener.
+# A fixed jitter buffer of 100 ms beyond the path's base delay: answers held longer are counted
+# (``late``) as what such a buffer would conceal. Not in the MOS: an adaptive buffer waits.
 JITTER_BUFFER_MS = 100.0
+
+# Times a probe crosses this network (module docstring): a Binding there and back; an echo
+# (TURN relay, SFU data) out, to the echoing side, back from it and home.
+BINDING_CROSSINGS = 2
+ECHO_CROSSINGS = 4
+# The reference call of the MOS: up to the server and down to a listener on a network like this.
+CALL_CROSSINGS = 2
+
+# Two-sided 95 %: the normal quantile (Wilson) and half the chi-squared(1) quantile (likelihood
+# ratio).
+Z_95 = 1.959963984540054
+LR_95 = 3.841458820694124 / 2
 
 
 @dataclass(frozen=True)
@@ -248,6 +333,45 @@ class TcpEvidence:
 
 
 @dataclass(frozen=True)
+class Call:
+    """The reference call the MOS is of (module docstring, "Call model"), from the train."""
+
+    rtt_ms: float  # p50 * CALL_CROSSINGS / crossings
+    jitter_ms: float  # as measured
+    playout_ms: float  # max(2 * jitter, longest counted stall)
+    loss: float  # 1 - (1 - loss_each_way) ** CALL_CROSSINGS
+    effective_ms: float  # rtt_ms + playout_ms + 10: the E-model's effective latency
+
+    def to_dict(self) -> dict[str, object]:
+        return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Probes sent before a train until the path carried an echo end to end (SFU data echo),
+    left out of every figure; times in ms from the first warm-up send."""
+
+    probes: int
+    answered: int
+    first_echo_ms: float | None  # None: nothing came back
+    ms: float  # until the train started
+
+    def to_dict(self) -> dict[str, object]:
+        return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class PooledLoss:
+    """One per-crossing loss estimated from several trains over the same network."""
+
+    trains: int
+    samples: int
+    lost: int
+    each_way: float  # maximum-likelihood per-crossing loss
+    each_way_ci: tuple[float, float]  # 95 % likelihood-ratio interval
+
+
+@dataclass(frozen=True)
 class Quality:
     samples: int  # probes sent
     received: int
@@ -265,6 +389,12 @@ class Quality:
     series: dict[str, list[float | None]] = field(default_factory=dict)
     excluded: int = 0  # answers that arrived while the agent's own loop stalled (left out)
     tcp: TcpEvidence | None = None  # stream paths: the kernel's counters over the train
+    crossings: int = BINDING_CROSSINGS  # times a probe crosses this network
+    loss_ci: tuple[float, float] = (0.0, 1.0)  # Wilson 95 % interval on loss
+    loss_each_way: float = 0.0  # per crossing: 1 - (1 - loss) ** (1 / crossings)
+    loss_each_way_ci: tuple[float, float] = (0.0, 1.0)
+    call: Call | None = None  # what the MOS is computed from; None if nothing answered
+    warmup: Warmup | None = None  # SFU data echo: the probes before the train (left out)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: keys are the field names, floats rounded to 3 decimals."""
@@ -280,7 +410,7 @@ def _json_value(value: object) -> object:
         return [_json_value(v) for v in value]
     if isinstance(value, dict):
         return {k: _json_value(v) for k, v in value.items()}
-    if isinstance(value, (Hol, TcpEvidence)):
+    if isinstance(value, (Hol, TcpEvidence, Call, Warmup)):
         return value.to_dict()
     return value
 
@@ -440,6 +570,7 @@ def _detect_hol(
     typical = percentile(rtts, 50)
     tau = _tau(typical, settings, legs)
     window = settings.release_window_ms / 1000.0
+    agent_slack = window + (typical / 1000.0) * (legs - 1) / legs
     by_seq = sorted(samples, key=lambda s: s.seq)
     first_sent = min(s.sent for s in samples)
     excesses: list[float] = []  # each stall's largest excess over the median, ms
@@ -481,7 +612,9 @@ def _detect_hol(
         if bursts:
             excess = max(r for s in by_seq[i:end] if (r := s.rtt_ms) is not None) - typical
             since, until = by_seq[i].sent, max(arrivals)
-            if all(_in_blind(t, blind, window) for t in bursts):
+            # On an echo through this computer (legs > 1) the answer to a probe the agent held
+            # comes home up to one leg's trip after the agent's stall ended.
+            if all(_in_blind(t, blind, agent_slack) for t in bursts):
                 discounted += 1
             elif any(
                 h.start <= until
@@ -517,9 +650,121 @@ def _detect_hol(
     return hol, in_shared
 
 
-def e_model_mos(rtt_ms: float, jitter_ms: float, loss: float) -> float:
-    """Mean opinion score (1..4.5) by the simplified E-model; ``loss`` is a fraction 0..1."""
-    effective = rtt_ms + 2 * jitter_ms + 10
+def _check_crossings(crossings: int) -> None:
+    if crossings < 1:
+        raise ValueError(f"crossings must be >= 1, got {crossings}")
+
+
+def _check_fraction(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"a loss must be a fraction within [0, 1], got {value}")
+
+
+def loss_each_way(loss: float, crossings: int) -> float:
+    """The loss of one crossing, from the loss of a probe that crosses ``crossings`` times
+    (symmetric, independent): ``1 - (1 - loss) ** (1 / crossings)``."""
+    _check_fraction(loss)
+    _check_crossings(crossings)
+    return min(max(1.0 - math.pow(1.0 - loss, 1.0 / crossings), 0.0), 1.0)
+
+
+def loss_over(each_way: float, crossings: int) -> float:
+    """The loss over ``crossings`` crossings of ``each_way`` each: ``1 - (1 - p) ** crossings``."""
+    _check_fraction(each_way)
+    _check_crossings(crossings)
+    return min(max(1.0 - (1.0 - each_way) ** crossings, 0.0), 1.0)
+
+
+def wilson_interval(lost: int, samples: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval on a loss of ``lost`` of ``samples`` (95 % by default); (0, 1),
+    no knowledge, for no samples."""
+    if samples <= 0:
+        return 0.0, 1.0
+    if not 0 <= lost <= samples:
+        raise ValueError(f"lost must be within [0, samples], got {lost} of {samples}")
+    n, k, z2 = samples, lost, z * z
+    centre = (k + z2 / 2) / (n + z2)
+    half = z * math.sqrt(k * (n - k) / n + z2 / 4) / (n + z2)
+    low = 0.0 if k == 0 else min(max(centre - half, 0.0), k / n)
+    high = 1.0 if k == n else max(min(centre + half, 1.0), k / n)
+    return low, high
+
+
+def _log_likelihood(p: float, trains: Sequence[tuple[int, int, int]]) -> float:
+    """Of a per-crossing loss ``p`` given (samples, received, crossings) per train."""
+    lost = sum(n - r for n, r, _ in trains)
+    if p <= 0.0:
+        return 0.0 if lost == 0 else -math.inf
+    if p >= 1.0:
+        return -math.inf  # every train kept has an answer
+    log_q = math.log1p(-p)
+    total = 0.0
+    for n, r, c in trains:
+        total += r * c * log_q
+        if n > r:
+            dropped = -math.expm1(c * log_q)  # 1 - (1 - p) ** c, exact for small p
+            total += (n - r) * math.log(dropped) if dropped > 0 else -math.inf
+    return total
+
+
+def _bisect(f: Callable[[float], bool], low: float, high: float) -> float:
+    """The boundary in [low, high] where ``f`` turns from True (at low) to False (at high)."""
+    for _ in range(200):
+        mid = (low + high) / 2
+        if mid in (low, high):
+            break
+        if f(mid):
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def pooled_loss(trains: Sequence[tuple[int, int, int]]) -> PooledLoss | None:
+    """The per-crossing loss of one network from several trains over it, each given as
+    (samples, received, crossings): the maximum-likelihood estimate and its 95 %
+    likelihood-ratio interval (module docstring). Trains with no sample or no answer are left
+    out; None when none is left."""
+    kept = [(n, r, c) for n, r, c in trains if n > 0 and r > 0]
+    for n, r, c in kept:
+        _check_crossings(c)
+        if r > n:
+            raise ValueError(f"received must be within [0, samples], got {r} of {n}")
+    if not kept:
+        return None
+    samples = sum(n for n, _, _ in kept)
+    lost = sum(n - r for n, r, _ in kept)
+    if lost == 0:
+        best = 0.0
+    else:
+
+        def rising(p: float) -> bool:
+            # The score (derivative of the log-likelihood) is positive below the maximum; it
+            # falls monotonically with p (the log-likelihood is concave).
+            q = 1.0 - p
+            score = 0.0
+            for n, r, c in kept:
+                score -= r * c / q
+                if n > r:
+                    score += (n - r) * c * q ** (c - 1) / -math.expm1(c * math.log1p(-p))
+            return score > 0
+
+        best = _bisect(rising, 0.0, 1.0)
+    floor = _log_likelihood(best, kept) - LR_95
+
+    def within(p: float) -> bool:
+        return _log_likelihood(p, kept) >= floor
+
+    low = 0.0 if best == 0.0 else _bisect(lambda p: not within(p), 0.0, best)
+    high = _bisect(within, best, 1.0)
+    return PooledLoss(len(kept), samples, lost, best, (min(low, best), max(high, best)))
+
+
+def e_model_mos(rtt_ms: float, jitter_ms: float, loss: float, stall_ms: float = 0.0) -> float:
+    """Mean opinion score (1..4.5) by the simplified E-model; ``loss`` is a fraction 0..1 and
+    ``stall_ms`` the longest hold a receiver's buffer rides out (it replaces the 2 x jitter
+    allowance where it is longer)."""
+    effective = rtt_ms + max(2 * jitter_ms, stall_ms) + 10
     r = 93.2 - effective / 40 if effective < 160 else 93.2 - (effective - 120) / 10
     r -= 2.5 * (loss * 100)
     r = min(max(r, 0.0), 100.0)
@@ -537,16 +782,20 @@ def summarize(
     shared: Sequence[Hold] = (),
     legs: int = 1,
     tcp: TcpEvidence | None = None,
+    crossings: int = BINDING_CROSSINGS,
+    warmup: Warmup | None = None,
 ) -> Quality:
     """All figures for one train. ``stream``: the path is TCP or TLS (HOL and late answers apply).
     ``blind``, ``shared``, ``legs``: as for ``detect_hol``; ``tcp``: the kernel's counters over
-    the train (stream paths).
+    the train (stream paths); ``crossings``: times a probe crosses this network (2 for a
+    Binding, 4 for an echo); ``warmup``: what preceded the train, reported as given.
 
     Raises ValueError for impossible input (an answer before its request, a repeated seq, a
     non-positive interval): that is a bug in the measuring layer, not a property of the path.
     """
     _check_interval(interval)
     _check_legs(legs)
+    _check_crossings(crossings)
     if len({s.seq for s in samples}) != len(samples):
         raise ValueError("samples repeat a seq")
     if any(s.received is not None and s.received < s.sent for s in samples):
@@ -568,7 +817,11 @@ def summarize(
 
     rtt_summary: dict[str, float] | None = None
     mos: float | None = None
+    call: Call | None = None
     late = 0
+    each_way = loss_each_way(loss, crossings)
+    lost = n - received
+    ci = wilson_interval(lost, n)
     if rtts:
         rtt_summary = {
             "p50": percentile(rtts, 50),
@@ -589,7 +842,22 @@ def summarize(
                 and r - baseline > JITTER_BUFFER_MS
                 and s.seq not in in_shared
             )
-        mos = e_model_mos(rtt_summary["p50"], jitter or 0.0, (n - received + late) / n)
+        # The reference call (module docstring): half an echo's delay and its loss each way
+        # twice; a receiver's buffer rides out the longest stall the path itself caused.
+        stall = 0.0
+        if hol_figures is not None and hol_figures.max_stall_ms is not None:
+            stall = hol_figures.max_stall_ms
+        call_rtt = rtt_summary["p50"] * CALL_CROSSINGS / crossings
+        call_jitter = jitter or 0.0
+        playout = max(2 * call_jitter, stall)
+        call = Call(
+            rtt_ms=call_rtt,
+            jitter_ms=call_jitter,
+            playout_ms=playout,
+            loss=loss_over(each_way, CALL_CROSSINGS),
+            effective_ms=call_rtt + playout + 10,
+        )
+        mos = e_model_mos(call.rtt_ms, call.jitter_ms, call.loss, stall_ms=stall)
 
     return Quality(
         samples=n,
@@ -606,6 +874,12 @@ def summarize(
         series=_series(samples),
         excluded=excluded,
         tcp=tcp if stream else None,
+        crossings=crossings,
+        loss_ci=ci,
+        loss_each_way=each_way,
+        loss_each_way_ci=(loss_each_way(ci[0], crossings), loss_each_way(ci[1], crossings)),
+        call=call,
+        warmup=warmup,
     )
 
 
@@ -619,6 +893,7 @@ class TrainRecord:
     stream: bool
     legs: int = 1
     tcp: TcpEvidence | None = None
+    crossings: int = BINDING_CROSSINGS  # times a probe crosses this network (2 Binding, 4 echo)
 
     def figures(
         self, blind: Sequence[tuple[float, float]] = (), shared: Sequence[Hold] = ()
@@ -631,6 +906,7 @@ class TrainRecord:
             shared=shared,
             legs=self.legs,
             tcp=self.tcp,
+            crossings=self.crossings,
         ).to_dict()
 
     def window(self) -> tuple[float, float] | None:

@@ -862,6 +862,22 @@ def _shared(hol: dict[str, Any], count: int = 3, longest: float = 150.0) -> dict
     return {**hol, "shared": count, "shared_max_ms": longest, "shared_windows": []}
 
 
+def _kernel(p: dict[str, Any], *, repaired: bool) -> dict[str, Any]:
+    """A stream path whose trains carry the kernel's counters: a repair or none."""
+    tcp = {
+        "retransmits": 3,
+        "spurious": 1 if repaired else 3,
+        "out_of_order": 1 if repaired else 0,
+        "rtt_ms": 40.0,
+        "rttvar_ms": 2.0,
+        "connections": 1,
+    }
+    for name in ("quality", "relay_quality"):
+        if p.get(name):
+            p[name]["tcp"] = tcp
+    return p
+
+
 def _busy(max_ms: float, total_ms: float, own_ms: float = 0.0, *, outside: float = 0.0) -> Builder:
     """An open network measured by an agent whose event loop stalled as given while the trains
     ran (its own thread computing for ``own_ms`` of it), and for ``outside`` ms besides."""
@@ -895,6 +911,26 @@ RULES += [
         {
             "real stalls only": report([*udp_dropped(), ok("tcp", hol=stalls(300.0))]),
             "no stalls": report(OPEN),
+        },
+    ),
+    Rule(
+        "stream-hold",
+        {
+            "stalls, the kernel repaired nothing, UDP works": (
+                report([ok("udp"), _kernel(ok("tcp", hol=stalls(300.0)), repaired=False)]),
+                "info",
+            ),
+            "stalls, the kernel repaired nothing, UDP dropped": (
+                report([*udp_dropped(), _kernel(ok("tcp", hol=stalls(300.0)), repaired=False)]),
+                "warning",
+            ),
+        },
+        {
+            "the kernel repaired": report(
+                [*udp_dropped(), _kernel(ok("tcp", hol=stalls(300.0)), repaired=True)]
+            ),
+            "no kernel counts": report([*udp_dropped(), ok("tcp", hol=stalls(300.0))]),
+            "no stalls": report([ok("udp"), _kernel(ok("tcp", hol=NO_STALL), repaired=False)]),
         },
     ),
     Rule(

@@ -286,6 +286,20 @@ def test_a_stall_released_while_the_agent_stalled_is_the_agents() -> None:
     assert hol(samples, blind=[AGENT], shared=held(udp)).discounted == 1
 
 
+def test_an_echo_the_agent_held_comes_home_one_leg_later_and_is_the_agents() -> None:
+    """A relay echo through this computer (two legs): a probe that reached the echo during the
+    agent's stall is echoed when the loop wakes and comes home about one leg's trip (half the
+    echo's RTT) after the stall ended. That release is the agent's on an echo, not on a plain
+    train, where an answer that late was not held by the agent."""
+    typical = 40.0  # tcp_train's RTT
+    late = typical / 2 / 1000.0
+    samples = freeze(tcp_train(250), [(AGENT[0] + late, AGENT[1] + late)], stream=False)
+    plain = hol(samples, blind=[AGENT])
+    echo = hol(samples, blind=[AGENT], legs=2)
+    assert (plain.stalls, plain.discounted) == (1, 0)
+    assert (echo.stalls, echo.discounted) == (0, 1)
+
+
 def test_jitter_of_the_answers_left_is_rfc3550_over_them() -> None:
     samples = agent_held(train([40.0, 44.0] * 125))
     kept = [s for s in samples if not in_agent_stall(s)]
@@ -579,17 +593,41 @@ def test_udp_loss_makes_hol_plausible_without_kernel_counts() -> None:
 
 
 def test_no_loss_measured_is_said_so_and_loss_is_never_claimed() -> None:
-    for report in (
-        make_report([*udp_paths(), tcp_path(stalls(120.0, count=3))]),  # nothing counted
-        # The kernel repaired nothing (its retransmissions were needless), though UDP lost.
-        make_report([*udp_paths(loss=0.05), tcp_path(stalls(120.0, count=3), KERNEL_NOTHING)]),
-    ):
+    # Nothing counted by the kernel (another platform), nothing lost over UDP.
+    _, by_id = run(make_report([*udp_paths(), tcp_path(stalls(120.0, count=3))]))
+    hol = by_id["hol-blocking"]
+    assert "stalled 6 times, for up to 120 ms, with no loss measured" in hol["summary"]
+    words = text(hol).replace("no loss measured", "")
+    assert "loss" not in words, hol
+    assert "lost" not in words, hol
+
+
+def test_stalls_the_kernel_repaired_nothing_for_are_holds_not_hol() -> None:
+    """The kernel counted both directions and no repair (its retransmissions were needless,
+    nothing came in behind a gap): the stalls were holds on the way, even though UDP lost
+    packets on this run; said as holds, never as head-of-line blocking or loss."""
+    for udp_loss in (0.0, 0.05):
+        report = make_report(
+            [*udp_paths(loss=udp_loss), tcp_path(stalls(120.0, count=3), KERNEL_NOTHING)]
+        )
         _, by_id = run(report)
-        hol = by_id["hol-blocking"]
-        assert "stalled 6 times, for up to 120 ms, with no loss measured" in hol["summary"]
-        words = text(hol).replace("no loss measured", "")
-        assert "loss" not in words, hol
-        assert "lost" not in words, hol
+        assert "hol-blocking" not in by_id
+        hold = by_id["stream-hold"]
+        assert hold["severity"] == "info"  # UDP works
+        assert "held 6 time(s), for up to 120 ms" in hold["summary"]
+        assert "the kernel resent nothing" in text(hold)
+        assert "loss" not in text(hold), hold
+        assert "lost" not in text(hold), hold
+    blocked = make_report(
+        [make_path("turn", "udp", False), tcp_path(stalls(120.0, count=3), KERNEL_NOTHING)]
+    )
+    assert run(blocked)[1]["stream-hold"]["severity"] == "warning"  # calls will go this way
+    # Through a web proxy the counters see only the hop to the proxy: no such claim.
+    proxied = tcp_path(stalls(120.0, count=3), KERNEL_NOTHING)
+    proxied["proxy"] = "198.18.0.1:3128"
+    _, by_id = run(make_report([make_path("turn", "udp", False), proxied]))
+    assert "stream-hold" not in by_id
+    assert "through the web proxy" in by_id["hol-blocking"]["summary"]
 
 
 def test_shared_holds_are_not_hol_and_say_no_loss() -> None:

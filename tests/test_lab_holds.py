@@ -170,7 +170,13 @@ def test_every_path_held_at_once_is_a_shared_hold_not_loss(lab: NetLab) -> None:
         assert "loss" not in words(finding), (fid, finding)
         assert "lost" not in words(finding), (fid, finding)
     trains = stream_trains(report)
-    assert all(not q["hol"]["detected"] for q in trains.values()), trains
+    # A stall no UDP train witnessed (trains start at different moments) is left as a stall,
+    # but then the kernel proves no repair behind it: said as a hold (stream-hold), not HOL.
+    for q in trains.values():
+        if q["hol"]["detected"]:
+            tcp = q["tcp"]
+            assert tcp["retransmits"] - tcp["spurious"] + tcp["out_of_order"] == 0, q
+            assert "stream-hold" in found
     assert sum(q["hol"]["shared"] for q in trains.values()) >= len(trains)  # held, and said so
     assert "shared-hold" in found
     assert found["shared-hold"]["severity"] == "info"

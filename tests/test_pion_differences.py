@@ -446,7 +446,7 @@ async def test_plain_tcp_to_the_tls_port(
         return
     assert path.error is not None
     assert path.error.kind == "tcp_no_response"
-    assert path.error.phase == "binding"
+    assert path.error.phase == "allocate_challenge"  # a TURN path's first request
     assert path.timings_ms["connect"] is not None
     assert "accepted the TCP connection" in path.error.message
     assert "silently drops" not in findings_text(report)
@@ -496,6 +496,6 @@ async def test_plain_tcp_to_the_tls_port_of_a_pion_that_closes(pki: LabPki) -> N
     path = only(report)
     assert path.error is not None
     assert path.error.kind == "connection_closed"
-    assert path.error.phase == "binding"
+    assert path.error.phase == "allocate_challenge"  # a TURN path's first request
     assert path.timings_ms["connect"] is not None
     assert elapsed < 3.0  # decided by the close, not by the 3 s timeout

@@ -20,18 +20,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lkice.quality import (
+    ECHO_CROSSINGS,
     JITTER_BUFFER_MS,
     Hol,
     HolSettings,
     Quality,
     Sample,
+    Warmup,
     baseline_ms,
     count_reordered,
     detect_hol,
     e_model_mos,
+    loss_each_way,
+    loss_over,
     percentile,
+    pooled_loss,
     rfc3550_jitter,
     summarize,
+    wilson_interval,
 )
 from lkice.report import load_schema
 
@@ -440,6 +446,16 @@ def test_mos_penalties() -> None:
     assert e_model_mos(10_000, 0, 0) == 1.0
 
 
+def test_mos_with_a_stall_by_hand() -> None:
+    # The buffer rides out a 130 ms stall: eff = 40 + max(2 x 5, 130) + 10 = 180 ms, past the
+    # knee: R = 93.2 - (180 - 120) / 10 = 87.2.
+    r = 87.2
+    expected = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+    assert e_model_mos(40, 5, 0, stall_ms=130) == pytest.approx(expected, rel=1e-12)
+    # A stall shorter than the jitter allowance changes nothing.
+    assert e_model_mos(40, 5, 0, stall_ms=8) == e_model_mos(40, 5, 0)
+
+
 def test_mos_is_continuous_at_the_delay_knee() -> None:
     # eff = 160 is where the slope changes from 1/40 to 1/10.
     assert e_model_mos(150 - 1e-9, 0, 0) == pytest.approx(e_model_mos(150, 0, 0), abs=1e-9)
@@ -449,9 +465,9 @@ finite = st.floats(0, 5000)
 fraction = st.floats(0, 1)
 
 
-@given(finite, finite, finite, fraction, fraction)
+@given(finite, finite, finite, fraction, fraction, finite)
 def test_mos_is_bounded_and_monotonic(
-    rtt1: float, rtt2: float, jitter: float, loss1: float, loss2: float
+    rtt1: float, rtt2: float, jitter: float, loss1: float, loss2: float, stall: float
 ) -> None:
     (ra, rb), (la, lb) = sorted((rtt1, rtt2)), sorted((loss1, loss2))
     assert 1.0 <= e_model_mos(ra, jitter, la) <= 4.5
@@ -459,6 +475,115 @@ def test_mos_is_bounded_and_monotonic(
     assert e_model_mos(ra, jitter, la) >= e_model_mos(rb, jitter, la) - eps
     assert e_model_mos(ra, jitter, la) >= e_model_mos(ra, jitter, lb) - eps
     assert e_model_mos(ra, 0, la) >= e_model_mos(ra, jitter, la) - eps
+    assert e_model_mos(ra, jitter, la) >= e_model_mos(ra, jitter, la, stall_ms=stall) - eps
+
+
+# --- loss each way, confidence, pooling -------------------------------------------------------
+
+
+def test_loss_each_way_by_hand() -> None:
+    # 2 % each way: a Binding (2 crossings) loses 3.96 %, an echo (4 crossings) 7.76 %.
+    assert loss_over(0.02, 2) == pytest.approx(0.0396)
+    assert loss_over(0.02, 4) == pytest.approx(1 - 0.98**4)
+    assert loss_each_way(1 - 0.98**4, 4) == pytest.approx(0.02)
+    assert loss_each_way(0.0396, 2) == pytest.approx(0.02)
+    assert loss_each_way(0.0, 4) == 0.0
+    assert loss_each_way(1.0, 4) == 1.0
+    with pytest.raises(ValueError, match="crossings"):
+        loss_each_way(0.1, 0)
+    with pytest.raises(ValueError, match="fraction"):
+        loss_each_way(1.5, 2)
+
+
+@given(fraction, st.integers(1, 8))
+def test_loss_each_way_inverts_loss_over(loss: float, crossings: int) -> None:
+    each = loss_each_way(loss, crossings)
+    assert 0.0 <= each <= loss + 1e-12
+    assert loss_over(each, crossings) == pytest.approx(loss, abs=1e-9)
+
+
+def test_wilson_interval_by_hand() -> None:
+    # 10 of 250: centre (10 + 1.92) / 253.84, half 1.96 sqrt(10 x 240 / 250 + 0.96) / 253.84.
+    z = 1.959963984540054
+    centre = (10 + z * z / 2) / (250 + z * z)
+    half = z * math.sqrt(10 * 240 / 250 + z * z / 4) / (250 + z * z)
+    low, high = wilson_interval(10, 250)
+    assert (low, high) == pytest.approx((centre - half, centre + half))
+    assert (low, high) == pytest.approx((0.0219, 0.0721), abs=1e-4)
+    # None lost of 250: not "zero", under 1.5 % with 95 % confidence.
+    assert wilson_interval(0, 250) == pytest.approx((0.0, z * z / (250 + z * z)))
+    assert wilson_interval(0, 250)[0] == 0.0
+    assert wilson_interval(250, 250)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no probe, no knowledge
+
+
+@given(st.integers(1, 2000), st.data())
+def test_wilson_interval_holds_the_estimate_and_narrows(n: int, data: st.DataObject) -> None:
+    k = data.draw(st.integers(0, n))
+    low, high = wilson_interval(k, n)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+    wide_low, wide_high = wilson_interval(k, n, z=3.0)
+    assert wide_low <= low + 1e-12
+    assert high <= wide_high + 1e-12
+    more_low, more_high = wilson_interval(4 * k, 4 * n)  # four times the evidence
+    assert more_high - more_low <= high - low + 1e-12
+
+
+def test_pooled_loss_of_one_train_is_its_loss_each_way() -> None:
+    pooled = pooled_loss([(250, 230, 4)])
+    assert pooled is not None
+    assert (pooled.trains, pooled.samples, pooled.lost) == (1, 250, 20)
+    assert pooled.each_way == pytest.approx(loss_each_way(20 / 250, 4), rel=1e-9)
+    low, high = pooled.each_way_ci
+    assert low < pooled.each_way < high
+
+
+def test_pooled_loss_of_trains_alike_is_their_sum() -> None:
+    # Trains of the same crossings are one binomial: the sums decide.
+    pooled = pooled_loss([(250, 245, 2), (250, 235, 2), (500, 480, 2)])
+    assert pooled is not None
+    assert pooled.each_way == pytest.approx(loss_each_way(40 / 1000, 2), rel=1e-9)
+
+
+def test_pooled_loss_weighs_binding_and_echo_on_one_scale() -> None:
+    # 2 % each way: a Binding train loses 3.96 %, an echo 7.76 %; pooled, 2 % each way.
+    binding = round(1000 * (1 - 0.0396))
+    echo = round(1000 * 0.98**4)
+    pooled = pooled_loss([(1000, binding, 2), (1000, echo, 4)])
+    assert pooled is not None
+    assert pooled.each_way == pytest.approx(0.02, abs=5e-4)
+    low, high = pooled.each_way_ci
+    assert low < 0.02 < high
+
+
+def test_pooled_loss_leaves_out_trains_that_got_nothing_back() -> None:
+    assert pooled_loss([(250, 0, 4), (0, 0, 2)]) is None
+    pooled = pooled_loss([(250, 0, 4), (250, 250, 2)])
+    assert pooled is not None
+    assert (pooled.trains, pooled.lost, pooled.each_way) == (1, 0, 0.0)
+    # None lost of 250 Bindings: under 1.92 / 500 each way (likelihood ratio).
+    assert pooled.each_way_ci[0] == 0.0
+    assert pooled.each_way_ci[1] == pytest.approx(1 - math.exp(-LR / 500), rel=1e-6)
+
+
+LR = 3.841458820694124 / 2
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.integers(1, 600), st.data(), st.sampled_from([2, 4])), max_size=6))
+def test_pooled_loss_is_within_its_interval_and_the_trains(
+    drawn: list[tuple[int, st.DataObject, int]],
+) -> None:
+    trains = [(n, data.draw(st.integers(1, n)), c) for n, data, c in drawn]
+    pooled = pooled_loss(trains)
+    if not trains:
+        assert pooled is None
+        return
+    assert pooled is not None
+    low, high = pooled.each_way_ci
+    assert 0.0 <= low <= pooled.each_way <= high <= 1.0
+    each = [loss_each_way((n - r) / n, c) for n, r, c in trains]
+    assert min(each) - 1e-6 <= pooled.each_way <= max(each) + 1e-6
 
 
 # --- summarize --------------------------------------------------------------------------------
@@ -479,23 +604,34 @@ def test_summary_of_a_clean_datagram_path() -> None:
     assert q.mos > 4.3
 
 
-def test_held_answers_count_as_lost_for_mos_on_streams() -> None:
+def test_a_stall_costs_the_call_playout_delay_not_loss() -> None:
     samples = tcp_train(250, holds={100: 210.0})
     stream = summarize(samples, stream=True, interval=INTERVAL)
     datagram = summarize(samples, stream=False, interval=INTERVAL)
-    # Excess over the 40 ms baseline: 210, 190, 170, 150, 130, 110 ms exceed the jitter buffer.
+    # Excess over the 40 ms baseline: 210, 190, 170, 150, 130, 110 ms exceed a fixed 100 ms
+    # buffer; they are counted, but a receiver buffers longer rather than conceal them.
     assert JITTER_BUFFER_MS == 100.0
     assert stream.late == 6
-    assert stream.loss == 0.0  # the figure of record still says nothing was lost
-    assert stream.rtt_ms is not None
-    assert stream.jitter_ms is not None
-    assert stream.mos is not None
-    assert stream.mos == pytest.approx(e_model_mos(stream.rtt_ms["p50"], stream.jitter_ms, 6 / 250))
-    assert datagram.late == 0
-    assert datagram.mos is not None
-    assert stream.mos < datagram.mos
+    assert stream.loss == 0.0
     assert stream.hol is not None
     assert stream.hol.stalls == 1
+    assert stream.hol.max_stall_ms is not None
+    assert stream.rtt_ms is not None
+    assert stream.jitter_ms is not None
+    call = stream.call
+    assert call is not None
+    assert call.loss == 0.0
+    assert call.playout_ms == pytest.approx(stream.hol.max_stall_ms)
+    assert call.effective_ms == pytest.approx(stream.rtt_ms["p50"] + call.playout_ms + 10)
+    assert stream.mos == pytest.approx(
+        e_model_mos(stream.rtt_ms["p50"], stream.jitter_ms, 0.0, stall_ms=stream.hol.max_stall_ms)
+    )
+    assert datagram.late == 0
+    assert datagram.call is not None
+    assert datagram.call.playout_ms == pytest.approx(2 * stream.jitter_ms)
+    assert datagram.mos is not None
+    assert stream.mos is not None
+    assert stream.mos < datagram.mos
 
 
 def test_to_dict_is_json_ready_and_rounded() -> None:
@@ -516,8 +652,19 @@ def test_to_dict_is_json_ready_and_rounded() -> None:
         "series",
         "excluded",
         "tcp",
+        "crossings",
+        "loss_ci",
+        "loss_each_way",
+        "loss_each_way_ci",
+        "call",
+        "warmup",
     ]
     assert json.loads(json.dumps(data)) == data
+    call = data["call"]
+    assert isinstance(call, dict)
+    assert list(call) == ["rtt_ms", "jitter_ms", "playout_ms", "loss", "effective_ms"]
+    assert data["loss_ci"] == [0.0, round(wilson_interval(0, 250)[1], 3)]
+    assert data["warmup"] is None
     series = data["series"]
     assert isinstance(series, dict)
     assert len(series["sent_ms"]) == len(series["rtt_ms"]) == 250
@@ -550,14 +697,15 @@ def quality_schema() -> dict[str, object]:
 
 
 def test_to_dict_fits_the_report_schema() -> None:
-    for samples, stream in [
-        (tcp_train(250, holds={100: 200.0}), True),
-        (train([40.0, None, 45.0]), False),
-        (train([None, None]), True),
+    warmup = Warmup(probes=160, answered=150, first_echo_ms=3042.0, ms=3120.0)
+    for samples, stream, extra in [
+        (tcp_train(250, holds={100: 200.0}), True, {}),
+        (train([40.0, None, 45.0]), False, {}),
+        (train([None, None]), True, {}),
+        (train([80.0, None, 82.0]), False, {"crossings": ECHO_CROSSINGS, "warmup": warmup}),
     ]:
-        jsonschema.validate(
-            summarize(samples, stream=stream, interval=INTERVAL).to_dict(), quality_schema()
-        )
+        q = summarize(samples, stream=stream, interval=INTERVAL, **extra)  # type: ignore[arg-type]
+        jsonschema.validate(q.to_dict(), quality_schema())
 
 
 @pytest.mark.parametrize(
@@ -617,6 +765,13 @@ def test_summarize_never_raises_and_stays_in_range(
         assert r["min"] <= r["mean"] * (1 + 1e-9)
         assert r["mean"] <= r["max"] * (1 + 1e-9)
     assert (q.jitter_ms is None) == (q.received < 2)
+    low, high = q.loss_ci
+    assert 0.0 <= low <= q.loss <= high <= 1.0
+    assert 0.0 <= q.loss_each_way <= q.loss + 1e-12
+    assert (q.call is None) == (q.received == 0)
+    if q.call is not None:
+        assert q.call.loss == pytest.approx(q.loss)  # a Binding train: the call's crossings
+        assert q.call.playout_ms >= 2 * (q.jitter_ms or 0.0)
     if stream:
         assert q.hol is not None
         assert q.hol.detected == (q.hol.stalls > 0)

@@ -1,6 +1,7 @@
-"""One path: a server address x a transport. Connect, Binding, Allocate (challenge round and
-authenticated round), the quality trains, then Refresh with lifetime 0 so no allocation is left
-on the server.
+"""One path: a server address x a transport. Connect, then a Binding (STUN) or the Allocate
+(TURN: challenge round and authenticated round; its success carries the mapped address, so no
+Binding goes before it), the quality trains, then Refresh with lifetime 0 so no allocation is left
+on the server (handed to :class:`Releases` by ``lkice run``, so the verdict does not wait for it).
 
 The result object is filled in as each phase completes, so a deadline or Ctrl-C keeps what was
 measured; ``PathResult.phase`` always names the step in progress.
@@ -24,6 +25,7 @@ from lkice import stun as codec
 from lkice.credentials import TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.channel import (
+    Exchange,
     StreamChannel,
     UdpChannel,
     attach_stream,
@@ -31,7 +33,8 @@ from lkice.probe.channel import (
     open_udp,
 )
 from lkice.probe.proxy import ProxyConfig, connect_stream
-from lkice.probe.tcp import client_tls_context
+from lkice.probe.releases import Releases
+from lkice.probe.tcp import client_tls_context, tls_ready
 from lkice.probe.train import (
     LoopMonitor,
     TcpSocket,
@@ -49,7 +52,7 @@ from lkice.probe.turn import (
     refused,
     release,
 )
-from lkice.quality import Sample, TrainRecord
+from lkice.quality import Sample
 from lkice.report import PathResult
 from lkice.uri import IceUri, Transport
 
@@ -78,6 +81,9 @@ class ProbeSettings:
     # A followed 300 to an address the user did not name: the note the path gets the moment
     # credentials are sent there.
     credentials_note: str | None = None
+    # Where a path's release (Refresh lifetime 0) goes once the path is concluded: sent at once,
+    # awaited by the caller after the verdict (``lkice run``). None: the path awaits it itself.
+    releases: Releases | None = None
 
 
 async def probe_path(
@@ -91,16 +97,18 @@ async def probe_path(
     """Probe one path, recording into ``result``. Raises Redirect for a followed 300."""
     channel: Channel | None = None
     allocation: Allocation | None = None
+    released_later = False  # the channel went to settings.releases with the allocation
     try:
         channel = await _open(uri, transport, address, result, settings)
-        await _binding(channel, result)
-        if uri.kind == "turn":
+        if uri.kind != "turn":
+            await _binding(channel, result)
+        else:
             credentials = settings.credentials
             forms: list[str | None] = []
             mismatch_retried = False
             while True:
                 try:
-                    allocation = await allocate(
+                    allocation = await _allocate(
                         channel, result, credentials, follow_redirect, forms,
                         settings.credentials_note,
                     )  # fmt: skip
@@ -127,17 +135,21 @@ async def probe_path(
                         forms.append(credentials.form)
                         credentials = credentials.fallback
                     else:
+                        await _binding_after_refusal(channel, result, exc)
                         raise
                 channel.close()
                 channel = await _open(
                     uri, transport, address, result, replace(settings, udp_local=None)
                 )
-                await _binding(channel, result)
         if settings.train is not None:
             # Before the release: coturn closes a stream session once its allocation is gone.
             await _quality(uri, transport, address, channel, result, settings, allocation)
         if allocation is not None:
-            await release(channel, allocation, result)
+            if settings.releases is not None:
+                settings.releases.start(channel, allocation, result)
+                released_later = True
+            else:
+                await release(channel, allocation, result)
         broken = _broken_relay(result)
         if broken is not None:
             raise broken
@@ -160,7 +172,7 @@ async def probe_path(
                     await asyncio.wait_for(release(channel, allocation, result), 0.5)
         raise
     finally:
-        if channel is not None:
+        if channel is not None and not released_later:
             channel.close()
 
 
@@ -188,13 +200,15 @@ async def _open(
         channel, _ = await attach_stream(sock, address, settings.timeout)
         return channel
     result.phase = Phase.TLS
+    context = settings.tls_context or client_tls_context()
+    await tls_ready(context)  # the system's CAs, read in the background since start-up
     start = time.perf_counter()
     try:
         channel, result.tls = await attach_stream(
             sock,
             address,
             settings.timeout,
-            tls=settings.tls_context or client_tls_context(),
+            tls=context,
             server_hostname=uri.host,
             proxy=settings.proxy,
             early=result.fail,  # a deadline while the certificate is re-read keeps tls_verify
@@ -211,17 +225,16 @@ async def _open(
 
 
 async def _binding(channel: Channel, result: PathResult) -> None:
+    """A STUN path's one request: the Binding, whose answer is the mapped address."""
     result.phase = Phase.BINDING
     exchange = await channel.request(codec.binding_request(), Phase.BINDING)
+    _record_binding(exchange, result)
+
+
+def _record_binding(exchange: Exchange, result: PathResult) -> None:
     result.binding_sends = exchange.sends
     msg = exchange.response
     if msg.error_code is not None:
-        if result.kind == "turn":
-            # A TURN server need not answer Binding; the Allocate still tells whether it works.
-            result.notes.append(
-                f"Binding refused: {codec.error_for_response(msg, Phase.BINDING).message}"
-            )
-            return
         raise codec.error_for_response(msg, Phase.BINDING)
     result.timings_ms["binding"] = exchange.rtt_ms
     _record_server_attributes(msg.attributes, result)
@@ -231,6 +244,66 @@ async def _binding(channel: Channel, result: PathResult) -> None:
             ErrorKind.PROTOCOL, "Binding response carries no mapped address", Phase.BINDING
         )
     result.mapped_address = codec.format_address(mapped)
+
+
+# A TURN server that has said nothing this long after the Allocate went out (UDP's first
+# retransmission, RFC 8489's initial RTO) is sent a Binding beside it.
+BINDING_HEDGE_S = 0.5
+
+
+async def _allocate(
+    channel: Channel,
+    result: PathResult,
+    credentials: TurnCredentials | None,
+    follow_redirect: bool,
+    forms: list[str | None],
+    credentials_note: str | None,
+) -> Allocation:
+    """The Allocate with no Binding before it: its success carries XOR-MAPPED-ADDRESS (the
+    server-reflexive address a Binding would give), so a Binding round first would only delay
+    the verdict. Only when the server has answered nothing after BINDING_HEDGE_S does a Binding
+    go out beside it, so a server that answers Binding but never Allocate (a STUN-only server
+    named as TURN) is still told from a filtered port (server_silent, not udp_no_response)."""
+    hedge = asyncio.ensure_future(_hedged_binding(channel, result))
+    try:
+        return await allocate(
+            channel, result, credentials, follow_redirect, forms, credentials_note
+        )
+    finally:
+        hedge.cancel()
+
+
+async def _hedged_binding(channel: Channel, result: PathResult) -> None:
+    await asyncio.sleep(BINDING_HEDGE_S)
+    if channel.answers == 0 and channel.failure is None:
+        await _turn_binding(channel, result)
+
+
+async def _binding_after_refusal(channel: Channel, result: PathResult, exc: ProbeError) -> None:
+    """A failed Allocate gives no mapped address: where the server answered it (a refusal, an
+    error code, a malformed answer) and the connection is still up, one Binding measures what
+    the Allocate's success would have carried. Not after silence: that would only wait again."""
+    silent = {ErrorKind.SERVER_SILENT, ErrorKind.UDP_NO_RESPONSE, ErrorKind.TCP_NO_RESPONSE}
+    if (
+        exc.kind in silent
+        or channel.answers == 0
+        or channel.failure is not None
+        or result.timings_ms["binding"] is not None
+    ):
+        return
+    await _turn_binding(channel, result)
+
+
+async def _turn_binding(channel: Channel, result: PathResult) -> None:
+    """A Binding on a TURN path, beside or after its Allocate: recorded if answered, and never
+    the path's outcome (the Allocate's is); ``result.phase`` stays the Allocate's."""
+    try:
+        exchange = await channel.request(codec.binding_request(), Phase.BINDING)
+        _record_binding(exchange, result)
+    except ProbeError as exc:
+        if exc.stun_code is not None:
+            # A TURN server need not answer Binding; the Allocate tells whether it works.
+            result.notes.append(f"Binding refused: {exc.message}")
 
 
 def _record_server_attributes(attributes: dict[str, Any], result: PathResult) -> None:
@@ -272,15 +345,19 @@ async def _quality(
     def record(name: str, samples: list[Sample], outcome: TrainResult | None = None) -> None:
         # Figures now, so a cut run still has them; the raw train stays for the engine, which
         # judges every train of the run together once all have ended (shared holds).
-        kept = TrainRecord(
-            tuple(samples),
-            train.interval,
+        # At the cadence the train was really sent at, with how it was sent (``pacing``).
+        kept = trains[name].record(
+            samples,
             stream,
             legs=2 if name == "relay_quality" else 1,
             tcp=None if outcome is None else outcome.tcp,
+            crossings=4 if name == "relay_quality" else 2,  # out, relay, echo back, home
         )
         result.trains.by_name[name] = kept
         setattr(result, name, kept.figures(blind=blind))
+        note = trains[name].note(name)  # the agent could not keep up: said, never the network
+        if note is not None and note not in result.notes:
+            result.notes.append(note)
 
     try:
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
@@ -352,18 +429,25 @@ async def _counted(
 
 
 async def _binding_train(channel: Channel, train: Train) -> TrainResult:
+    """Binding requests to the server from a pre-encoded template (``lkice.stun``), answers
+    matched by transaction id on the channel's fast path and timed as the channel times them
+    (UDP: by the kernel where it can; see ``lkice.probe.channel``)."""
     seq_of: dict[bytes, int] = {}
+    template = codec.BindingTemplate()
+    ids = codec.TransactionIds(min(256, train.settings.count))
+    send_bytes = channel.send_bytes
 
     def send(seq: int) -> None:
-        request = codec.binding_request()
-        seq_of[request.transaction_id] = seq
-        channel.send_message(request)
+        transaction_id = ids.next()
+        seq_of[transaction_id] = seq
+        send_bytes(template.encode(transaction_id))
 
     def on_response(transaction_id: bytes, arrived: float) -> None:
         seq = seq_of.get(transaction_id)
         if seq is not None:
             train.arrived(seq, arrived)
 
+    train.arrivals = "kernel" if channel.kernel_stamped else "user"
     channel.on_response = on_response
     try:
         return await _counted(
@@ -384,7 +468,12 @@ async def _relay_train(
 ) -> TrainResult:
     """Data through the relay: the path's allocation sends to a second allocation of ours (same
     server, same transport), which echoes every packet back. Both client legs use the path's
-    transport, so what is measured is the relayed media path, twice."""
+    transport, so what is measured is the relayed media path, twice.
+
+    Probes and echoes are Send indications from templates (``lkice.stun.SendTemplate``). The
+    echo's own time, from the probe's arrival at the echo's socket (the kernel's stamp on UDP,
+    the read on streams) to the moment its copy is sent back, is taken out of the probe's RTT:
+    it is this computer's time, not the relay's."""
     scratch = PathResult(server=uri.server, transport=transport.value, kind="turn", uri=str(uri))
     peer = await _open(uri, transport, address, scratch, settings)
     try:
@@ -395,21 +484,38 @@ async def _relay_train(
         peer_allocation = await create_permission(peer, peer_allocation, allocation.relayed)
         tag = os.urandom(8)  # tells our probes from anything else a relay may carry
         padding = bytes(max(0, train.settings.payload - 12))
+        # Send indications from templates: the probes out, and the echo's copies back.
+        size = 12 + len(padding)
+        outward = codec.SendTemplate(peer_allocation.relayed, size)
+        homeward = codec.SendTemplate(allocation.relayed, size)
+        ids = codec.TransactionIds(min(256, 2 * train.settings.count))
+        to_peer, to_home = channel.send_bytes, peer.send_bytes
+        home = allocation.relayed
+
+        held: dict[int, float] = {}  # seq -> how long the echo held the probe, s
+        clock = time.perf_counter
 
         def echo(source: tuple[str, int], data: bytes, arrived: float) -> None:
             if data[:8] == tag:
                 # If the echo side died, the train records the loss.
                 with contextlib.suppress(ProbeError):
-                    peer.send_message(codec.send_indication(allocation.relayed, data))
+                    encoded = homeward.encode(ids.next(), data) if len(data) == size else None
+                    if len(data) >= 12:
+                        held[int.from_bytes(data[8:12], "big")] = max(0.0, clock() - arrived)
+                    if encoded is not None:
+                        to_home(encoded)
+                    else:
+                        peer.send_message(codec.send_indication(home, data))
 
         def back(source: tuple[str, int], data: bytes, arrived: float) -> None:
             if data[:8] == tag and len(data) >= 12:
-                train.arrived(int.from_bytes(data[8:12], "big"), arrived)
+                seq = int.from_bytes(data[8:12], "big")
+                train.arrived(seq, arrived - held.get(seq, 0.0))
 
         def send(seq: int) -> None:
-            payload = tag + seq.to_bytes(4, "big") + padding
-            channel.send_message(codec.send_indication(peer_allocation.relayed, payload))
+            to_peer(outward.encode(ids.next(), tag + seq.to_bytes(4, "big") + padding))
 
+        train.arrivals = "kernel" if channel.kernel_stamped else "user"
         peer.on_data, channel.on_data = echo, back
         try:
             # Both client legs' connections: a loss on either holds the echo.

@@ -2,6 +2,8 @@
 
 Like the system resolver, /etc/hosts is consulted first (under ``ip netns exec`` that is the
 namespace's own hosts file), then DNS: A and AAAA concurrently. Every address is its own path.
+dnspython is imported only when a name has to be looked up in DNS (not for an IP address or a
+name in the hosts file).
 """
 
 from __future__ import annotations
@@ -12,11 +14,6 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import dns.asyncresolver
-import dns.exception
-import dns.rdatatype
-import dns.resolver
 
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.stun import format_address
@@ -88,6 +85,10 @@ async def resolve(
         found = hosts_lookup(host, _read_hosts())
         if found:
             return Resolution(found, (time.perf_counter() - start) * 1000, "hosts")
+    import dns.asyncresolver
+    import dns.rdatatype
+    import dns.resolver
+
     try:
         resolver = dns.asyncresolver.Resolver(configure=nameserver is None)
     except dns.resolver.NoResolverConfiguration as exc:
@@ -122,6 +123,9 @@ async def resolve(
 
 
 def _describe(host: str, errors: list[BaseException], timeout: float, servers: str) -> str:
+    import dns.exception
+    import dns.resolver
+
     if any(isinstance(e, dns.resolver.NXDOMAIN) for e in errors):
         return f"{host}: no such domain (NXDOMAIN from {servers})"
     if any(isinstance(e, dns.resolver.LifetimeTimeout | dns.exception.Timeout) for e in errors):

@@ -7,7 +7,9 @@ Each path joins the room twice over signaling (``/rtc``, protocol v0: the server
 negotiation, ICE connected and DTLS connected. Then participant A sends a small
 ``DataPacket`` on ``_lossy`` every ``interval`` for ``duration`` seconds, participant B echoes
 each back through the SFU, and A's arrival times give the round trip A -> SFU -> B -> SFU -> A
-(both participants on the same path, so the path is crossed four times).
+(both participants on the same path, so the path is crossed four times: ``ECHO_CROSSINGS``).
+The train starts only once the path has carried an echo end to end (a warm-up, left out of the
+figures: a data channel can report open seconds before SCTP carries anything through the SFU).
 
 aiortc underneath: one TURN URL per PeerConnection (the reason for one session per path);
 ``turns:`` is verified with the user's trust settings only by handing aiortc's TURN client an
@@ -34,7 +36,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from lkice import __version__
@@ -45,7 +47,7 @@ from lkice.livekit import LiveKitUrl
 from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials
 from lkice.probe.proxy import Proxies
 from lkice.probe.signal import IceServer
-from lkice.quality import Sample, summarize
+from lkice.quality import ECHO_CROSSINGS, Sample, Warmup, summarize
 from lkice.report import ErrorInfo, PathResult
 
 if TYPE_CHECKING:
@@ -77,6 +79,9 @@ class SfuSettings:
     ice_timeout: float = 10.0  # negotiation start -> ICE and DTLS connected, both PCs
     channel_timeout: float = 5.0  # DTLS connected -> every data channel open
     echo_grace: float = 1.0  # after the last send, how long late echoes are awaited
+    # Before the train: how long warm-up probes may take to come back end to end (an SCTP
+    # retransmission timeout is 3 s at first: RFC 4960's RTO.Initial, aiortc's and pion's).
+    warmup_timeout: float = 5.0
     ice_tcp_timeout: float = 5.0  # ICE/TCP check: TCP connect, then the answer, each
     tls_context: ssl.SSLContext | None = None  # wss:// signaling
     # The user added trust anchors (--ca-file). aiortc checks turns: certificates against the
@@ -382,6 +387,7 @@ async def _probe_path(
     b = _Participant(url, f"lkice-sfu-{suffix}-b", make_token, config, settings, path)
     a.ice_tcp = path.ice_tcp
     cancelled = False
+    warm_note: str | None = None  # how the data echo warmed up, after the session's note
     try:
         # Sequential joins: A's timings are the path's; B only carries the echo.
         await a.connect()
@@ -392,9 +398,16 @@ async def _probe_path(
         await b.connect()
         result.phase = Phase.QUALITY
         await asyncio.wait_for(_channels_ready(a, b), settings.channel_timeout)
-        samples = await _echo_train(a, b, settings)
-        quality = summarize(samples, stream=False, interval=settings.interval)
+        samples, warmup, settled = await _echo_train(a, b, settings)
+        quality = summarize(
+            samples,
+            stream=False,
+            interval=settings.interval,
+            crossings=ECHO_CROSSINGS,
+            warmup=warmup,
+        )
         result.quality = quality.to_dict()
+        warm_note = _warmup_note(warmup, settled)
         if quality.received == 0:
             raise ProbeError(
                 ErrorKind.CONNECTION_CLOSED,
@@ -451,11 +464,34 @@ async def _probe_path(
             "default, is off or not advertised)"
         )
     result.notes.append(note)
+    if warm_note is not None:
+        result.notes.append(warm_note)
 
 
-async def _echo_train(a: _Participant, b: _Participant, settings: SfuSettings) -> list[Sample]:
+class _EchoEnd(Protocol):
+    """What the echo train needs of a participant (``_Participant``; a fake one in tests)."""
 
-    tag = secrets.token_bytes(4)
+    identity: str
+    on_data: Callable[[models.DataPacket], None] | None
+
+    def send_user(self, payload: bytes, destination: str) -> None: ...
+
+
+async def _echo_train(
+    a: _EchoEnd, b: _EchoEnd, settings: SfuSettings
+) -> tuple[list[Sample], Warmup, bool]:
+    """A's probes echoed by B, after a warm-up: probes (their own tag) every interval until the
+    path has carried one end to end on a channel already open, i.e. one sent after the first
+    echo came back has come back too (whatever was queued before it has drained). Returns the
+    train, the warm-up and whether it settled so (else it ran out of ``warmup_timeout`` after
+    a first echo, and the train starts anyway). Raises ProbeError when nothing came back."""
+    warm_tag, tag = secrets.token_bytes(4), secrets.token_bytes(4)
+    while tag == warm_tag:
+        tag = secrets.token_bytes(4)
+    warm_sent: dict[int, float] = {}
+    warm_back: dict[int, float] = {}
+    first_back: list[float] = []  # when the first warm-up echo came back
+    ready = asyncio.Event()  # the path carried an echo end to end on an open channel
     sent: dict[int, float] = {}
     received: dict[int, float] = {}
     done = asyncio.Event()
@@ -471,6 +507,12 @@ async def _echo_train(a: _Participant, b: _Participant, settings: SfuSettings) -
             received[seq] = now
             if len(received) == count:
                 done.set()
+        elif got_tag == warm_tag and seq in warm_sent and seq not in warm_back:
+            warm_back[seq] = now
+            if not first_back:
+                first_back.append(now)
+            elif warm_sent[seq] >= first_back[0]:
+                ready.set()
 
     def on_b(packet: models.DataPacket) -> None:
         if packet.user.topic == ECHO_TOPIC and packet.participant_identity == a.identity:
@@ -478,7 +520,31 @@ async def _echo_train(a: _Participant, b: _Participant, settings: SfuSettings) -
 
     a.on_data = on_a
     b.on_data = on_b
+    begin = time.perf_counter()
+    deadline = begin + settings.warmup_timeout
+    seq = 0
+    while not ready.is_set() and time.perf_counter() < deadline:
+        warm_sent[seq] = time.perf_counter()
+        a.send_user(_ECHO.pack(warm_tag, seq), b.identity)
+        seq += 1
+        delay = min(begin + seq * settings.interval, deadline) - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
     start = time.perf_counter()
+    settled = ready.is_set()
+    warmup = Warmup(
+        probes=len(warm_sent),
+        answered=len(warm_back),
+        first_echo_ms=(first_back[0] - begin) * 1000.0 if first_back else None,
+        ms=(start - begin) * 1000.0,
+    )
+    if not first_back:
+        raise ProbeError(
+            ErrorKind.CONNECTION_CLOSED,
+            f"no data packet came back through the SFU within {settings.warmup_timeout:g} s "
+            f"({warmup.probes} sent)",
+            Phase.QUALITY,
+        )
     for seq in range(count):
         delay = start + seq * settings.interval - time.perf_counter()
         if delay > 0:
@@ -487,7 +553,22 @@ async def _echo_train(a: _Participant, b: _Participant, settings: SfuSettings) -
         a.send_user(_ECHO.pack(tag, seq), b.identity)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(done.wait(), settings.echo_grace)
-    return [Sample(seq, sent[seq], received.get(seq)) for seq in range(count)]
+    samples = [Sample(seq, sent[seq], received.get(seq)) for seq in range(count)]
+    return samples, warmup, settled
+
+
+def _warmup_note(warmup: Warmup, settled: bool) -> str:
+    first = "-" if warmup.first_echo_ms is None else f"{warmup.first_echo_ms:.0f}"
+    until = (
+        "until the path carried an echo end to end on an open channel"
+        if settled
+        else "the time allowed, after a first echo but before a second on the open channel"
+    )
+    return (
+        f"data echo warm-up: {warmup.probes} probe(s) over {warmup.ms:.0f} ms before the train "
+        f"({until}; first echo back after {first} ms, {warmup.answered} back), left out of "
+        "the figures"
+    )
 
 
 def _split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:

@@ -3,35 +3,45 @@ channels and the LiveKit signaling probe.
 
 After a certificate verification failure, the certificate is fetched once more without
 verifying, only to name who issued it: that is how a TLS-inspecting proxy is recognised.
+
+A verified certificate is described from what the ssl module decoded (``getpeercert()``);
+``cryptography`` (60 ms to import, on the path's own time) only reads the ones it did not
+decode: unverified certificates, and names with attributes this module does not spell.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import hashlib
+import ipaddress
+import os
 import socket
 import ssl
+import sys
+import threading
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from lkice.errors import ErrorKind, Phase, ProbeError
-from lkice.report import TlsInfo
 from lkice.stun import format_address
 
 if TYPE_CHECKING:
     from lkice.probe.proxy import ProxyConfig
+    from lkice.report import TlsInfo
 
 __all__ = [
     "LOCAL_ERRNOS",
     "certificate_problem",
     "client_tls_context",
     "connect_tcp",
+    "load_system_cas",
     "local_reason",
     "tls_failure",
     "tls_info",
+    "tls_ready",
 ]
 
 
@@ -47,13 +57,57 @@ LOCAL_ERRNOS = frozenset(
 REREAD_S = 2.0
 
 
-def client_tls_context() -> ssl.SSLContext:
+def client_tls_context(*, system_cas: bool = True) -> ssl.SSLContext:
     """The TLS context lkice verifies servers with, as WebRTC clients do: the system's CAs, and
     a name only from the certificate's subjectAltName (browsers, Go and Apple platforms ignore
-    the subject's CN; Python still accepts it by default)."""
-    ctx = ssl.create_default_context()
+    the subject's CN; Python still accepts it by default). ``system_cas`` False: the context
+    ``ssl.create_default_context()`` makes, without the system's CAs yet
+    (:func:`load_system_cas` adds them)."""
+    if system_cas:
+        ctx = ssl.create_default_context()
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+        keylog = os.environ.get("SSLKEYLOGFILE")
+        if keylog and not sys.flags.ignore_environment:
+            ctx.keylog_filename = keylog  # as create_default_context does
     ctx.hostname_checks_common_name = False
     return ctx
+
+
+# Contexts whose system CAs are still loading in a thread (load_system_cas(background=True)).
+_loading: weakref.WeakKeyDictionary[ssl.SSLContext, concurrent.futures.Future[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def load_system_cas(ctx: ssl.SSLContext, *, background: bool = False) -> None:
+    """The system's CAs into ``ctx``. Reading them takes tens of milliseconds (OpenSSL parses the
+    whole bundle), without the GIL: ``background`` reads them in a thread, beside the first
+    round trips, and every handshake with ``ctx`` first awaits :func:`tls_ready`."""
+    if not background:
+        ctx.load_default_certs()
+        return
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()  # a waiter's cancellation does not cancel the load
+
+    def load() -> None:
+        try:
+            ctx.load_default_certs()
+        except BaseException as exc:  # handed to whoever awaits tls_ready
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    _loading[ctx] = future
+    # Not a daemon: an interpreter that exits while OpenSSL reads would crash, so exit waits.
+    threading.Thread(target=load, name="lkice-system-cas").start()
+
+
+async def tls_ready(ctx: ssl.SSLContext) -> None:
+    """Return once ``ctx`` has the system's CAs (at once unless they are loading)."""
+    future = _loading.get(ctx)
+    if future is not None:
+        await asyncio.wrap_future(future)
 
 
 def local_reason(exc: OSError) -> str:
@@ -234,6 +288,8 @@ def _dates_cover_now(info: TlsInfo) -> bool:
 
 
 def tls_info(ssl_object: ssl.SSLObject | None, verified: bool) -> TlsInfo:
+    from lkice.report import TlsInfo  # the report's module (and its quality figures) on use
+
     if ssl_object is None:
         return TlsInfo(verified=verified)
     cipher = ssl_object.cipher()
@@ -242,11 +298,109 @@ def tls_info(ssl_object: ssl.SSLObject | None, verified: bool) -> TlsInfo:
         version=ssl_object.version(), cipher=cipher[0] if cipher else None, verified=verified
     )
     if der:
-        _fill_certificate(info, der)
+        info.sha256 = hashlib.sha256(der).hexdigest()
+        decoded = ssl_object.getpeercert() if verified else None
+        if not (decoded and _fill_decoded(info, decoded)):
+            _fill_certificate(info, der)
     return info
 
 
+# RFC 4514 names as cryptography's Name.rfc4514_string() writes them (the rest by OID), for the
+# OpenSSL long names the ssl module gives.
+_RFC4514_NAMES = {
+    "commonName": "CN",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+    "emailAddress": "1.2.840.113549.1.9.1",
+    "serialNumber": "2.5.4.5",
+    "businessCategory": "2.5.4.15",
+    "postalCode": "2.5.4.17",
+    "jurisdictionC": "1.3.6.1.4.1.311.60.2.1.3",
+    "jurisdictionST": "1.3.6.1.4.1.311.60.2.1.2",
+    "jurisdictionL": "1.3.6.1.4.1.311.60.2.1.1",
+    "organizationIdentifier": "2.5.4.97",
+}
+
+
+def _rfc4514(name: Any) -> str | None:
+    """A ``getpeercert()`` subject or issuer (RDNs of (name, value) pairs, in certificate
+    order) as RFC 4514 text, the same as cryptography's; None for anything else."""
+    rdns: list[str] = []
+    try:
+        for rdn in reversed(name):
+            parts = []
+            for key, value in rdn:
+                label = _RFC4514_NAMES.get(key)
+                if label is None and key.replace(".", "").isdigit():
+                    label = key  # an OID OpenSSL has no name for: dotted, as cryptography
+                if label is None or not isinstance(value, str):
+                    return None
+                parts.append(f"{label}={_escape_dn_value(value)}")
+            rdns.append("+".join(parts))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return ",".join(rdns)
+
+
+# RFC 4514 section 2.4, in cryptography's order (the backslash first).
+_DN_ESCAPES = (*((char, "\\" + char) for char in '\\"+,;<>'), ("\0", "\\00"))
+
+
+def _escape_dn_value(value: str) -> str:
+    """A name's value as cryptography escapes it."""
+    if not value:
+        return ""
+    for char, escaped in _DN_ESCAPES:
+        value = value.replace(char, escaped)
+    if value[0] == "#" or (value[0] == " " and len(value) > 1):
+        value = "\\" + value
+    if value[-1] == " ":
+        value = value[:-1] + "\\ "
+    return value
+
+
+def _fill_decoded(info: TlsInfo, cert: dict[str, Any]) -> bool:
+    """Subject, issuer, dates and names from ``getpeercert()`` (a verified certificate);
+    False when something in it is not spelt here (cryptography then reads the DER)."""
+    from datetime import datetime, timezone
+
+    subject, issuer = _rfc4514(cert.get("subject", ())), _rfc4514(cert.get("issuer", ()))
+    if subject is None or issuer is None:
+        return False
+    try:
+        after = datetime.fromtimestamp(ssl.cert_time_to_seconds(cert["notAfter"]), timezone.utc)
+        before = datetime.fromtimestamp(ssl.cert_time_to_seconds(cert["notBefore"]), timezone.utc)
+    except (KeyError, ValueError, TypeError, OverflowError, OSError):
+        return False
+    names: list[str] | None = None
+    if "subjectAltName" in cert:
+        alt = cert["subjectAltName"]
+        names = [str(value) for kind, value in alt if kind == "DNS"]
+        try:
+            # OpenSSL writes IPv6 uncompressed and in capitals; cryptography as ipaddress does.
+            names += [
+                str(ipaddress.ip_address(value.strip()))
+                for kind, value in alt
+                if kind == "IP Address"
+            ]
+        except ValueError:
+            return False
+    info.subject, info.issuer = _bounded(subject), _bounded(issuer)
+    info.not_after, info.not_before = after.isoformat(), before.isoformat()
+    if names is not None:
+        info.names = [_bounded(n, 128) for n in names[:MAX_NAMES]]
+    return True
+
+
 def _fill_certificate(info: TlsInfo, der: bytes) -> None:
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
@@ -255,7 +409,6 @@ def _fill_certificate(info: TlsInfo, der: bytes) -> None:
     info.issuer = _bounded(cert.issuer.rfc4514_string())
     info.not_after = cert.not_valid_after_utc.isoformat()
     info.not_before = cert.not_valid_before_utc.isoformat()
-    info.sha256 = hashlib.sha256(der).hexdigest()
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):

@@ -249,4 +249,7 @@ def _record_allocation(msg: stun.Message, result: PathResult) -> tuple[str, int]
     mapped = msg.attributes.get("XOR-MAPPED-ADDRESS")
     if mapped is not None and result.mapped_address is None:
         result.mapped_address = codec.format_address(mapped)
+    software = msg.attributes.get("SOFTWARE")  # what a Binding's answer would have said
+    if software is not None and result.server_software is None:
+        result.server_software = str(software)[:128]
     return (str(relayed[0]), int(relayed[1]))
