@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lkice.errors import UsageError
-from lkice.quality import loss_each_way, pooled_loss, wilson_interval
+from lkice.quality import loss_each_way, pooled_loss, same_loss, wilson_interval
 from lkice.uri import parse_ice_uri
 
 __all__ = ["SEVERITIES", "evaluate", "verdict_from_findings"]
@@ -1662,14 +1662,35 @@ def _loss_interval(m: _Measure) -> str:
     return _interval(loss_each_way(low, m.crossings), loss_each_way(high, m.crossings)) + "; "
 
 
-def _pooled_udp_loss(ctx: _Ctx) -> tuple[str, float, int, list[int]] | None:
-    """Every UDP train of the run that worked, pooled: one network's loss, so that the best of
-    several noisy trains cannot hide it (``lkice.quality.pooled_loss``). (evidence, loss each
-    way, probes, path indices), or None with fewer than two trains."""
+def _train_counts(m: _Measure) -> tuple[int, int, int] | None:
+    """(samples, received, crossings) of a train that got something back, else None."""
+    if m.lost is None or m.samples <= 0 or m.lost == m.samples:
+        return None
+    return m.samples, m.samples - m.lost, m.crossings
+
+
+def _relay_lost_more(m: _Measure) -> bool:
+    """A UDP relay echo that lost clearly more than its own path's Binding train (the same
+    network crossed): the difference was lost at the relay (``same_loss``)."""
+    if m.source != "relay_quality" or m.path.get("transport") != "udp":
+        return False
+    binding = m.path.get("quality") or {}
+    echo = _train_counts(m)
+    own = _train_counts(_Measure(m.index, m.path, "quality", binding)) if binding else None
+    if echo is None or own is None:
+        return False
+    return loss_each_way(1 - echo[1] / echo[0], echo[2]) > loss_each_way(
+        1 - own[1] / own[0], own[2]
+    ) and not same_loss([[own], [echo]])
+
+
+def _udp_trains(ctx: _Ctx) -> tuple[list[tuple[int, int, int]], list[str], list[int], list[int]]:
+    """The run's UDP trains that got something back (not through a proxy): their counts, a
+    group key each (server and train: a relay echo is compared with its own Binding too), the
+    lost counts and the path indices."""
     trains: list[tuple[int, int, int]] = []
+    keys: list[str] = []
     lost: list[int] = []
-    crossings: set[int] = set()
-    servers: set[str] = set()
     indices: list[int] = []
     for i, p in ctx.of("udp"):
         if not p.get("ok") or p.get("proxy"):
@@ -1679,16 +1700,39 @@ def _pooled_udp_loss(ctx: _Ctx) -> tuple[str, float, int, list[int]] | None:
             if not q:
                 continue
             m = _Measure(i, p, source, q)
-            if m.lost is None or m.samples <= 0 or m.lost == m.samples:
+            counts = _train_counts(m)
+            if counts is None:
                 continue  # nothing back: a broken relay or path, never loss
-            trains.append((m.samples, m.samples - m.lost, m.crossings))
-            lost.append(m.lost)
-            crossings.add(m.crossings)
-            servers.add(str(p.get("server")))
+            trains.append(counts)
+            keys.append(f"{p.get('server')} {source}")
+            lost.append(counts[0] - counts[1])
             indices.append(i)
+    return trains, keys, lost, indices
+
+
+def _one_udp_loss(ctx: _Ctx) -> bool:
+    """Whether the run's UDP trains agree on one loss (``same_loss``), so that a loss they
+    measured is this network's and not one server's or one relay's."""
+    trains, keys, _, _ = _udp_trains(ctx)
+    groups = [
+        [t for t, k in zip(trains, keys, strict=True) if k == key] for key in dict.fromkeys(keys)
+    ]
+    return same_loss(groups)
+
+
+def _pooled_udp_loss(ctx: _Ctx) -> tuple[str, float, int, list[int]] | None:
+    """Every UDP train of the run that worked, pooled: one network's loss, so that the best of
+    several noisy trains cannot hide it (``lkice.quality.pooled_loss``). (evidence, loss each
+    way, probes, path indices), or None with fewer than two trains, or when the trains do not
+    agree on one loss: where one server (or one relay echo against its own Binding) lost
+    clearly more or less, the per-path figures speak; pooling would blame this network for
+    one far server's or one relay's loss."""
+    trains, _, lost, indices = _udp_trains(ctx)
     pooled = pooled_loss(trains)
-    if pooled is None or pooled.trains < 2:
+    if pooled is None or pooled.trains < 2 or not _one_udp_loss(ctx):
         return None
+    crossings = {c for _, _, c in trains}
+    servers = {str(ctx.paths[i].get("server")) for i in indices}
     low, high = pooled.each_way_ci
     times = " or ".join(str(c) for c in sorted(crossings))
     evidence = (
@@ -1772,7 +1816,13 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
             bad = lim.source("loss_crit", "Daily 'bad'")
             # Over TCP/TLS this network loses nothing the application sees (TCP repairs it):
             # what a relay echo loses there is lost at the server or beyond it.
-            server_side = media_m.source == "relay_quality" and c in ("tcp", "tls")
+            # The same holds for an SFU echo over a TCP/TLS leg. Over UDP, a relay echo that
+            # lost clearly more than the same path's Binding train lost it at the relay.
+            server_side = (
+                ((media_m.source == "relay_quality" or media_m.path.get("kind") == "sfu")
+                and c in ("tcp", "tls"))
+                or _relay_lost_more(media_m)
+            )
             add(
                 "relay-loss" if server_side else "high-loss",
                 _cap(sev, media_m, pref),
@@ -1866,8 +1916,24 @@ def _repairs(q: dict[str, Any]) -> tuple[int | None, str]:
     tcp = q.get("tcp")
     if not tcp:
         return None, ""
-    resent = max(0, int(tcp.get("retransmits") or 0) - int(tcp.get("spurious") or 0))
+    retransmits = int(tcp.get("retransmits") or 0)
+    spurious = tcp.get("spurious")
     behind = tcp.get("out_of_order")
+    if spurious is None:
+        # No DSACK count (macOS, Windows): a hold longer than the tail-loss probe or the RTO
+        # makes the kernel resend with nothing lost, so a resend alone proves no loss.
+        if behind:
+            return int(behind), (
+                f"; the kernel says {behind} segment(s) came in behind a gap (the server "
+                "resent them) during the train"
+            )
+        if retransmits:
+            return None, (
+                f"; this computer resent {retransmits} segment(s) during the train, which a "
+                "hold alone can also cause (this platform does not tell needless resends)"
+            )
+        return None, ""
+    resent = max(0, retransmits - int(spurious))
     words = []
     if resent:
         words.append(f"this computer resent {resent} segment(s)")
@@ -1882,7 +1948,10 @@ def _repairs(q: dict[str, Any]) -> tuple[int | None, str]:
 
 
 def _udp_loss(ctx: _Ctx) -> list[str]:
-    """Evidence of loss on this network measured over UDP (where nothing is repaired)."""
+    """Evidence of loss on this network measured over UDP (where nothing is repaired): none
+    when the run's UDP trains do not agree on one loss (a far server's or a relay's own)."""
+    if not _one_udp_loss(ctx):
+        return []
     out = []
     for i, p in ctx.of("udp"):
         for source in ("quality", "relay_quality"):
@@ -2043,14 +2112,22 @@ def _shared_hold(
     evidence = [
         f"{_Measure(i, p, source, q).head()}: {hol.get('shared')} hold(s) of up to "
         f"{_ms(hol.get('shared_max_ms'))} ms, each at a moment when a UDP train of this run "
-        "was held at least half as long"
+        f"was held at least half as long{_repairs(q)[1]}"
         for i, p, source, q, hol in shared
     ]
+    # A repair on the same train means TCP may have held for longer than the shared moment
+    # alone: the holds are then not cleared of TCP.
+    repaired = any((_repairs(h[3])[0] or 0) > 0 for h in shared)
+    tail = (
+        "; the kernel also repaired segments on these trains, so TCP may have added to them."
+        if repaired
+        else ", so they were not TCP's doing."
+    )
     return _finding(
         "shared-hold",
         "info",
         f"All traffic was held at the same moments, UDP too: {count} hold(s) of up to "
-        f"{_ms(longest)} ms on TCP/TLS matched holds on UDP, so they were not TCP's doing.",
+        f"{_ms(longest)} ms on TCP/TLS matched holds on UDP{tail}",
         "Something on the way or on this computer held every connection at once (a Wi-Fi "
         "scan or roaming, a busy router, a VPN client, a paused virtual machine): a call would "
         "freeze for a moment at such times whatever the transport. They are not counted as "

@@ -218,6 +218,7 @@ __all__ = [
     "percentile",
     "pooled_loss",
     "rfc3550_jitter",
+    "same_loss",
     "summarize",
     "wilson_interval",
 ]
@@ -758,6 +759,34 @@ def pooled_loss(trains: Sequence[tuple[int, int, int]]) -> PooledLoss | None:
     low = 0.0 if best == 0.0 else _bisect(lambda p: not within(p), 0.0, best)
     high = _bisect(within, best, 1.0)
     return PooledLoss(len(kept), samples, lost, best, (min(low, best), max(high, best)))
+
+
+# z for a one-sided 0.1 % tail: pooling is refused only on strong evidence that groups differ.
+_HETEROGENEITY_Z = 3.090232306167813
+
+
+def same_loss(groups: Sequence[Sequence[tuple[int, int, int]]]) -> bool:
+    """Whether groups of trains (each train (samples, received, crossings), a group per server)
+    are consistent with one per-crossing loss: the likelihood-ratio test of one common loss
+    against one loss per group, ``2 (LL_groups - LL_common)`` against the chi-squared quantile
+    at 99.9 % with ``groups - 1`` degrees of freedom (Wilson-Hilferty). False only on strong
+    evidence that a group lost more (or less) on its own way; 250-probe noise stays True."""
+    kept = [[(n, r, c) for n, r, c in g if n > 0 and r > 0] for g in groups]
+    kept = [g for g in kept if g]
+    if len(kept) < 2:
+        return True
+    common = pooled_loss([t for g in kept for t in g])
+    assert common is not None
+    own = 0.0
+    for g in kept:
+        fit = pooled_loss(g)
+        assert fit is not None
+        own += _log_likelihood(fit.each_way, g)
+    stat = 2.0 * (own - _log_likelihood(common.each_way, [t for g in kept for t in g]))
+    df = len(kept) - 1
+    h = 2.0 / (9.0 * df)
+    quantile = df * (1.0 - h + _HETEROGENEITY_Z * math.sqrt(h)) ** 3
+    return stat <= quantile
 
 
 def e_model_mos(rtt_ms: float, jitter_ms: float, loss: float, stall_ms: float = 0.0) -> float:

@@ -53,7 +53,7 @@ from lkice.quality import (
     summarize,
 )
 from lkice.report import PathResult
-from tests.test_findings import NO_STALL, make_path, make_report, run, stalls
+from tests.test_findings import NO_STALL, make_path, make_report, make_signal, run, stalls
 from tests.test_quality import INTERVAL, START, tcp_train, train
 
 DEFAULT = HolSettings()
@@ -705,3 +705,68 @@ def test_the_loop_monitor_tells_its_own_work_from_waiting() -> None:
     assert during["own_ms"] < 20 <= during["total_ms"]
     assert summary["own_ms"] >= 30
     assert during["window_ms"] > 0
+
+
+# --- red-team: loss claimed only where it was measured ----------------------------------------
+
+
+def test_an_sfu_echo_over_tls_loses_at_the_server_side_not_on_this_network() -> None:
+    udp = make_path("sfu", "udp", False, "udp_no_response")
+    sfu = make_path(
+        "sfu", "tls", True, rtt=80.0, loss=0.08, mos=3.9,
+        relay="turns:turn.eu.example.com:443?transport=tcp",
+    )  # fmt: skip
+    sfu["quality"].update(received=230, crossings=4)
+    _, by_id = run(make_report([udp, sfu], signal=make_signal()))
+    assert "high-loss" not in by_id
+    assert "relay-loss" in by_id
+
+
+def test_a_udp_relay_echo_losing_what_its_binding_did_not_is_the_relays() -> None:
+    p = make_path("turn", "udp", True, rtt=20.0, relay_rtt=40.0)
+    p["quality"]["received"] = 250
+    p["relay_quality"].update(loss=0.2, received=200, crossings=4, mos=2.9)
+    _, by_id = run(make_report([p, make_path("turn", "tcp", True, rtt=21.0, relay_rtt=42.0)]))
+    assert "high-loss" not in by_id, by_id.get("high-loss")
+    assert "relay-loss" in by_id
+
+
+def test_hol_cites_udp_loss_only_when_the_servers_agree_on_one() -> None:
+    near = make_path("turn", "udp", True, rtt=20.0, relay_rtt=None)
+    far = make_path(
+        "turn", "udp", True, rtt=180.0, relay_rtt=None, loss=0.12,
+        host="turn.ap.example.com", ip="203.0.113.99",
+    )  # fmt: skip
+    far["quality"]["received"] = 220
+    tcp = make_path(
+        "turn", "tcp", True, rtt=21.0, relay_rtt=None, hol=stalls(120.0, count=2, fraction=0.02)
+    )
+    _, by_id = run(make_report([near, far, tcp]))
+    hol = by_id["hol-blocking"]
+    assert "measured over udp" not in text(hol)
+    assert "with no loss measured" in hol["summary"]
+
+
+def test_a_resend_the_platform_cannot_prove_needed_is_not_loss() -> None:
+    """macOS and Windows count no DSACKs: a hold past the tail-loss probe or the RTO makes the
+    kernel resend with nothing lost, so that resend alone is not called loss."""
+    t = make_path("turn", "tcp", True, rtt=40.0, relay_rtt=None, hol=stalls(420.0, count=1))
+    t["quality"]["tcp"] = {
+        "retransmits": 1, "spurious": None, "out_of_order": None,
+        "rtt_ms": 40.0, "rttvar_ms": 5.0, "connections": 1,
+    }  # fmt: skip
+    blocked = [make_path("stun", "udp", False, "udp_no_response")]
+    _, by_id = run(make_report([*blocked, make_path("turn", "udp", False, "udp_no_response"), t]))
+    hol = by_id["hol-blocking"]
+    assert "packet loss" not in hol["summary"]
+    assert "a hold alone can also cause" in text(hol)
+
+
+def test_a_shared_hold_with_repairs_behind_it_is_not_cleared_of_tcp() -> None:
+    shared = {**NO_STALL, "shared": 2, "shared_max_ms": 400.0, "shared_windows": []}
+    repaired = {**KERNEL_REPAIRED, "retransmits": 4, "spurious": 0, "out_of_order": 3}
+    _, by_id = run(make_report([*udp_paths(), tcp_path(shared, repaired)]))
+    note = by_id["shared-hold"]
+    assert "not TCP's doing" not in note["summary"]
+    assert "the kernel also repaired" in note["summary"]
+    assert any("resent 4 segment(s)" in e for e in note["evidence"])

@@ -560,21 +560,23 @@ class LoopMonitor:
         self.tick = tick
         self.threshold = threshold
         self.stalls: list[tuple[float, float]] = []  # (start, end), time.perf_counter() seconds
-        # Per stall: the CPU time the loop's own thread used over it (seconds). A stall the
-        # thread spent computing was lkice's own work; one it did not was the computer's (the
-        # process waited for a processor, or was paused).
+        # Per stall: the CPU time lkice's threads used over it (seconds). A stall spent
+        # computing was lkice's own work; one it did not was the computer's (the process
+        # waited for a processor, or was paused).
         self.cpu: list[float] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
             due = time.perf_counter() + self.tick
-            cpu = time.thread_time()
+            cpu = time.process_time()
             await asyncio.sleep(self.tick)
             now = time.perf_counter()
             if now - due > self.threshold:
                 self.stalls.append((due, now))
-                self.cpu.append(min(time.thread_time() - cpu, now - due))
+                # Every thread of lkice: one of its threads holding the interpreter keeps the
+                # loop from running as surely as the loop's own work.
+                self.cpu.append(min(time.process_time() - cpu, now - due))
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
