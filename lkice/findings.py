@@ -1819,10 +1819,9 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
             # The same holds for an SFU echo over a TCP/TLS leg. Over UDP, a relay echo that
             # lost clearly more than the same path's Binding train lost it at the relay.
             server_side = (
-                ((media_m.source == "relay_quality" or media_m.path.get("kind") == "sfu")
-                and c in ("tcp", "tls"))
-                or _relay_lost_more(media_m)
-            )
+                (media_m.source == "relay_quality" or media_m.path.get("kind") == "sfu")
+                and c in ("tcp", "tls")
+            ) or _relay_lost_more(media_m)
             add(
                 "relay-loss" if server_side else "high-loss",
                 _cap(sev, media_m, pref),

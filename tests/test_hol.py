@@ -763,7 +763,7 @@ def test_a_resend_the_platform_cannot_prove_needed_is_not_loss() -> None:
 
 
 def test_a_shared_hold_with_repairs_behind_it_is_not_cleared_of_tcp() -> None:
-    shared = {**NO_STALL, "shared": 2, "shared_max_ms": 400.0, "shared_windows": []}
+    shared: dict[str, Any] = {**NO_STALL, "shared": 2, "shared_max_ms": 400.0, "shared_windows": []}
     repaired = {**KERNEL_REPAIRED, "retransmits": 4, "spurious": 0, "out_of_order": 3}
     _, by_id = run(make_report([*udp_paths(), tcp_path(shared, repaired)]))
     note = by_id["shared-hold"]
