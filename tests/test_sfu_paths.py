@@ -211,3 +211,29 @@ async def test_bad_token_fails_cleanly() -> None:
     assert not result["ok"]
     assert result["error"]["kind"] == "token_rejected"
     assert result["timings_ms"]["ice"] is None
+
+
+async def test_echoes_the_agent_held_are_left_out_of_the_sfu_figures() -> None:
+    """lkice's loop is blocked 60 ms of every 200 ms while the session runs (a busy agent):
+    echoes read after such a block carry the block, not the network; they are left out of the
+    SFU train's jitter (``excluded``), as on the TURN trains."""
+    import asyncio
+    import time
+
+    async def busy() -> None:
+        for _ in range(100):  # bounded: 20 s at most, cancelled when the session ends
+            await asyncio.sleep(0.14)
+            time.sleep(0.06)  # noqa: ASYNC251 - the point: the agent's loop is held
+
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET) as lk:
+        url = parse_livekit_url(lk.url)
+        blocker = asyncio.ensure_future(busy())
+        try:
+            results = await probe_sfu_paths(
+                url, room_token_factory(KEY, Secret(SECRET)), [], SETTINGS
+            )
+        finally:
+            blocker.cancel()
+    result = results[0].to_dict()
+    check_ok(result)
+    assert result["quality"]["excluded"] > 0, result["quality"]

@@ -35,7 +35,7 @@ import struct
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
@@ -47,6 +47,7 @@ from lkice.livekit import LiveKitUrl
 from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials
 from lkice.probe.proxy import Proxies
 from lkice.probe.signal import IceServer
+from lkice.probe.train import LoopMonitor
 from lkice.quality import ECHO_CROSSINGS, Sample, Warmup, summarize
 from lkice.report import ErrorInfo, PathResult
 
@@ -94,6 +95,9 @@ class SfuSettings:
     # error, or None): reused to explain a relay path with no candidate, instead of asking the
     # TURN server a second time and waiting for it again.
     known: Callable[[str], Awaitable[ErrorInfo | None]] | None = None
+    # The agent's own loop stalls while the sessions run (set by ``probe_sfu_paths``): echoes
+    # that came in then are left out of jitter, as on the TURN trains (``lkice.quality``).
+    monitor: LoopMonitor | None = None
 
 
 def room_token_factory(
@@ -257,8 +261,14 @@ async def probe_sfu_paths(
         # that list itself (see the return below), filled in place.
         out[:] = [path.result for path in paths]
         direct.ice_tcp.results = _Appended(out, 1)
-    with _loopback_gathering(url.host):
-        await asyncio.gather(*(one(path) for path in paths))
+    monitor = LoopMonitor()
+    monitor.start()
+    settings = replace(settings, monitor=monitor)
+    try:
+        with _loopback_gathering(url.host):
+            await asyncio.gather(*(one(path) for path in paths))
+    finally:
+        await monitor.stop()
     return [direct.result, *direct.ice_tcp.results, *(path.result for path in paths[1:])]
 
 
@@ -405,6 +415,7 @@ async def _probe_path(
             interval=settings.interval,
             crossings=ECHO_CROSSINGS,
             warmup=warmup,
+            blind=() if settings.monitor is None else settings.monitor.stalls,
         )
         result.quality = quality.to_dict()
         warm_note = _warmup_note(warmup, settled)
