@@ -1710,10 +1710,9 @@ def _udp_trains(ctx: _Ctx) -> tuple[list[tuple[int, int, int]], list[str], list[
     return trains, keys, lost, indices
 
 
-def _one_udp_loss(ctx: _Ctx) -> bool:
-    """Whether the run's UDP trains agree on one loss (``same_loss``), so that a loss they
-    measured is this network's and not one server's or one relay's."""
-    trains, keys, _, _ = _udp_trains(ctx)
+def _one_loss(trains: Sequence[tuple[int, int, int]], keys: Sequence[str]) -> bool:
+    """Whether trains grouped by ``keys`` (``_udp_trains``) agree on one loss (``same_loss``),
+    so that a loss they measured is this network's and not one server's or one relay's."""
     groups = [
         [t for t, k in zip(trains, keys, strict=True) if k == key] for key in dict.fromkeys(keys)
     ]
@@ -1727,9 +1726,9 @@ def _pooled_udp_loss(ctx: _Ctx) -> tuple[str, float, int, list[int]] | None:
     agree on one loss: where one server (or one relay echo against its own Binding) lost
     clearly more or less, the per-path figures speak; pooling would blame this network for
     one far server's or one relay's loss."""
-    trains, _, lost, indices = _udp_trains(ctx)
+    trains, keys, lost, indices = _udp_trains(ctx)
     pooled = pooled_loss(trains)
-    if pooled is None or pooled.trains < 2 or not _one_udp_loss(ctx):
+    if pooled is None or pooled.trains < 2 or not _one_loss(trains, keys):
         return None
     crossings = {c for _, _, c in trains}
     servers = {str(ctx.paths[i].get("server")) for i in indices}
@@ -1949,7 +1948,7 @@ def _repairs(q: dict[str, Any]) -> tuple[int | None, str]:
 def _udp_loss(ctx: _Ctx) -> list[str]:
     """Evidence of loss on this network measured over UDP (where nothing is repaired): none
     when the run's UDP trains do not agree on one loss (a far server's or a relay's own)."""
-    if not _one_udp_loss(ctx):
+    if not _one_loss(*_udp_trains(ctx)[:2]):
         return []
     out = []
     for i, p in ctx.of("udp"):
