@@ -375,8 +375,12 @@ async def run(
     partial report."""
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    monitor = LoopMonitor() if settings.probe.train is not None else None
-    if monitor is not None:
+    # A caller running other probes on this loop at the same time (the LiveKit job's SFU
+    # sessions) hands its monitor over: one monitor per loop, started and stopped by its owner.
+    own = settings.probe.monitor is None and settings.probe.train is not None
+    monitor = LoopMonitor() if own else settings.probe.monitor
+    if own:
+        assert monitor is not None
         monitor.start()
         settings = replace(settings, probe=replace(settings.probe, monitor=monitor))
     state = _Run(settings, on_path_done)
@@ -394,7 +398,7 @@ async def run(
             await state.cancel_all(ErrorKind.INTERRUPTED if interrupted else ErrorKind.DEADLINE)
     finally:
         await state.end_nat_discovery()
-        if monitor is not None:
+        if own and monitor is not None:
             await monitor.stop()
     state.reraise_bugs()
     judge_trains(state.paths, () if monitor is None else monitor.stalls)
@@ -407,7 +411,9 @@ async def run(
         verdict=decide(state.paths).value,
         settings=settings_record(settings),
         interrupted=interrupted,
-        loop_stalls=None if monitor is None else monitor.summary(_train_windows(state.paths)),
+        loop_stalls=None
+        if monitor is None or settings.probe.train is None
+        else monitor.summary(_train_windows(state.paths)),
         nat=None if state.nat is None else state.nat.to_dict(),
     )
 

@@ -360,6 +360,11 @@ async def _diagnose_livekit(
         if settings.probe.credentials is not None:
             credentials.update({str(u): settings.probe.credentials for u in uris})
         credentials.update(own_credentials)
+        # One loop monitor for the engine and the SFU sessions, which share this loop.
+        from lkice.probe.train import LoopMonitor
+
+        monitor = LoopMonitor()
+        settings = replace(settings, probe=replace(settings.probe, monitor=monitor))
         engine_settings = replace(settings, probe=replace(settings.probe, credentials=None))
         main_servers = [s for s in servers if region_of.get(str(s.uri)) == main_region]
         finished = _EngineAnswers()
@@ -370,10 +375,16 @@ async def _diagnose_livekit(
 
         progress.stage("ICE servers and media sessions through the SFU")
         sfu = _SfuStage(livekit, signal_result, main_servers, settings, finished, progress)
-        report, _ = await asyncio.gather(
-            _engine([*advertised, *uris], engine_settings, credentials, clock, engine_path_done),
-            clock.bounded("sfu", sfu.run()),
-        )
+        monitor.start()
+        try:
+            report, _ = await asyncio.gather(
+                _engine(
+                    [*advertised, *uris], engine_settings, credentials, clock, engine_path_done
+                ),
+                clock.bounded("sfu", sfu.run()),
+            )
+        finally:
+            await monitor.stop()
         report.settings = _settings_record(settings)  # the user's auth mode, as given
         sfu_paths = sfu.paths
         for path in sfu_paths:
@@ -480,6 +491,7 @@ class _SfuStage:
             tls_context=livekit.settings.tls_context,
             custom_ca=livekit.custom_ca,
             proxies=livekit.settings.proxies,
+            monitor=settings.probe.monitor,
         )
         make_token = room_token_factory(livekit.api_key, livekit.api_secret)
         await probe_sfu_paths(

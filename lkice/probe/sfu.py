@@ -95,8 +95,9 @@ class SfuSettings:
     # error, or None): reused to explain a relay path with no candidate, instead of asking the
     # TURN server a second time and waiting for it again.
     known: Callable[[str], Awaitable[ErrorInfo | None]] | None = None
-    # The agent's own loop stalls while the sessions run (set by ``probe_sfu_paths``): echoes
-    # that came in then are left out of jitter, as on the TURN trains (``lkice.quality``).
+    # The agent's own loop stalls while the sessions run (the job's monitor, or one of
+    # ``probe_sfu_paths``' own): echoes that came in then are left out of jitter, as on the
+    # TURN trains (``lkice.quality``).
     monitor: LoopMonitor | None = None
 
 
@@ -261,14 +262,18 @@ async def probe_sfu_paths(
         # that list itself (see the return below), filled in place.
         out[:] = [path.result for path in paths]
         direct.ice_tcp.results = _Appended(out, 1)
-    monitor = LoopMonitor()
-    monitor.start()
-    settings = replace(settings, monitor=monitor)
+    own = settings.monitor is None  # a caller's monitor (the job's) is started and stopped there
+    monitor = LoopMonitor() if own else settings.monitor
+    assert monitor is not None
+    if own:
+        monitor.start()
+        settings = replace(settings, monitor=monitor)
     try:
         with _loopback_gathering(url.host):
             await asyncio.gather(*(one(path) for path in paths))
     finally:
-        await monitor.stop()
+        if own:
+            await monitor.stop()
     return [direct.result, *direct.ice_tcp.results, *(path.result for path in paths[1:])]
 
 
