@@ -78,11 +78,39 @@ def _register(module: ModuleType) -> None:
         module.ATTRIBUTES_BY_NAME.setdefault(name, entry)
 
 
+def _lazy_aioice() -> None:
+    """Put the ``aioice`` package in ``sys.modules`` without running its ``__init__``, which
+    imports its ICE agent, mDNS and dnspython (about 60-100 ms at start-up) that the codec never
+    uses. Its submodules (``aioice.stun``, ``aioice.candidate``) import as usual; the first use
+    of a name only ``__init__`` defines (aiortc's ``from aioice import Connection``) runs it then,
+    into the same module object, so every importer sees one package."""
+    if "aioice" in sys.modules:
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("aioice")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return  # not a plain package: let the ordinary import decide
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def __getattr__(name: str) -> object:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # probes such as __wrapped__ must not run __init__
+        del package.__dict__["__getattr__"]
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    package.__dict__["__getattr__"] = __getattr__
+    sys.modules["aioice"] = package
+
+
 def aioice_stun() -> ModuleType:
     """``aioice.stun``, imported on first use, with lkice's extra attributes registered."""
     global _stun
     if _stun is None:
-        from aioice import stun as module
+        _lazy_aioice()
+        import aioice.stun as module
 
         _register(module)
         _stun = module

@@ -383,7 +383,12 @@ NEVER_AT_START = (
     "rich",
     "structlog",
 )
-NEVER_IN_A_RUN = ("aiortc", "av", "cryptography.x509", "rich", "structlog", "livekit.rtc")
+# aioice's codec, not its ICE agent, mDNS and dnspython (its __init__ runs them; lkice.stun
+# skips it until something asks for a name only __init__ defines).
+NEVER_IN_A_RUN = (
+    "aiortc", "av", "cryptography.x509", "rich", "structlog", "livekit.rtc", "aioice.ice",
+    "aioice.mdns", "dns",
+)  # fmt: skip
 
 
 def modules_after(*args: str) -> set[str]:
@@ -450,6 +455,31 @@ def test_a_tls_run_loads_neither_x509_nor_rich(tmp_path: Path) -> None:
     assert tls["issuer"]
     assert tls["subject"]
     assert tls["names"] == ["127.0.0.1"]
+
+
+LAZY_AIOICE = """
+import sys
+import lkice.probe.turn, lkice.probe.icetcp, lkice.probe.nat
+from lkice import stun as codec
+assert "aioice.ice" not in sys.modules and "dns" not in sys.modules, "aioice's __init__ ran"
+import aioice
+from aioice import Connection
+import aiortc
+from aiortc.rtcicetransport import RTCIceGatherer
+assert aioice is sys.modules["aioice"] and aioice.Connection is Connection
+assert aioice.ice.stun is aioice.stun is codec.aioice_stun(), "two codecs"
+assert aioice.stun.ATTRIBUTES_BY_NAME["ALTERNATE-SERVER"], "extra attributes not registered"
+assert isinstance(aioice.__version__, str)
+print("ok")
+"""
+
+
+def test_the_codec_loads_without_aioices_ice_stack_and_aiortc_still_gets_one_package() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LAZY_AIOICE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 def test_plain_logging_needs_no_structlog_until_a_structlog_logger_is_made() -> None:

@@ -17,13 +17,18 @@ import secrets
 import struct
 import time
 from dataclasses import dataclass
-
-from aioice import stun
-from aioice.candidate import candidate_priority
+from typing import TYPE_CHECKING
 
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.tcp import connect_tcp
-from lkice.stun import format_address
+from lkice.stun import aioice_stun, format_address
+
+if TYPE_CHECKING:
+    from aioice import stun
+    from aioice.candidate import candidate_priority
+else:
+    stun = aioice_stun()  # the codec without aioice's ICE stack (see lkice.stun)
+    from aioice.candidate import candidate_priority
 
 __all__ = ["IceCredentials", "IceTcpAnswer", "check_ice_tcp", "ice_credentials"]
 

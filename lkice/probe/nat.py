@@ -21,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from aioice import stun
+from typing import TYPE_CHECKING, Any
 
 from lkice import stun as codec
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.channel import UdpChannel
+
+if TYPE_CHECKING:
+    from aioice import stun
+else:
+    stun = codec.aioice_stun()  # the codec without aioice's ICE stack (see lkice.stun)
 
 __all__ = ["NatBehaviour", "discover_nat"]
 

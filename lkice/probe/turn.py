@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from aioice import stun
+from typing import TYPE_CHECKING
 
 from lkice import stun as codec
 from lkice.credentials import TurnCredentials
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.probe.channel import StreamChannel, UdpChannel
 from lkice.report import PathResult
+
+if TYPE_CHECKING:
+    from aioice import stun
+else:
+    stun = codec.aioice_stun()  # the codec without aioice's ICE stack (see lkice.stun)
 
 Channel = UdpChannel | StreamChannel
 
