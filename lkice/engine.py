@@ -413,7 +413,7 @@ async def run(
         interrupted=interrupted,
         loop_stalls=None
         if monitor is None or settings.probe.train is None
-        else monitor.summary(_train_windows(state.paths)),
+        else monitor.summary(train_windows(state.paths)),
         nat=None if state.nat is None else state.nat.to_dict(),
     )
 
@@ -441,7 +441,8 @@ def judge_trains(paths: Sequence[PathResult], blind: Sequence[tuple[float, float
             setattr(p, name, train.figures(blind=blind, shared=shared))
 
 
-def _train_windows(paths: Sequence[PathResult]) -> list[tuple[float, float]]:
+def train_windows(paths: Sequence[PathResult]) -> list[tuple[float, float]]:
+    """Each train's first send to its last answer (the samples' clock)."""
     windows = (t.window() for p in paths for t in p.trains.by_name.values())
     return [w for w in windows if w is not None]
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from lkice.probe.proxy import Proxies
     from lkice.probe.releases import Releases
     from lkice.probe.signal import IceServer, Region, SignalSettings
-    from lkice.probe.train import TrainSettings
+    from lkice.probe.train import LoopMonitor, TrainSettings
     from lkice.render.progress import Progress
     from lkice.report import ErrorInfo, PathResult, Report, SignalResult
     from lkice.uri import IceUri
@@ -387,6 +387,7 @@ async def _diagnose_livekit(
             await monitor.stop()
         report.settings = _settings_record(settings)  # the user's auth mode, as given
         sfu_paths = sfu.paths
+        _judge_with_the_sfu(report, sfu_paths, monitor)
         for path in sfu_paths:
             if not path.ok and path.error is None:
                 _cut(path, clock)
@@ -399,6 +400,22 @@ async def _diagnose_livekit(
     report.regions = regions
     report.targets.insert(0, livekit.url.given)
     return report
+
+
+def _judge_with_the_sfu(
+    report: Report, sfu_paths: Sequence[PathResult], monitor: LoopMonitor
+) -> None:
+    """The engine judged its trains when it ended; the SFU's echo trains ran beside them on the
+    same loop and clock, often for longer. Judge them all again together, against every stall
+    the job's monitor saw: an SFU echo over UDP witnesses shared holds, the SFU trains' windows
+    count in the agent's stalls during trains."""
+    from lkice.engine import judge_trains, train_windows
+
+    if not any(p.trains.by_name for p in sfu_paths):
+        return
+    every = [*report.paths, *sfu_paths]
+    judge_trains(every, monitor.stalls)
+    report.loop_stalls = monitor.summary(train_windows(every))
 
 
 def _untried(uris: Sequence[IceUri], clock: _Clock) -> list[PathResult]:

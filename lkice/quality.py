@@ -923,6 +923,10 @@ class TrainRecord:
     legs: int = 1
     tcp: TcpEvidence | None = None
     crossings: int = BINDING_CROSSINGS  # times a probe crosses this network (2 Binding, 4 echo)
+    warmup: Warmup | None = None  # what preceded the train (SFU data echo), left out of it
+    # A datagram train whose holds may speak for the run's other trains (a shared hold): not
+    # one carried over TCP somewhere (an SFU echo through TURN/TLS holds as TCP does).
+    witness: bool = True
 
     def figures(
         self, blind: Sequence[tuple[float, float]] = (), shared: Sequence[Hold] = ()
@@ -936,6 +940,7 @@ class TrainRecord:
             legs=self.legs,
             tcp=self.tcp,
             crossings=self.crossings,
+            warmup=self.warmup,
         ).to_dict()
 
     def window(self) -> tuple[float, float] | None:
@@ -947,7 +952,9 @@ class TrainRecord:
 
     def holds(self, blind: Sequence[tuple[float, float]] = ()) -> list[Hold]:
         """This train's held answers, when it is a datagram train (a stream's are its own)."""
-        return [] if self.stream else held(self.samples, legs=self.legs, blind=blind)
+        if self.stream or not self.witness:
+            return []
+        return held(self.samples, legs=self.legs, blind=blind)
 
 
 class Trains:

@@ -97,6 +97,10 @@ def _lazy_aioice() -> None:
     def __getattr__(name: str) -> object:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)  # probes such as __wrapped__ must not run __init__
+        if importlib.util.find_spec(f"aioice.{name}") is not None:
+            # A submodule (``from . import mdns`` inside aioice.ice): the import system loads
+            # it when the attribute is missing; running __init__ here would be circular.
+            raise AttributeError(name)
         del package.__dict__["__getattr__"]
         loader.exec_module(package)
         return getattr(package, name)

@@ -23,13 +23,15 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lkice.engine import judge_trains
+from lkice.engine import judge_trains, train_windows
 from lkice.findings import evaluate
 from lkice.probe.train import (
     LoopMonitor,
@@ -47,6 +49,7 @@ from lkice.quality import (
     Sample,
     TcpEvidence,
     TrainRecord,
+    Warmup,
     detect_hol,
     held,
     rfc3550_jitter,
@@ -344,6 +347,30 @@ def test_judge_trains_vetoes_with_any_udp_train_of_the_run() -> None:
     judge_trains([alone], blind=[])
     assert alone.quality is not None
     assert alone.quality["hol"]["stalls"] == 1
+
+
+def test_an_echo_carried_over_tcp_is_no_witness_and_an_sfu_warm_up_stays_out() -> None:
+    """An SFU data echo through TURN/TLS is a datagram train that holds as TCP does: its holds
+    must not excuse a TURN/TLS stall at the same moment. Re-judged, a train keeps its warm-up."""
+    warm = Warmup(probes=3, answered=1, first_echo_ms=900.0, ms=950.0)
+    over_tls = TrainRecord(
+        tuple(frozen_udp()), INTERVAL, False, crossings=4, warmup=warm, witness=False
+    )
+    sfu = path_with("tls", quality=over_tls)
+    tcp = path_with("tcp", quality=TrainRecord(tuple(frozen_tcp()), INTERVAL, True))
+    judge_trains([tcp, sfu], blind=[])
+    assert tcp.quality is not None
+    assert sfu.quality is not None
+    assert tcp.quality["hol"]["stalls"] == 1
+    assert tcp.quality["hol"]["shared"] == 0
+    assert sfu.quality["warmup"] == warm.to_dict()
+    assert over_tls.holds() == []
+    # The same echo over UDP end to end is a witness.
+    over_udp = replace(over_tls, witness=True)
+    assert over_udp.holds()
+    judge_trains([tcp, path_with("udp", quality=over_udp)], blind=[])
+    assert tcp.quality["hol"]["detected"] is False
+    assert tcp.quality["hol"]["shared"] == 1
 
 
 def test_judge_trains_leaves_out_the_agents_stalls_and_keeps_the_kernels_evidence() -> None:
@@ -705,6 +732,32 @@ def test_the_loop_monitor_tells_its_own_work_from_waiting() -> None:
     assert during["own_ms"] < 20 <= during["total_ms"]
     assert summary["own_ms"] >= 30
     assert during["window_ms"] > 0
+
+
+def test_the_job_counts_the_agents_stalls_during_the_sfu_trains_too() -> None:
+    """The SFU's echo trains run beside (and after) the engine's on the job's loop: a stall of
+    the agent during an SFU train is a stall during trains, and the SFU echo is judged again."""
+    from lkice.job import _judge_with_the_sfu
+    from lkice.report import Report
+
+    engine = path_with("udp", quality=TrainRecord(tuple(train([40.0] * 50)), INTERVAL, False))
+    late = [Sample(s.seq, s.sent + 10.0, None if s.received is None else s.received + 10.0)
+            for s in train([40.0] * 50)]  # fmt: skip
+    sfu = path_with("udp", quality=TrainRecord(tuple(late), INTERVAL, False, crossings=4))
+    sfu.kind = "sfu"
+    monitor = LoopMonitor()
+    monitor.stalls.append((late[10].sent, late[10].sent + 0.2))  # inside the SFU train only
+    monitor.cpu.append(0.0)
+    report = Report(started_at=datetime.now(timezone.utc), duration_ms=1.0, targets=[],
+                    paths=[engine], verdict="ok", settings={},
+                    loop_stalls=monitor.summary(train_windows([engine])))  # fmt: skip
+    assert report.loop_stalls is not None
+    assert report.loop_stalls["during_trains"]["stalls"] == 0  # the engine's windows alone
+    _judge_with_the_sfu(report, [sfu], monitor)
+    assert report.loop_stalls["during_trains"]["stalls"] == 1
+    assert report.loop_stalls["during_trains"]["max_ms"] == pytest.approx(200.0)
+    assert sfu.quality is not None
+    assert sfu.quality["excluded"] >= 1  # the echoes read in the stall are left out
 
 
 # --- red-team: loss claimed only where it was measured ----------------------------------------

@@ -48,7 +48,7 @@ from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials
 from lkice.probe.proxy import Proxies
 from lkice.probe.signal import IceServer
 from lkice.probe.train import LoopMonitor
-from lkice.quality import ECHO_CROSSINGS, Sample, Warmup, summarize
+from lkice.quality import ECHO_CROSSINGS, Sample, TrainRecord, Warmup, summarize
 from lkice.report import ErrorInfo, PathResult
 
 if TYPE_CHECKING:
@@ -423,6 +423,16 @@ async def _probe_path(
             blind=() if settings.monitor is None else settings.monitor.stalls,
         )
         result.quality = quality.to_dict()
+        # Kept for the job, which judges it again with the run's other trains and all of the
+        # agent's stalls once everything has ended (lkice.job).
+        result.trains.by_name["quality"] = TrainRecord(
+            samples=tuple(samples),
+            interval=settings.interval,
+            stream=False,
+            crossings=ECHO_CROSSINGS,
+            warmup=warmup,
+            witness=result.transport == "udp",
+        )
         warm_note = _warmup_note(warmup, settled)
         if quality.received == 0:
             raise ProbeError(
