@@ -28,7 +28,8 @@ from lkice.probe.turn import Redirect
 from lkice.report import PathResult, Report, interrupted_error
 from lkice.stun import format_address
 from lkice.uri import IceUri, Transport
-from lkice.verdict import decide
+from lkice.verdict import Verdict
+from lkice.verdict import conclude as conclude_report
 
 log = logging.getLogger(__name__)
 
@@ -368,11 +369,13 @@ async def run(
     credentials: Mapping[str, TurnCredentials] | None = None,
     stop: asyncio.Event | None = None,
     on_path_done: ProgressCallback | None = None,
+    conclude: bool = True,
 ) -> Report:
     """Probe every URI x resolved address x transport concurrently. ``credentials`` maps a URI
     (its canonical text) to its own credentials, as a LiveKit JoinResponse hands them out; the
     others use ``settings.probe.credentials``. ``stop`` (set on Ctrl-C) ends the run early with a
-    partial report."""
+    partial report. ``conclude``: give the report its findings and verdict (``lkice.verdict``);
+    a caller that adds to the report first (the job) concludes it itself."""
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     # A caller running other probes on this loop at the same time (the LiveKit job's SFU
@@ -403,12 +406,12 @@ async def run(
     state.reraise_bugs()
     judge_trains(state.paths, () if monitor is None else monitor.stalls)
     duration = (time.perf_counter() - t0) * 1000
-    return Report(
+    report = Report(
         started_at=started_at,
         duration_ms=duration,
         targets=[str(u) for u in uris],
         paths=state.ordered(uris),
-        verdict=decide(state.paths).value,
+        verdict=Verdict.FAILED.value,  # until concluded from the findings
         settings=settings_record(settings),
         interrupted=interrupted,
         loop_stalls=None
@@ -416,6 +419,9 @@ async def run(
         else monitor.summary(train_windows(state.paths)),
         nat=None if state.nat is None else state.nat.to_dict(),
     )
+    if conclude:
+        conclude_report(report)
+    return report
 
 
 def _load_resolver(uris: Sequence[IceUri]) -> None:

@@ -51,7 +51,7 @@ from lkice.errors import UsageError
 from lkice.quality import loss_each_way, pooled_loss, same_loss, wilson_interval
 from lkice.uri import parse_ice_uri
 
-__all__ = ["SEVERITIES", "evaluate", "verdict_from_findings"]
+__all__ = ["SEVERITIES", "evaluate"]
 
 SEVERITIES = ("critical", "warning", "info")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -2451,6 +2451,32 @@ def _rule_local(ctx: _Ctx) -> list[Finding]:
     ]
 
 
+def _rule_nothing_tested(ctx: _Ctx) -> list[Finding]:
+    """No path was tried, or none could be (every one not testable here) and no signaling
+    either: the verdict must not read as "ok" on no evidence."""
+    if ctx.report.get("signal") is not None or ctx.report.get("interrupted"):
+        return []
+    untestable = [(i, p) for i, p in enumerate(ctx.paths) if _kind(p) == "not_tested"]
+    if len(untestable) != len(ctx.paths):
+        return []
+    return [
+        _finding(
+            "nothing-tested",
+            "warning",
+            "No connection could be tested: "
+            + (
+                f"lkice could not test any of the {len(untestable)} path(s) from here."
+                if untestable
+                else "no path was tried."
+            ),
+            "Nothing here says whether calls would work from this network.",
+            [_path_evidence(p) for _, p in untestable] or ["no path in the report"],
+            "See each path's reason; run lkice with a STUN/TURN or LiveKit target it can test.",
+            [i for i, _ in untestable],
+        )
+    ]
+
+
 _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _rule_signal,
     _rule_proxy,
@@ -2470,6 +2496,7 @@ _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _rule_nat,
     _rule_interrupted,
     _rule_local,
+    _rule_nothing_tested,
     _rule_agent_busy,
     _rule_relay_failed,
     _rule_regions,
@@ -2517,13 +2544,3 @@ def _rule_unexplained(ctx: _Ctx, covered: set[int]) -> list[Finding]:
             [i for i, _ in failed],
         )
     ]
-
-
-def verdict_from_findings(findings: Sequence[dict[str, Any]]) -> str:
-    """failed: any critical; degraded: any warning; else ok."""
-    severities = {f.get("severity") for f in findings}
-    if "critical" in severities:
-        return "failed"
-    if "warning" in severities:
-        return "degraded"
-    return "ok"

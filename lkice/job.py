@@ -125,19 +125,10 @@ async def run_engine(
     if thresholds:
         # In the report, so its findings can be re-derived from it (explain, support tools).
         report.settings["thresholds"] = dict(thresholds)
+    from lkice.verdict import conclude
+
     conclude(report)
     return report
-
-
-def conclude(report: Report) -> None:
-    """Findings, recommendation and the verdict they imply (pure rules over the report)."""
-    from lkice.findings import evaluate, verdict_from_findings
-    from lkice.recommend import recommend
-
-    data = report.to_dict()
-    report.findings = evaluate(data)
-    report.recommendation = recommend(data)
-    report.verdict = verdict_from_findings(report.findings)
 
 
 class _Clock:
@@ -300,6 +291,7 @@ async def _engine(
             credentials=credentials,
             stop=clock.stop,
             on_path_done=on_path_done,
+            conclude=False,  # concluded once, with signaling and the SFU paths (run_engine)
         )
     finally:
         clock.stages["turn"] = _ms(started)

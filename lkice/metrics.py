@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from lkice import __version__
 from lkice.findings import NOT_EVIDENCE_KINDS  # such a path is neither up nor down: left out
 from lkice.textsafe import redact_url, redact_urls, url_password, visible
+from lkice.verdict import status_of
 
 __all__ = [
     "COUNTER_NAMES",
@@ -46,8 +47,6 @@ __all__ = [
     "write_textfile",
 ]
 
-VERDICT_STATUS = {"ok": 0, "degraded": 1, "failed": 2}
-UNKNOWN_STATUS = 3
 SETUP_PHASES = ("dns", "connect", "tls", "binding", "allocate", "ice", "dtls")
 SIGNAL_PHASES = ("dns", "connect", "tls", "validate", "websocket", "join")
 # Not a "quantile" label: Prometheus reserves that for summaries (promtool rejects it on a gauge).
@@ -295,11 +294,9 @@ class _Families:
         if report is None:
             return
         verdict = str(report.get("verdict"))
-        if report.get("interrupted"):
-            status = UNKNOWN_STATUS
-        else:
-            status = VERDICT_STATUS.get(verdict, UNKNOWN_STATUS)
-        self.gauge("lkice_verdict", base, status)
+        # The run's exit status, as lkice itself exits with it (a rejected token, nothing
+        # testable, an interrupted run: unknown).
+        self.gauge("lkice_verdict", base, int(status_of(report)))
         self.gauge("lkice_verdict_info", {**base, "verdict": verdict}, 1)
         findings = {
             (str(f.get("id")), str(f.get("severity"))) for f in report.get("findings") or []

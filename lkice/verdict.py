@@ -1,4 +1,5 @@
-"""Verdict and exit status, decided in one place (pure).
+"""Verdict and exit status, decided in one place (pure): the verdict from the findings, the exit
+status (and the metrics' ``lkice_verdict``) from the report.
 
 Exit statuses follow the Nagios/Icinga plugin convention because monitoring systems run lkice:
 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lkice.errors import ErrorKind
-from lkice.report import PathResult, Report
+from lkice.report import Report
 
 
 class ExitStatus(enum.IntEnum):
@@ -27,22 +28,26 @@ class Verdict(str, enum.Enum):
     FAILED = "failed"
 
 
-def _settled_by_redirect(path: PathResult, paths: Sequence[PathResult]) -> bool:
-    """A 300 Try Alternate is not a failure when the alternate it named was reached."""
-    if path.error is None or path.error.kind != ErrorKind.TRY_ALTERNATE.value:
-        return False
-    return any(p.ok and p.redirected_from == path.address for p in paths)
-
-
-def decide(paths: Sequence[PathResult]) -> Verdict:
-    """ok: every path works; degraded: some transports fail (or only TCP/TLS works); failed: none.
-    Paths the agent could not test (``not_tested``) count neither way."""
-    paths = [p for p in paths if p.error is None or p.error.kind != ErrorKind.NOT_TESTED.value]
-    if not any(p.ok for p in paths):
+def verdict_of(findings: Sequence[Mapping[str, Any]]) -> Verdict:
+    """The verdict the findings imply: failed on any critical finding, degraded on any
+    warning, else ok. The only definition of the verdict (``lkice.findings`` says why)."""
+    severities = {f.get("severity") for f in findings}
+    if "critical" in severities:
         return Verdict.FAILED
-    if all(p.ok or _settled_by_redirect(p, paths) for p in paths):
-        return Verdict.OK
-    return Verdict.DEGRADED
+    if "warning" in severities:
+        return Verdict.DEGRADED
+    return Verdict.OK
+
+
+def conclude(report: Report) -> None:
+    """Findings, recommendation and the verdict they imply (pure rules over the report)."""
+    from lkice.findings import evaluate
+    from lkice.recommend import recommend
+
+    data = report.to_dict()
+    report.findings = evaluate(data)
+    report.recommendation = recommend(data)
+    report.verdict = verdict_of(report.findings).value
 
 
 def exit_status(verdict: Verdict, interrupted: bool = False) -> ExitStatus:
@@ -56,20 +61,7 @@ def exit_status(verdict: Verdict, interrupted: bool = False) -> ExitStatus:
 
 
 # Signaling failures that mean "fix the configuration" (UNKNOWN), not "the network is broken".
-CONFIGURATION_ERRORS = frozenset({"token_rejected"})
-
-
-def livekit_verdict(report: Report) -> Verdict:
-    """With a LiveKit target, nothing works if signaling does not; with signaling alone and no
-    ICE server to measure, the deployment is reachable but its media paths are unproven."""
-    signal = report.signal
-    if signal is None:
-        return decide(report.paths)
-    if not signal.ok:
-        return Verdict.FAILED
-    if not report.paths:
-        return Verdict.DEGRADED
-    return decide(report.paths)
+CONFIGURATION_ERRORS = frozenset({ErrorKind.TOKEN_REJECTED.value})
 
 
 def report_exit_status(report: Report) -> ExitStatus:
@@ -79,14 +71,14 @@ def report_exit_status(report: Report) -> ExitStatus:
 def status_of(data: Mapping[str, Any]) -> ExitStatus:
     """The exit status a report (a ``Report.to_dict()``, or a pasted one) stands for: UNKNOWN
     for a configuration error (a rejected token), an interrupted run, or a run in which this
-    computer could test nothing (every path failed locally); else the verdict's."""
+    computer could test nothing (``_nothing_tested``); else the verdict's."""
     signal = data.get("signal")
     error = signal.get("error") if isinstance(signal, Mapping) else None
     kind = error.get("kind") if isinstance(error, Mapping) else None
     if isinstance(kind, str) and kind in CONFIGURATION_ERRORS | {"local"}:
         return ExitStatus.UNKNOWN
     paths = data.get("paths")
-    if isinstance(paths, list) and paths and _nothing_tested(paths):
+    if isinstance(paths, list) and _nothing_tested(paths, signal is None):
         return ExitStatus.UNKNOWN
     try:
         return exit_status(Verdict(data.get("verdict")), data.get("interrupted") is True)
@@ -94,10 +86,17 @@ def status_of(data: Mapping[str, Any]) -> ExitStatus:
         return ExitStatus.UNKNOWN
 
 
-def _nothing_tested(paths: Sequence[Any]) -> bool:
+def _nothing_tested(paths: Sequence[Any], alone: bool) -> bool:
+    """Every path failed locally; or, with no signaling (``alone``), there was no path or none
+    this computer could test: the run says nothing about the network."""
     kinds = [
         p.get("error", {}).get("kind") if isinstance(p.get("error"), Mapping) else None
         for p in paths
         if isinstance(p, Mapping)
     ]
-    return bool(kinds) and all(k == ErrorKind.LOCAL.value for k in kinds)
+    if len(kinds) != len(paths):
+        return False
+    if kinds and all(k == ErrorKind.LOCAL.value for k in kinds):
+        return True
+    untestable = (ErrorKind.LOCAL.value, ErrorKind.NOT_TESTED.value)
+    return alone and all(k in untestable for k in kinds)

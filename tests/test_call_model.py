@@ -26,7 +26,7 @@ import pytest
 from livekit.protocol import models
 
 from lkice.errors import ErrorKind, ProbeError
-from lkice.findings import evaluate, verdict_from_findings
+from lkice.findings import evaluate
 from lkice.probe.sfu import ECHO_TOPIC, SfuSettings, _echo_train, _warmup_note
 from lkice.quality import (
     BINDING_CROSSINGS,
@@ -42,6 +42,7 @@ from lkice.quality import (
     summarize,
     wilson_interval,
 )
+from lkice.verdict import verdict_of
 from tests.test_findings import make_path, make_quality, make_report, run
 from tests.test_hol import freeze
 from tests.test_quality import INTERVAL, START, tcp_train, train
@@ -239,7 +240,7 @@ def test_pooled_loss_across_noisy_paths_is_not_hidden_by_best_of_picking() -> No
     findings, by_id = run(make_report(paths))
     loss = by_id["high-loss"]
     assert loss["severity"] == "warning"
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
     pooled = [e for e in loss["evidence"] if e.startswith("all 8 UDP trains")]
     assert len(pooled) == 1
     text = pooled[0]

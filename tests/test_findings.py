@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from lkice.findings import evaluate, verdict_from_findings
+from lkice.findings import evaluate
 from lkice.recommend import recommend
 from lkice.report import SCHEMA_ID, TIMING_KEYS
+from lkice.verdict import verdict_of
 from tests.conftest import validate_report
 
 DATA = Path(__file__).parent / "data"
@@ -286,7 +287,7 @@ def udp_blocked(loss: float = 0.0, hol: dict[str, Any] | None = None) -> list[di
 
 def test_open_network_is_ok_with_positive_findings() -> None:
     findings, by_id = run(make_report(open_network()))
-    assert verdict_from_findings(findings) == "ok"
+    assert verdict_of(findings) == "ok"
     assert {f["severity"] for f in findings} == {"info"}
     assert "turn-ok" in by_id
     assert "UDP" in by_id["turn-ok"]["summary"]
@@ -297,7 +298,7 @@ def test_open_network_is_ok_with_positive_findings() -> None:
 
 def test_udp_blocked_is_a_warning_naming_ports_and_ips() -> None:
     findings, by_id = run(make_report(udp_blocked()))
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
     f = by_id["udp-blocked"]
     assert f["severity"] == "warning"
     assert f["paths"] == [0, 1]
@@ -330,7 +331,7 @@ def test_tcp_443_only() -> None:
         make_path("turn", "tls", True, rtt=30.0, relay_rtt=60.0, port=443),
     ]
     findings, by_id = run(make_report(paths))
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
     assert by_id["only-tls"]["severity"] == "warning"
     assert "443" in by_id["only-tls"]["summary"]
     assert by_id["only-tls"]["paths"] == [2, 3]
@@ -361,7 +362,7 @@ def test_loss_on_tls_with_hol_stalls() -> None:
     assert any(
         "8.0 % lost over 250 probes" in e and "about 2.1 % each way" in e for e in loss["evidence"]
     )
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
 
 
 def test_hol_is_info_when_udp_works() -> None:
@@ -388,7 +389,7 @@ def test_loss_on_unused_transport_is_only_info_and_heavy_loss_is_critical() -> N
     findings, by_id = run(make_report(paths))
     assert by_id["high-loss"]["severity"] == "critical"  # about 12 % each way
     assert by_id["low-mos"]["severity"] == "critical"
-    assert verdict_from_findings(findings) == "failed"
+    assert verdict_of(findings) == "failed"
 
 
 def test_rtt_thresholds_and_the_echo_crossing_twice() -> None:
@@ -440,7 +441,7 @@ def test_tls_interception_names_the_issuer() -> None:
     assert "Let's Encrypt" in f["summary"]
     assert f["paths"] == [1]
     assert "turn.eu.example.com" in f["advice"]
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
 
 
 def test_tls_interception_on_signaling_is_critical() -> None:
@@ -456,7 +457,7 @@ def test_tls_interception_on_signaling_is_critical() -> None:
     assert by_id["tls-interception"]["severity"] == "critical"
     assert "lk.example.com" in by_id["tls-interception"]["advice"]
     assert "signal-failed" not in by_id
-    assert verdict_from_findings(findings) == "failed"
+    assert verdict_of(findings) == "failed"
 
 
 def test_proxy_407() -> None:
@@ -470,7 +471,7 @@ def test_proxy_407() -> None:
     assert f["severity"] == "critical"
     assert "407" in f["summary"]
     assert "lk.example.com" in f["advice"]
-    assert verdict_from_findings(findings) == "failed"
+    assert verdict_of(findings) == "failed"
 
 
 def test_wrong_turn_credentials() -> None:
@@ -485,7 +486,7 @@ def test_wrong_turn_credentials() -> None:
     assert "shared secret" in f["advice"]
     assert "clock" in f["advice"]
     assert "udp-blocked" not in by_id
-    assert verdict_from_findings(findings) == "failed"
+    assert verdict_of(findings) == "failed"
 
 
 def test_token_rejected_never_echoes_the_token() -> None:
@@ -511,7 +512,7 @@ def test_livekit_join_without_turns() -> None:
     assert f["severity"] == "info"  # UDP works here
     assert "turns:" in f["summary"]
     assert "sfu-direct-ok" in by_id
-    assert verdict_from_findings(findings) == "ok"
+    assert verdict_of(findings) == "ok"
     blocked = [
         make_path("turn", "udp", False, "udp_no_response", host="turn.lk.example.com"),
         make_path("sfu", "udp", False, "connect_timeout", host="lk.example.com"),
@@ -556,7 +557,7 @@ def test_advertised_url_dead() -> None:
     assert f["paths"] == [1]
     assert "operator" in f["advice"]
     assert "udp-blocked" not in by_id
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
 
 
 def test_dead_udp_url_when_no_udp_works_is_the_firewall_not_the_server() -> None:
@@ -616,7 +617,7 @@ def test_interrupted() -> None:
     assert "1 of 3 paths did not finish" in f["evidence"]
     assert "no-path" not in by_id
     assert "only-tcp" not in by_id
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
 
 
 def test_not_tested_is_never_evidence_of_failure() -> None:
@@ -633,11 +634,13 @@ def test_not_tested_is_never_evidence_of_failure() -> None:
         ),
     ]
     findings, _by_id = run(make_report(paths, signal=make_signal()))
-    assert verdict_from_findings(findings) == "ok"
+    assert verdict_of(findings) == "ok"
     assert all(5 not in f["paths"] for f in findings)
     only_untested = [make_path("turn", "tls", False, "not_tested")]
     findings, _ = run(make_report(only_untested))
-    assert findings == []
+    # Not a failure, and not "ok" either: nothing was tested.
+    assert [f["id"] for f in findings] == ["nothing-tested"]
+    assert "could not test any of the 1 path" in findings[0]["summary"]
 
 
 def test_no_path_distinguishes_refused_timeout_and_dns() -> None:
@@ -656,7 +659,7 @@ def test_no_path_distinguishes_refused_timeout_and_dns() -> None:
     assert "DNS" in f["summary"]
     assert "outbound UDP port 3478" in f["advice"]
     assert "udp-blocked" not in by_id
-    assert verdict_from_findings(findings) == "failed"
+    assert verdict_of(findings) == "failed"
 
 
 def test_only_dns_failures() -> None:
@@ -671,21 +674,21 @@ def test_signal_failure_is_critical() -> None:
     findings, by_id = run(make_report([], signal=signal))
     assert by_id["signal-failed"]["severity"] == "critical"
     assert "TCP port 443" in by_id["signal-failed"]["advice"]
-    assert verdict_from_findings(findings) == "failed"
+    assert verdict_of(findings) == "failed"
 
 
-def test_verdict_from_findings() -> None:
-    assert verdict_from_findings([]) == "ok"
-    assert verdict_from_findings([{"severity": "info"}]) == "ok"
-    assert verdict_from_findings([{"severity": "info"}, {"severity": "warning"}]) == "degraded"
-    assert verdict_from_findings([{"severity": "warning"}, {"severity": "critical"}]) == "failed"
+def test_verdict_of() -> None:
+    assert verdict_of([]) == "ok"
+    assert verdict_of([{"severity": "info"}]) == "ok"
+    assert verdict_of([{"severity": "info"}, {"severity": "warning"}]) == "degraded"
+    assert verdict_of([{"severity": "warning"}, {"severity": "critical"}]) == "failed"
 
 
 def test_recorded_lab_report() -> None:
     """A report recorded in the namespace lab (UDP blocked, 40 ms, 2 % loss; series trimmed)."""
     report = json.loads((DATA / "report-udp-blocked.json").read_text())
     findings, by_id = run(report)
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
     assert by_id["udp-blocked"]["severity"] == "warning"
     assert by_id["hol-blocking"]["severity"] == "warning"
     assert "116" in by_id["hol-blocking"]["summary"]
@@ -699,7 +702,7 @@ def test_an_unexplained_failure_still_degrades() -> None:
         make_path("stun", "udp", False, "udp_no_response", host="stun.eu.example.com"),
     ]
     findings, by_id = run(make_report(paths))
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
     assert by_id["path-failed"]["paths"] == [1]
     assert "203.0.113.10" in by_id["path-failed"]["advice"]
 
@@ -721,7 +724,7 @@ def test_udp_blocked_to_one_region_only() -> None:
     assert "203.0.113.10" in udp["advice"]
     assert "region eu" in udp["advice"]
     assert "path-failed" not in by_id
-    assert verdict_from_findings(findings) == "degraded"
+    assert verdict_of(findings) == "degraded"
 
 
 def test_a_probe_can_set_its_own_thresholds() -> None:

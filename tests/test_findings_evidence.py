@@ -1224,9 +1224,9 @@ async def test_a_busy_local_port_is_agent_local_not_a_blocked_network(
     from lkice.credentials import Secret, TurnCredentials
     from lkice.engine import EngineSettings
     from lkice.engine import run as engine_run
-    from lkice.job import conclude
     from lkice.probe.path import ProbeSettings
     from lkice.uri import parse_ice_uri
+    from lkice.verdict import conclude
 
     creds = TurnCredentials(Secret(turn_server.user), Secret(turn_server.password))
     settings = EngineSettings(

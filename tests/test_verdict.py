@@ -1,12 +1,14 @@
-"""Verdict and exit status (pure)."""
+"""Verdict and exit status (pure): the verdict comes from the findings alone."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 import pytest
 
 from lkice.errors import ErrorKind, ProbeError
-from lkice.report import PathResult
-from lkice.verdict import ExitStatus, Verdict, decide, exit_status
+from lkice.report import PathResult, Report
+from lkice.verdict import ExitStatus, Verdict, conclude, exit_status, status_of, verdict_of
 
 
 def path(
@@ -22,7 +24,7 @@ def path(
         kind="turn",
         uri="turn:h:3478",
         ok=ok,
-        address=address,
+        address=address or "192.0.2.9:3478",
         redirected_from=redirected_from,
     )
     if not ok:
@@ -30,28 +32,66 @@ def path(
     return result
 
 
+def verdict(*paths: PathResult) -> Verdict:
+    report = Report(
+        started_at=datetime.now(timezone.utc),
+        duration_ms=1.0,
+        targets=["turn:h:3478"],
+        paths=list(paths),
+        verdict="not concluded",
+        settings={},
+    )
+    conclude(report)
+    assert report.findings is not None
+    assert report.verdict == verdict_of(report.findings).value
+    return Verdict(report.verdict)
+
+
 def test_all_ok() -> None:
-    assert decide([path("udp", True), path("tcp", True)]) is Verdict.OK
+    assert verdict(path("udp", True), path("tcp", True)) is Verdict.OK
 
 
 def test_only_tcp_works_is_degraded() -> None:
-    assert decide([path("udp", False), path("tcp", True), path("tls", True)]) is Verdict.DEGRADED
+    assert verdict(path("udp", False), path("tcp", True), path("tls", True)) is Verdict.DEGRADED
 
 
 def test_nothing_works_is_failed() -> None:
     assert (
-        decide([path("udp", False), path("tcp", False, ErrorKind.CONNECT_TIMEOUT)])
-        is Verdict.FAILED
+        verdict(path("udp", False), path("tcp", False, ErrorKind.CONNECT_TIMEOUT)) is Verdict.FAILED
     )
-    assert decide([]) is Verdict.FAILED
+
+
+def test_nothing_tried_or_nothing_testable_is_not_ok() -> None:
+    """No evidence is no "ok": a warning, and the exit status says unknown."""
+    for paths in ([], [path("tls", False, ErrorKind.NOT_TESTED)]):
+        report = Report(
+            started_at=datetime.now(timezone.utc), duration_ms=1.0, targets=[],
+            paths=list(paths), verdict="not concluded", settings={},
+        )  # fmt: skip
+        conclude(report)
+        assert report.findings is not None
+        assert [f["id"] for f in report.findings] == ["nothing-tested"]
+        assert report.verdict == "degraded"
+        assert status_of(report.to_dict()) is ExitStatus.UNKNOWN
 
 
 def test_followed_redirect_is_not_a_failure() -> None:
     first = path("udp", False, ErrorKind.TRY_ALTERNATE, address="192.0.2.1:3478")
     followed = path("udp", True, address="192.0.2.2:3478", redirected_from="192.0.2.1:3478")
-    assert decide([first, followed]) is Verdict.OK
-    unrelated = path("udp", True, address="192.0.2.3:3478")
-    assert decide([first, unrelated]) is Verdict.DEGRADED
+    assert verdict(first, followed) is Verdict.OK
+
+
+@pytest.mark.parametrize(
+    ("severities", "expected"),
+    [
+        ([], Verdict.OK),
+        (["info"], Verdict.OK),
+        (["info", "warning"], Verdict.DEGRADED),
+        (["warning", "critical", "info"], Verdict.FAILED),
+    ],
+)
+def test_the_verdict_is_the_most_severe_finding(severities: list[str], expected: Verdict) -> None:
+    assert verdict_of([{"severity": s} for s in severities]) is expected
 
 
 @pytest.mark.parametrize(
@@ -70,5 +110,17 @@ def test_exit_status(verdict: Verdict, interrupted: bool, status: ExitStatus) ->
 
 def test_paths_the_agent_cannot_test_count_neither_way() -> None:
     untested = path("tls", False, ErrorKind.NOT_TESTED)
-    assert decide([path("udp", True), untested]) is Verdict.OK
-    assert decide([path("udp", False), untested]) is Verdict.FAILED
+    assert verdict(path("udp", True), untested) is Verdict.OK
+    assert verdict(path("udp", False), untested) is Verdict.FAILED
+
+
+def test_a_rejected_token_is_unknown_not_critical() -> None:
+    """A configuration error: the exit status (and the metrics' gauge) say unknown."""
+    data = {
+        "verdict": "failed",
+        "paths": [],
+        "signal": {"ok": False, "error": {"kind": ErrorKind.TOKEN_REJECTED.value}},
+    }
+    assert status_of(data) is ExitStatus.UNKNOWN
+    data["signal"] = {"ok": False, "error": {"kind": ErrorKind.CONNECT_TIMEOUT.value}}
+    assert status_of(data) is ExitStatus.CRITICAL
