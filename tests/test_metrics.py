@@ -247,6 +247,22 @@ def test_paths_that_are_no_evidence_are_left_out() -> None:
     assert pick(found, "lkice_path_up", transport="tls") == [1.0]
 
 
+def test_the_verdict_gauge_is_the_exit_status_lkice_gave() -> None:
+    """A rejected token is a configuration error: lkice exits 3, and the gauge says 3, not
+    the 2 its "failed" verdict alone would map to."""
+    from lkice.verdict import status_of
+
+    data = report()
+    data["verdict"] = "failed"
+    data["signal"] = {"ok": False, "error": {"kind": "token_rejected", "message": "-"}}
+    metrics = ReportMetrics()
+    metrics.update(data, run_seconds=1.0, now=1.0)
+    found = samples(metrics)
+    assert int(status_of(data)) == 3
+    assert pick(found, "lkice_verdict") == [3.0]
+    assert pick(found, "lkice_verdict_info", verdict="failed") == [1.0]
+
+
 def test_interrupted_run_is_unknown_and_not_a_success() -> None:
     data = report()
     data["interrupted"] = True
