@@ -49,6 +49,8 @@ from typing import Any
 
 from lkice.errors import UsageError
 from lkice.quality import loss_each_way, pooled_loss, same_loss, wilson_interval
+from lkice.report.views import ms as _ms
+from lkice.report.views import percent
 from lkice.uri import parse_ice_uri
 
 __all__ = ["SEVERITIES", "evaluate"]
@@ -222,14 +224,8 @@ def _path_evidence(p: Path) -> str:
     return f"{_label(p)}: {_message(p.get('error'))}"
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
-
-
 def _pct(value: float) -> str:
-    return f"{value * 100:.1f} %"
+    return percent(value, space=True)
 
 
 def _join(items: Iterable[str]) -> str:

@@ -60,6 +60,7 @@ MAX_CONTAINERS = 20_000
 # formatting them as floats would overflow.
 _MAX_INT = 2**53
 _SHOWN_ERRORS = 3
+_MAX_PRUNE_ROUNDS = 4
 _SHOWN_CHARS = 40
 # A placeholder written by --redact where the schema expects an IP address and port.
 _PLACEHOLDER_ADDRESS = r"(?a)^(?:\[ip-\d+\]|(?:ip|host)-\d+):\d{1,5}\Z"
@@ -242,6 +243,48 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {_show(got)} does not match the schema ({rule})"
 
 
+def _version(text: object) -> tuple[int, ...] | None:
+    if not isinstance(text, str):
+        return None
+    match = re.match(r"(\d{1,6})(?:\.(\d{1,6}))?(?:\.(\d{1,6}))?", text)
+    return None if match is None else tuple(int(g or 0) for g in match.groups())
+
+
+def _from_a_newer_lkice(report: Mapping[str, Any]) -> bool:
+    from lkice import __version__
+
+    theirs, ours = _version(report.get("lkice_version")), _version(__version__)
+    return theirs is not None and ours is not None and theirs > ours
+
+
+def _unknown_fields(error: ValidationError) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """(where, key) of every field an ``additionalProperties: false`` refused, in ``error`` and
+    in the branches of a oneOf/anyOf it stands for."""
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        props = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        for key in error.instance:
+            if key not in props:
+                yield tuple(error.absolute_path), key
+    for sub in error.context or ():
+        yield from _unknown_fields(sub)
+
+
+def _without_unknown_fields(report: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(report)
+    for _ in range(_MAX_PRUNE_ROUNDS):  # a field inside an unknown one goes with it: few rounds
+        errors = itertools.islice(_validator().iter_errors(out), 200)
+        found = {hit for error in errors for hit in _unknown_fields(error)}
+        if not found:
+            break
+        for where, key in found:
+            node: Any = out
+            for step in where:
+                node = node[step]
+            if isinstance(node, dict):
+                node.pop(key, None)
+    return out
+
+
 def _focus(error: ValidationError) -> ValidationError:
     """The error inside a oneOf/anyOf that names the mistake: one of the branch that fits the
     value's type (a "null or an object" field holding a broken object: the object's error)."""
@@ -393,6 +436,12 @@ def load_report(data: object) -> dict[str, Any]:
     report = value if isinstance(value, dict) else dict(value)
     _check_schema_id(report)
     problems = _schema_problems(report)
+    if problems and _from_a_newer_lkice(report):
+        # lkice.report/1 only ever gains optional fields: a newer lkice's paste reads here with
+        # the fields this version does not know left out. From this version or an older one,
+        # an unknown field is a mistake (a hand edit, a writer that drifted) and refused.
+        report = _without_unknown_fields(report)
+        problems = _schema_problems(report)
     if problems:
         shown = "; ".join(problems[:_SHOWN_ERRORS])
         if len(problems) > _SHOWN_ERRORS:

@@ -25,17 +25,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lkice.report.views import ms as _ms
+
 __all__ = ["recommend"]
 
 CLASSES = ("udp", "tcp", "tls")
 MEDIA_KINDS = ("turn", "sfu")
 _INF = float("inf")
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
 def _host(server: str) -> str:

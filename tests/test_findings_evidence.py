@@ -669,6 +669,17 @@ RULES = [
         {"sockets opened": report(OPEN)},
     ),
     Rule(
+        "nothing-tested",
+        {
+            "no path at all": (report([]), "warning"),
+            "only paths lkice could not test": (report([failed("tls", "not_tested")]), "warning"),
+        },
+        {
+            "one path tested": report([failed("tls", "not_tested"), ok("udp")]),
+            "signaling tried": signal_report(make_signal()),
+        },
+    ),
+    Rule(
         "path-failed",
         {
             "one server of two does not answer": (

@@ -116,11 +116,12 @@ def test_xz_is_smaller_than_zlib() -> None:
 
 
 def test_floats_and_unicode_survive_exactly() -> None:
-    report = dict(
-        REPORT,
-        x=[0.1, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 2.0**53 + 1, 1 / 3],
-        name="Zürich 東京 \u2028 \U0001f600 \udcff",
-    )
+    # In ``settings``, the one free-form object of lkice.report/1 (the schema closes the others).
+    settings = {
+        "x": [0.1, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 2.0**53 + 1, 1 / 3],
+        "name": "Zürich 東京 \u2028 \U0001f600 \udcff",
+    }
+    report = dict(REPORT, settings=settings)
     assert decode_paste(encode_paste(report, "")) == report
 
 
@@ -176,16 +177,25 @@ JSON_VALUES = st.recursive(
 
 @st.composite
 def reports(draw: st.DrawFn) -> dict[str, Any]:
-    """The fixture with fields a later lkice may add (the schema lets readers ignore them)."""
+    """The fixture, with free-form settings of any JSON content."""
     if draw(st.integers(0, 4)) == 0:
         return REPORT
-    known = set(REPORT) | {"nat", "probe", "findings", "recommendation", "signal", "regions"}
-    extra = draw(
-        st.dictionaries(
-            st.text(max_size=12).filter(lambda k: k not in known), JSON_VALUES, max_size=8
-        )
+    extra = draw(st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=8))
+    return {**REPORT, "settings": {**REPORT.get("settings", {}), **extra}}
+
+
+def test_a_newer_lkices_fields_are_left_out_and_an_unknown_one_from_this_version_refused() -> None:
+    """lkice.report/1 only gains optional fields: a paste from a newer lkice reads here without
+    the ones this version does not know; from this version, an unknown field is a mistake."""
+    first, *rest = REPORT["paths"]
+    paths = [{**first, "from_the_future": {"x": 1}}, *rest]
+    newer = {**REPORT, "lkice_version": "99.0.0", "wormhole": [1, 2], "paths": paths}
+    assert decode_paste(encode_paste(newer, "")) == {**REPORT, "lkice_version": "99.0.0"}
+    same = {**REPORT, "wormhole": [1, 2]}
+    assert error_of(encode_paste(same, "")) == (
+        "the paste is intact, but the report does not match lkice.report/1: "
+        'the report: unexpected field "wormhole"'
     )
-    return {**REPORT, **extra}
 
 
 # Prose never spells the markers; anything else, including lines starting with '>' or '-', goes.

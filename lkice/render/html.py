@@ -18,6 +18,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lkice.redact import redact_report
+from lkice.report.views import ms as _ms
+from lkice.report.views import number as _num
+from lkice.report.views import percent as _pct
 from lkice.textsafe import clipped, visible, visible_report
 
 __all__ = ["render"]
@@ -133,20 +136,6 @@ def _e(value: object) -> str:
     return html.escape(visible(str(value)), quote=True)
 
 
-def _num(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _ms(value: object) -> str:
-    number = _num(value)
-    if number is None:
-        return "-"
-    return f"{number:.1f}" if number < 100 else f"{number:.0f}"
-
-
 # No setup step or RTT takes 11 days: a larger value (a hostile or broken report) is drawn at
 # this bound, so a chart's sums and scales stay finite.
 _CHART_MAX = 1e9
@@ -154,11 +143,6 @@ _CHART_MAX = 1e9
 
 def _chart(value: float) -> float:
     return min(value, _CHART_MAX)
-
-
-def _pct(value: object) -> str:
-    number = _num(value)
-    return "-" if number is None else f"{number * 100:.1f}%"
 
 
 def _clip(text: str, width: int) -> str:

@@ -4,11 +4,13 @@ pasted report with it)."""
 
 from __future__ import annotations
 
-import math
 import textwrap
 from typing import Any
 
 from lkice.report import SIGNAL_TIMING_KEYS
+from lkice.report.views import ms as _ms
+from lkice.report.views import number as _num
+from lkice.report.views import percent as _pct
 from lkice.textsafe import clipped, visible_report
 
 __all__ = ["render"]
@@ -16,29 +18,6 @@ __all__ = ["render"]
 WIDTH = 80
 _PHASES = (("connect", "conn"), ("tls", "tls"), ("binding", "bind"), ("allocate", "alloc"))
 _SEVERITY = {"critical": "CRITICAL", "warning": "WARNING", "info": "info"}
-
-
-def _num(value: object) -> float | None:
-    """A finite number, or None (absent, null, or anything else a report may hold)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _ms(value: object) -> str:
-    number = _num(value)
-    if number is None:
-        return "-"
-    return f"{number:.1f}" if number < 100 else f"{number:.0f}"
-
-
-def _pct(value: object) -> str:
-    number = _num(value)
-    return "-" if number is None else f"{number * 100:.1f}%"
 
 
 def _clip(text: str, width: int) -> str:

@@ -1,5 +1,5 @@
 """The report: one versioned JSON document, the contract between the agent, support tooling and
-the probe fleet. ``schema/report-1.json`` describes it; tests validate every report against it.
+the probe fleet (the writing side). ``schema/report-1.json`` describes it; tests validate every report against it.
 
 Field names listed in the schema as required are fixed for ``lkice.report/1``; new optional fields
 may be added, renaming or removing one needs ``lkice.report/2``.
@@ -17,21 +17,9 @@ from typing import Any
 from lkice import __version__
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.quality import Trains
+from lkice.report.fields import SIGNAL_TIMING_KEYS, TIMING_KEYS
 
 SCHEMA_ID = "lkice.report/1"
-
-# "proxy": the HTTP CONNECT round trip when the path went through a web proxy ("connect" is then
-# the TCP connect to the proxy).
-TIMING_KEYS = (
-    "dns",
-    "connect",
-    "proxy",
-    "tls",
-    "binding",
-    "allocate_challenge",
-    "allocate",
-    "deallocate",
-)
 
 
 @dataclass
@@ -125,9 +113,6 @@ class PathResult:
         del data["phase"], data["trains"]
         data["timings_ms"] = {k: _round(v) for k, v in self.timings_ms.items()}
         return data
-
-
-SIGNAL_TIMING_KEYS = ("dns", "connect", "proxy", "tls", "validate", "websocket", "join")
 
 
 @dataclass

@@ -1,0 +1,35 @@
+"""Small views every reader of a report shares (pure): figures as text the same way in findings,
+the recommendation, the terminal and HTML views."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["ms", "number", "percent"]
+
+
+def number(value: object) -> float | None:
+    """A finite number, or None (absent, null, a bool, or anything else a paste may hold)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        figure = float(value)
+    except OverflowError:  # an int beyond a float's range
+        return None
+    return figure if math.isfinite(figure) else None
+
+
+def ms(value: object) -> str:
+    """Milliseconds as shown: one decimal below 100, none above; "-" when not a number."""
+    figure = number(value)
+    if figure is None:
+        return "-"
+    return f"{figure:.1f}" if figure < 100 else f"{figure:.0f}"
+
+
+def percent(value: object, space: bool = False) -> str:
+    """A fraction as a percentage with one decimal ("1.5%", or "1.5 %" in sentences)."""
+    figure = number(value)
+    if figure is None:
+        return "-"
+    return f"{figure * 100:.1f}{' ' if space else ''}%"
