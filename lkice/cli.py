@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from lkice.job import RunRequest
     from lkice.render.progress import Progress
     from lkice.report import Report
+    from lkice.report.read import ReportDoc
 
 EXIT_UNKNOWN = 3
 log = logging.getLogger("lkice")
@@ -132,7 +133,7 @@ def _emit(report: Report, outputs: _Outputs) -> None:
             click.echo("lkice: interrupted: the report above is partial", err=True)
 
 
-def _emit_dict(data: dict[str, Any], outputs: _Outputs) -> None:
+def _emit_dict(data: ReportDoc, outputs: _Outputs) -> None:
     """Every output of one report: the JSON (never redacted: it stays on this machine unless
     sent on purpose), the human view, the paste block and the HTML (redacted on request).
     The report is printed first, whatever happens to the files; each file is written whole or
@@ -815,7 +816,7 @@ def _probe_daemon(
     return 0
 
 
-def _status_of(data: dict[str, Any]) -> int:
+def _status_of(data: Mapping[str, Any]) -> int:
     """The exit status a report stands for (the pasted run's own), from its fields alone."""
     from lkice.verdict import status_of
 

@@ -31,6 +31,7 @@ from lkice.probedef import DefinitionError, ProbeDefinition, format_duration, lo
 if TYPE_CHECKING:
     from lkice.metrics import ReportMetrics
     from lkice.report import Report
+    from lkice.report.read import ReportDoc
 
 __all__ = ["ProbeDaemon", "Sinks", "record"]
 
@@ -47,7 +48,7 @@ class Sinks:
 
 
 def record(
-    report: dict[str, Any] | None,
+    report: ReportDoc | None,
     sinks: Sinks,
     *,
     job: str,
@@ -219,7 +220,7 @@ class ProbeDaemon:
                     loop.remove_signal_handler(signum)
             log.info("stopped", runs=self.runs, overruns=self.overruns)
 
-    async def run_once(self) -> tuple[dict[str, Any] | None, float, str]:
+    async def run_once(self) -> tuple[ReportDoc | None, float, str]:
         """One run: (its report or None if it could not start, seconds, result for metrics:
         the verdict, "interrupted", "config_error" or "error")."""
         from lkice.job import diagnose
@@ -250,7 +251,7 @@ class ProbeDaemon:
         finally:
             self._run_stop = None
         seconds = time.perf_counter() - started
-        data: dict[str, Any] | None = None
+        data: ReportDoc | None = None
         if report is not None:
             report.probe = {
                 "name": definition.name,

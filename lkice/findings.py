@@ -45,10 +45,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lkice.errors import UsageError
 from lkice.quality import loss_each_way, pooled_loss, same_loss, wilson_interval
+from lkice.report.read import ErrorDoc, HolDoc, PathDoc, QualityDoc, ReportDoc, TlsDoc
 from lkice.report.views import ms as _ms
 from lkice.report.views import percent
 from lkice.uri import parse_ice_uri
@@ -91,7 +92,7 @@ class Limits:
 THRESHOLD_KEYS = tuple(k for k in Limits.__dataclass_fields__ if k != "custom")
 
 
-def limits_of(report: dict[str, Any]) -> Limits:
+def limits_of(report: ReportDoc) -> Limits:
     given = (report.get("settings") or {}).get("thresholds") or {}
     values = {
         k: float(v)
@@ -115,7 +116,11 @@ NOT_EVIDENCE_KINDS = frozenset({"not_tested", "deadline", "interrupted", "local"
 LIVEKIT_UDP_RANGE = "50000-60000"
 
 Finding = dict[str, Any]
-Path = dict[str, Any]
+Path = PathDoc
+TrainSource = Literal["quality", "relay_quality"]
+TRAINS: tuple[TrainSource, ...] = ("quality", "relay_quality")
+# (index, path, which train, its figures, its hol figures)
+_Hit = tuple[int, Path, TrainSource, QualityDoc, HolDoc]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -126,7 +131,7 @@ def _kind(p: Path) -> str | None:
     return None if err is None else str(err.get("kind"))
 
 
-def _message(err: dict[str, Any] | None) -> str:
+def _message(err: ErrorDoc | None) -> str:
     return _mask(str((err or {}).get("message") or ""))
 
 
@@ -261,7 +266,7 @@ def _max_severity(a: str, b: str) -> str:
 
 @dataclass
 class _Ctx:
-    report: dict[str, Any]
+    report: ReportDoc
     paths: list[Path]
     indexed: list[tuple[int, Path]]  # evidential paths only
 
@@ -551,7 +556,7 @@ def _rule_proxy(ctx: _Ctx) -> list[Finding]:
 _ISSUED_BY = re.compile(r"issued by '([^']*)'")
 
 
-def _problem(err: dict[str, Any], tls: dict[str, Any] | None) -> str:
+def _problem(err: ErrorDoc, tls: TlsDoc | None) -> str:
     """What was wrong with a rejected certificate: the report's ``tls.problem``, or for reports
     written before it existed, read from OpenSSL's words in the message."""
     problem = (tls or {}).get("problem")
@@ -576,11 +581,11 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
     # The issuers each host showed on verified connections: a different one from the same
     # host is what proves interception (another server may simply use another CA).
     known_by_host: dict[str, set[str]] = {}
-    sources: list[tuple[int | None, str, dict[str, Any] | None, dict[str, Any] | None]] = []
+    sources: list[tuple[int | None, str, ErrorDoc | None, TlsDoc | None]] = []
     hosts_of: dict[int | None, str] = {}
     signal = ctx.report.get("signal")
     if signal:
-        tls = signal.get("tls") or {}
+        tls: TlsDoc = signal.get("tls") or {}
         signal_host = (ctx.signal_hosts() or [""])[0]
         hosts_of[None] = signal_host
         if signal.get("ok") and tls.get("verified") and tls.get("issuer"):
@@ -605,18 +610,19 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
     if not failed:
         return []
     interception: dict[str, list[tuple[int | None, str]]] = {}
-    by_problem: dict[str, list[tuple[int | None, str, dict[str, Any]]]] = {}
-    for where, label, err, tls in failed:
+    by_problem: dict[str, list[tuple[int | None, str, TlsDoc]]] = {}
+    for where, label, err, shown in failed:
+        assert err is not None  # failed: only paths with a tls_verify error
         m = _ISSUED_BY.search(str(err.get("message") or ""))
-        issuer = (tls or {}).get("issuer") or (m.group(1) if m else None)
+        issuer = (shown or {}).get("issuer") or (m.group(1) if m else None)
         evidence = f"{label}: {_message(err)}"
-        problem = _problem(err, tls)
+        problem = _problem(err, shown)
         if problem == "untrusted_issuer" and issuer and issuer not in known:
             interception.setdefault(str(issuer), []).append((where, evidence))
         else:
             if problem == "untrusted_issuer" and issuer:
                 evidence += " (the same issuer as the working paths)"
-            by_problem.setdefault(problem, []).append((where, evidence, tls or {}))
+            by_problem.setdefault(problem, []).append((where, evidence, shown or {}))
     out = []
     signal_failed = signal is not None and (signal.get("error") or {}).get("kind") == "tls_verify"
     hosts = sorted(
@@ -691,7 +697,7 @@ def _rule_tls(ctx: _Ctx) -> list[Finding]:
     return out
 
 
-def _own_dates_cover(cert: dict[str, Any], when: object) -> bool:
+def _own_dates_cover(cert: TlsDoc, when: object) -> bool:
     """The presented certificate's own validity covers ``when`` (the run's start): an expiry
     OpenSSL reported is then another certificate's of the chain (an intermediate CA)."""
     from datetime import datetime
@@ -706,7 +712,7 @@ def _own_dates_cover(cert: dict[str, Any], when: object) -> bool:
 
 
 def _certificate_advice(
-    problem: str, certs: Sequence[dict[str, Any]], started_at: object = None
+    problem: str, certs: Sequence[TlsDoc], started_at: object = None
 ) -> tuple[str, str, str]:
     """(finding id, summary, advice) for a certificate problem that is not interception."""
     dialled = _join(sorted({str(c["dialled"]) for c in certs if c.get("dialled")}))
@@ -1147,7 +1153,7 @@ def _works_directly(ctx: _Ctx, classes: Sequence[str]) -> bool:
     )
 
 
-def _proxy_refusal(err: dict[str, Any] | None) -> str | None:
+def _proxy_refusal(err: ErrorDoc | None) -> str | None:
     """How the web proxy lkice went through refused (the words of lkice.probe.proxy), or None
     (the failure was beyond it): auth-rejected, auth-required, policy or unreachable."""
     err = err or {}
@@ -1222,18 +1228,8 @@ def _rule_via_proxy(ctx: _Ctx) -> list[Finding]:
     direct_any = any(p.get("ok") for _, p in direct)
     if ok and not direct_media:
         failed = [(i, p) for i, p in direct if not p.get("ok")]
-        best = _best(
-            [
-                m
-                for m in (
-                    _Measure(i, p, s, p[s])
-                    for i, p in ok
-                    for s in ("relay_quality", "quality")
-                    if p.get(s)
-                )
-                if m.rtt is not None
-            ]
-        )
+        measured = [_Measure(i, p, s, q) for i, p in ok for s in TRAINS[::-1] if (q := p.get(s))]
+        best = _best([m for m in measured if m.rtt is not None])
         tunnel = min(
             (
                 float(t)
@@ -1552,8 +1548,8 @@ def _rule_nat(ctx: _Ctx) -> list[Finding]:
 class _Measure:
     index: int
     path: Path
-    source: str  # "quality" or "relay_quality"
-    q: dict[str, Any]
+    source: TrainSource
+    q: QualityDoc
 
     @property
     def legs(self) -> int:
@@ -1610,7 +1606,7 @@ def _measures(ctx: _Ctx, transport: str, media: bool) -> list[_Measure]:
     for i, p in ctx.of(transport):
         if not p.get("ok"):
             continue
-        order = ("relay_quality", "quality") if media else ("quality", "relay_quality")
+        order: tuple[TrainSource, ...] = TRAINS[::-1] if media else TRAINS
         for source in order:
             q = p.get(source)
             if q and q.get("samples"):
@@ -1691,7 +1687,7 @@ def _udp_trains(ctx: _Ctx) -> tuple[list[tuple[int, int, int]], list[str], list[
     for i, p in ctx.of("udp"):
         if not p.get("ok") or p.get("proxy"):
             continue
-        for source in ("quality", "relay_quality"):
+        for source in TRAINS:
             q = p.get(source)
             if not q:
                 continue
@@ -1904,7 +1900,7 @@ def _rule_quality(ctx: _Ctx) -> list[Finding]:
     return out
 
 
-def _repairs(q: dict[str, Any]) -> tuple[int | None, str]:
+def _repairs(q: QualityDoc) -> tuple[int | None, str]:
     """Losses the kernel repaired on a train's TCP connection(s) (None: not fully counted
     here), with the evidence in words ("" when there is none)."""
     tcp = q.get("tcp")
@@ -1948,7 +1944,7 @@ def _udp_loss(ctx: _Ctx) -> list[str]:
         return []
     out = []
     for i, p in ctx.of("udp"):
-        for source in ("quality", "relay_quality"):
+        for source in TRAINS:
             q = p.get(source) or {}
             if p.get("ok") and q.get("samples") and float(q.get("loss") or 0.0) > 0:
                 m = _Measure(i, p, source, q)
@@ -1961,13 +1957,13 @@ def _rule_hol(ctx: _Ctx) -> list[Finding]:
     kernel counted (loss and HOL), loss measured over UDP on this network (HOL plausible), or
     none (a hold without loss, never called loss). Holds that a UDP train of the run had at the
     same moment are not TCP's doing: said apart (``shared-hold``), never as HOL."""
-    hits: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
-    held: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
-    shared: list[tuple[int, Path, str, dict[str, Any], dict[str, Any]]] = []
+    hits: list[_Hit] = []
+    held: list[_Hit] = []
+    shared: list[_Hit] = []
     for i, p in ctx.indexed:
         if not p.get("ok") or p.get("transport") not in ("tcp", "tls"):
             continue
-        for source in ("quality", "relay_quality"):
+        for source in TRAINS:
             q = p.get(source) or {}
             hol = q.get("hol") or {}
             if hol.get("detected"):
@@ -1989,9 +1985,7 @@ def _rule_hol(ctx: _Ctx) -> list[Finding]:
     return out
 
 
-def _stream_hold(
-    ctx: _Ctx, held: Sequence[tuple[int, Path, str, dict[str, Any], dict[str, Any]]]
-) -> Finding:
+def _stream_hold(ctx: _Ctx, held: Sequence[_Hit]) -> Finding:
     """Stalls on TCP/TLS trains whose kernel counters show no repair: holds, said as holds."""
     n_ms = max(float(h[4].get("max_stall_ms") or 0.0) for h in held)
     stalls = sum(int(h[4].get("stalls") or 0) for h in held)
@@ -2025,9 +2019,7 @@ def _stream_hold(
     )
 
 
-def _hol_blocking(
-    ctx: _Ctx, hits: Sequence[tuple[int, Path, str, dict[str, Any], dict[str, Any]]]
-) -> Finding:
+def _hol_blocking(ctx: _Ctx, hits: Sequence[_Hit]) -> Finding:
     worst = max(hits, key=lambda h: float(h[4].get("max_stall_ms") or 0.0))
     n_ms = worst[4].get("max_stall_ms")
     udp_ok = ctx.works("udp")
@@ -2099,7 +2091,7 @@ def _hol_blocking(
 
 
 def _shared_hold(
-    shared: Sequence[tuple[int, Path, str, dict[str, Any], dict[str, Any]]],
+    shared: Sequence[_Hit],
 ) -> Finding:
     count = sum(int(h[4].get("shared") or 0) for h in shared)
     longest = max(float(h[4].get("shared_max_ms") or 0.0) for h in shared)
@@ -2159,7 +2151,7 @@ def _rule_agent_busy(ctx: _Ctx) -> list[Finding]:
     own_ms = min(total_ms, float(during.get("own_ms") or 0.0))
     excluded = discounted = trains = 0
     for p in ctx.paths:
-        for source in ("quality", "relay_quality"):
+        for source in TRAINS:
             q = p.get(source) or {}
             left = int(q.get("excluded") or 0)
             agent = int((q.get("hol") or {}).get("discounted") or 0)
@@ -2371,8 +2363,6 @@ def _rule_regions(ctx: _Ctx) -> list[Finding]:
     """Regions whose own signaling failed (measured: not cut by the deadline or Ctrl-C)."""
     failed = []
     for region in ctx.report.get("regions") or []:
-        if not isinstance(region, dict):
-            continue
         signal = region.get("signal") or {}
         kind = str((signal.get("error") or {}).get("kind") or "")
         if signal.get("ok") or not kind or kind in NOT_EVIDENCE_KINDS:
@@ -2500,7 +2490,7 @@ _RULES: tuple[Callable[[_Ctx], list[Finding]], ...] = (
 )
 
 
-def evaluate(report: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate(report: ReportDoc) -> list[dict[str, Any]]:
     """Findings for ``report`` (a ``Report.to_dict()``), most severe first."""
     paths: list[Path] = list(report.get("paths") or [])
     indexed = [(i, p) for i, p in enumerate(paths) if _evidential(p, paths)]

@@ -25,13 +25,15 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lkice.textsafe import visible
 
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
     from jsonschema.protocols import Validator
+
+    from lkice.report.read import ReportDoc
 
 __all__ = [
     "MAX_CONTAINERS",
@@ -423,7 +425,7 @@ def _check_schema_id(report: dict[str, Any]) -> None:
     raise ReportError(f"unsupported report schema {_show(schema)}; this lkice reads {SCHEMA_ID}")
 
 
-def load_report(data: object) -> dict[str, Any]:
+def load_report(data: object) -> ReportDoc:
     """The report in ``data`` (JSON text, or an already decoded value), checked: bounded in
     size and depth, of schema ``lkice.report/1`` and valid against the shipped JSON Schema.
 
@@ -447,4 +449,4 @@ def load_report(data: object) -> dict[str, Any]:
         if len(problems) > _SHOWN_ERRORS:
             shown += f"; and {len(problems) - _SHOWN_ERRORS} more"
         raise ReportError(f"the report does not match {SCHEMA_ID}: {shown}")
-    return report
+    return cast("ReportDoc", report)  # valid against the schema the read model mirrors

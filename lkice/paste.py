@@ -76,12 +76,16 @@ import json
 import re
 import textwrap
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lkice.intake import MAX_REPORT_BYTES, ReportError, load_report
 from lkice.textsafe import visible
+
+if TYPE_CHECKING:
+    from lkice.report.read import ReportDoc
 
 _lzma: ModuleType | None
 try:
@@ -138,7 +142,7 @@ class PasteError(ReportError):
 # encoding
 
 
-def _canonical(report: dict[str, Any]) -> bytes:
+def _canonical(report: Mapping[str, Any]) -> bytes:
     return json.dumps(report, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode(
         "ascii"
     )
@@ -169,7 +173,7 @@ def _compress(data: bytes, codec: str) -> bytes:
     raise ValueError(f"unknown codec {codec!r}")
 
 
-def _encode(report: dict[str, Any], summary: str, width: int, codec: str) -> str:
+def _encode(report: Mapping[str, Any], summary: str, width: int, codec: str) -> str:
     if width < 4:
         raise ValueError(f"width must be at least 4, got {width}")
     data = _canonical(report)
@@ -192,7 +196,7 @@ _SERIES_NOTE = (
 )
 
 
-def _without_series(report: dict[str, Any]) -> dict[str, Any]:
+def _without_series(report: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``report`` without the per-probe series (the largest part of a long train);
     every summary figure stays."""
     paths = []
@@ -206,7 +210,7 @@ def _without_series(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "paths": paths}
 
 
-def encode_paste(report: dict[str, Any], summary: str, *, width: int = 64) -> str:
+def encode_paste(report: Mapping[str, Any], summary: str, *, width: int = 64) -> str:
     """Return ``summary`` (as given) followed by the armoured report block.
 
     A report whose JSON is larger than a paste may carry (trains of many minutes) goes without
@@ -413,7 +417,7 @@ def _block_data(block: _Block) -> bytes:
     return data
 
 
-def _report_of(data: bytes) -> dict[str, Any]:
+def _report_of(data: bytes) -> ReportDoc:
     try:
         return load_report(data)
     except ReportError as exc:
@@ -421,11 +425,11 @@ def _report_of(data: bytes) -> dict[str, Any]:
         raise PasteError(f"the paste is intact, but {exc}") from None
 
 
-def _decode_block(block: _Block) -> dict[str, Any]:
+def _decode_block(block: _Block) -> ReportDoc:
     return _report_of(_block_data(block))
 
 
-def decode_paste(text: str) -> dict[str, Any]:
+def decode_paste(text: str) -> ReportDoc:
     """Find the report block in ``text`` (a whole ticket is fine), verify it, return the report.
 
     Raises :class:`PasteError` (and nothing else) when there is no block or it was damaged.
@@ -438,7 +442,7 @@ def decode_paste(text: str) -> dict[str, Any]:
         raise PasteError(f"could not read the paste ({type(exc).__name__}: {exc})") from exc
 
 
-def _decode_text(text: str) -> dict[str, Any]:
+def _decode_text(text: str) -> ReportDoc:
     if not isinstance(text, str):
         raise PasteError(f"expected the pasted text, got {type(text).__name__}")
     if len(text) > MAX_TEXT:
@@ -451,9 +455,9 @@ def _decode_text(text: str) -> dict[str, Any]:
     complete = [b for b in blocks if b.complete]
     if not complete:
         _decode_block(blocks[-1])  # raises the cut-off error
-    good: dict[str, tuple[_Block, dict[str, Any]]] = {}
+    good: dict[str, tuple[_Block, ReportDoc]] = {}
     last_error: PasteError | None = None
-    seen: dict[bytes, dict[str, Any] | PasteError] = {}  # a quoted copy is read once
+    seen: dict[bytes, ReportDoc | PasteError] = {}  # a quoted copy is read once
     for block in complete:
         try:
             data = _block_data(block)
@@ -590,7 +594,7 @@ def _recommendation_lines(rec: object) -> list[str]:
     return lines
 
 
-def paste_summary(report: dict[str, Any]) -> str:
+def paste_summary(report: Mapping[str, Any]) -> str:
     """A short plain-text summary for the top of a paste: at most 15 lines of 72 columns."""
     verdict = _clean(report.get("verdict") or "unknown").upper()
     counts = report.get("summary")

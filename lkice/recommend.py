@@ -23,8 +23,9 @@ the nearest region is not the recommendation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
+from lkice.report.read import PathDoc, QualityDoc, ReportDoc
 from lkice.report.views import ms as _ms
 
 __all__ = ["recommend"]
@@ -40,7 +41,7 @@ def _host(server: str) -> str:
     return server.rsplit(":", 1)[0] if ":" in server else server
 
 
-def _own_name(report: dict[str, Any], paths: Sequence[dict[str, Any]]) -> str | None:
+def _own_name(report: ReportDoc, paths: Sequence[PathDoc]) -> str | None:
     signal = report.get("signal")
     if signal and signal.get("url"):
         rest = str(signal["url"]).split("://", 1)[-1].split("/", 1)[0]
@@ -51,18 +52,20 @@ def _own_name(report: dict[str, Any], paths: Sequence[dict[str, Any]]) -> str | 
     return None
 
 
-def _train(p: dict[str, Any]) -> dict[str, Any] | None:
+def _train(p: PathDoc) -> QualityDoc | None:
     """The train that stands for the path's call quality: the relay echo on TURN paths (the
     media path), the path's own train otherwise."""
-    order = ("relay_quality", "quality") if p.get("kind") == "turn" else ("quality",)
+    order: tuple[Literal["quality", "relay_quality"], ...] = (
+        ("relay_quality", "quality") if p.get("kind") == "turn" else ("quality",)
+    )
     for source in order:
         q = p.get(source)
         if q and q.get("samples"):
-            return dict(q)
+            return q
     return None
 
 
-def _figures(p: dict[str, Any]) -> dict[str, Any]:
+def _figures(p: PathDoc) -> dict[str, Any]:
     q = _train(p)
     if q is None:
         return {
@@ -95,18 +98,18 @@ def _quality_key(f: dict[str, Any]) -> tuple[float, float, float, float, float]:
     )
 
 
-def _distance(paths: Sequence[dict[str, Any]]) -> float | None:
+def _distance(paths: Sequence[PathDoc]) -> float | None:
     rtts = [
-        float(p["quality"]["rtt_ms"]["p50"])
+        float(rtt["p50"])
         for p in paths
         if p.get("ok")
         and p.get("kind") in ("stun", "turn")
-        and (p.get("quality") or {}).get("rtt_ms")
+        and (rtt := (p.get("quality") or {}).get("rtt_ms"))
     ]
     return min(rtts) if rtts else None
 
 
-def _failed_udp_silently(paths: Sequence[dict[str, Any]]) -> bool:
+def _failed_udp_silently(paths: Sequence[PathDoc]) -> bool:
     udp = [
         p
         for p in paths
@@ -124,7 +127,7 @@ def _failed_udp_silently(paths: Sequence[dict[str, Any]]) -> bool:
     )
 
 
-def _row(name: str | None, paths: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _row(name: str | None, paths: Sequence[PathDoc]) -> dict[str, Any]:
     distance = _distance(paths)
     for c in CLASSES:
         usable = [p for p in paths if p.get("ok") and p.get("transport") == c]
@@ -188,12 +191,12 @@ def _rank_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (0, CLASSES.index(row["transport"]), row["proxy"] is not None, *_quality_key(row))
 
 
-def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
+def recommend(report: ReportDoc) -> dict[str, Any] | None:
     """The nearest usable region (see the module docstring), or None without paths."""
-    paths: list[dict[str, Any]] = list(report.get("paths") or [])
+    paths: list[PathDoc] = list(report.get("paths") or [])
     if not paths:
         return None
-    groups: dict[str | None, list[dict[str, Any]]] = {}
+    groups: dict[str | None, list[PathDoc]] = {}
     for p in paths:
         groups.setdefault(p.get("region"), []).append(p)
     own = _own_name(report, groups.get(None, []))

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from lkice.textsafe import visible_report
+
+if TYPE_CHECKING:
+    from lkice.report.read import ReportDoc
 
 __all__ = ["Redactor", "redact_report"]
 
@@ -156,11 +160,11 @@ class Redactor:
         return self.addresses[key]
 
 
-def redact_report(report: dict[str, Any]) -> dict[str, Any]:
+def redact_report(report: Mapping[str, Any]) -> ReportDoc:
     """A deep copy of ``report`` with hosts and non-loopback addresses replaced by placeholders,
     and control characters made visible in every string (after redaction, which reads the
     strings as they came)."""
     redactor = Redactor()
     redactor.learn(report)
     result: dict[str, Any] = visible_report(redactor.value(report))
-    return result
+    return cast("ReportDoc", result)  # the same shape, placeholders where the names were

@@ -9,10 +9,10 @@ import asyncio
 import json
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import jsonschema
 import pytest
@@ -21,6 +21,7 @@ from lkice.lab.coturn import Coturn, CoturnConfig, turnserver_path
 from lkice.lab.pion import PionConfig, PionTurn, RestForm, pion_unavailable_reason
 from lkice.lab.pki import LabPki, make_pki
 from lkice.report import load_schema
+from lkice.report.read import ReportDoc
 
 needs_coturn = pytest.mark.skipif(
     turnserver_path() is None, reason="coturn (turnserver) is not installed: apt-get install coturn"
@@ -165,8 +166,19 @@ def closed_port() -> int:
     return port
 
 
-def validate_report(data: dict[str, Any]) -> None:
+def validate_report(data: Mapping[str, Any]) -> None:
     jsonschema.validate(data, load_schema(), format_checker=jsonschema.FormatChecker())
+
+
+def as_doc(data: Mapping[str, Any]) -> ReportDoc:
+    """A report a test built by hand, handed to the readers as lkice.intake.load_report would
+    hand it over (the tests validate what they build where it matters)."""
+    return cast("ReportDoc", data)
+
+
+def plain(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A report read loosely by a test that pokes at nested figures it knows are there."""
+    return cast("dict[str, Any]", doc)
 
 
 def load_json(text: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from lkice.quality import (
     wilson_interval,
 )
 from lkice.verdict import verdict_of
+from tests.conftest import as_doc
 from tests.test_findings import make_path, make_quality, make_report, run
 from tests.test_hol import freeze
 from tests.test_quality import INTERVAL, START, tcp_train, train
@@ -264,7 +265,7 @@ def test_a_train_that_got_nothing_back_is_not_pooled_as_loss() -> None:
     broken.update(rtt_ms=None, jitter_ms=None, mos=None)  # as summarize leaves it
     paths[0]["relay_quality"] = broken
     report = make_report(paths)
-    assert not any(f["id"] == "high-loss" for f in evaluate(report))
+    assert not any(f["id"] == "high-loss" for f in evaluate(as_doc(report)))
 
 
 def test_reports_without_crossings_are_read_by_kind() -> None:

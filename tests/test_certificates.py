@@ -32,7 +32,7 @@ from livekit import api
 from lkice.job import RunRequest, diagnose
 from lkice.lab.livekit import LabLiveKit
 from lkice.lab.pki import LabPki
-from tests.conftest import TurnKind, validate_report
+from tests.conftest import TurnKind, plain, validate_report
 
 KEY = "APIcertmatrix"
 SECRET = "cert-matrix-secret-0123456789abcdef0123456789"
@@ -239,7 +239,7 @@ async def run_lkice(*targets: str, ca_file: Path, **options: Any) -> dict[str, A
         RunRequest(targets=targets, ca_files=(str(ca_file),), **settings),
         stop=asyncio.Event(),  # the test's loop keeps its signal handlers
     )
-    data = report.to_dict()
+    data = plain(report.to_dict())
     validate_report(data)
     return data
 

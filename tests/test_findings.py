@@ -13,7 +13,7 @@ from lkice.findings import evaluate
 from lkice.recommend import recommend
 from lkice.report import SCHEMA_ID, TIMING_KEYS
 from lkice.verdict import verdict_of
-from tests.conftest import validate_report
+from tests.conftest import as_doc, validate_report
 
 DATA = Path(__file__).parent / "data"
 
@@ -259,8 +259,8 @@ def make_report(
 
 def run(report: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Findings (validated with the report against the schema) and the same keyed by id."""
-    findings = evaluate(report)
-    validate_report({**report, "findings": findings, "recommendation": recommend(report)})
+    findings = evaluate(as_doc(report))
+    validate_report({**report, "findings": findings, "recommendation": recommend(as_doc(report))})
     return findings, {f["id"]: f for f in findings}
 
 

@@ -21,7 +21,7 @@ import pytest
 from lkice.job import RunRequest, diagnose
 from lkice.lab.pki import LabPki
 from lkice.verdict import ExitStatus, Verdict, exit_status
-from tests.conftest import TurnLab, validate_report
+from tests.conftest import TurnLab, plain, validate_report
 from tests.test_findings import (
     NO_STALL,
     make_path,
@@ -1086,7 +1086,7 @@ async def lkice_run(*targets: str, **options: Any) -> Report:
         **options,
     }
     done = await diagnose(RunRequest(targets=targets, **settings), stop=asyncio.Event())
-    data = done.to_dict()
+    data = plain(done.to_dict())
     validate_report(data)
     return data
 
@@ -1249,7 +1249,7 @@ async def test_a_busy_local_port_is_agent_local_not_a_blocked_network(
     uris = [f"stun:127.0.0.1:{turn_server.port}", f"turn:127.0.0.1:{turn_server.port}"]
     done = await engine_run([parse_ice_uri(u) for u in uris], settings)
     conclude(done)
-    data = done.to_dict()
+    data = plain(done.to_dict())
     validate_report(data)
     kinds = {(p["transport"], p["kind"]): (p["error"] or {}).get("kind") for p in data["paths"]}
     assert kinds == {("udp", "stun"): "local", ("udp", "turn"): "local", ("tcp", "turn"): None}

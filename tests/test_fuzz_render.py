@@ -198,8 +198,8 @@ def raw_controls(text: str, allowed: str = "\n") -> list[str]:
 @FUZZ
 @given(REPORTS)
 def test_every_schema_valid_report_is_shown_redacted_and_pasted(report: dict[str, Any]) -> None:
-    report = load_report(report)  # the generator writes only what the intake accepts
-    text = render_text(report)
+    doc = load_report(report)  # the generator writes only what the intake accepts
+    text = render_text(doc)
     assert text.endswith("\n")
     assert raw_controls(text) == []
     summary = paste_summary(report)

@@ -56,6 +56,7 @@ from lkice.quality import (
     summarize,
 )
 from lkice.report import PathResult
+from tests.conftest import as_doc
 from tests.test_findings import NO_STALL, make_path, make_report, make_signal, run, stalls
 from tests.test_quality import INTERVAL, START, tcp_train, train
 
@@ -685,7 +686,7 @@ def test_evaluate_reads_reports_without_the_new_fields() -> None:
         for name in ("quality", "relay_quality"):
             if p.get(name):
                 p[name].pop("tcp", None)
-    assert any(f["id"] == "hol-blocking" for f in evaluate(report))
+    assert any(f["id"] == "hol-blocking" for f in evaluate(as_doc(report)))
 
 
 def test_answers_of_a_shared_hold_are_not_late_on_tcps_account() -> None:

@@ -23,6 +23,7 @@ from lkice.intake import (
     validation_schema,
 )
 from lkice.redact import redact_report
+from tests.conftest import plain
 
 FIXTURE = Path(__file__).parent / "data" / "report-udp-blocked.json"
 REPORT: dict[str, Any] = json.loads(FIXTURE.read_text("utf-8"))
@@ -132,7 +133,7 @@ def test_addresses_redacted_placeholders_and_ecma_anchors() -> None:
         msg = error_of(dict(REPORT, paths=[dict(path, mapped_address=address)]))
         assert msg.startswith(INVALID + "paths[0].mapped_address: "), msg
     # A redacted report reads back: what --redact --paste writes, explain reads.
-    redacted = redact_report(REPORT)
+    redacted = plain(redact_report(REPORT))
     assert redacted["paths"][2]["mapped_address"].startswith("ip-")
     assert load_report(redacted) == redacted
 

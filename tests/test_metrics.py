@@ -34,6 +34,7 @@ from lkice.metrics import (
     registry_with,
     write_textfile,
 )
+from tests.conftest import as_doc
 
 DATA = Path(__file__).parent / "data"
 PACKAGING = Path(__file__).parent.parent / "packaging"
@@ -518,7 +519,7 @@ def test_push_failed_log_hides_the_password(capsys: pytest.CaptureFixture[str]) 
                 f"carol:pw-8e1f@127.0.0.1:{port}",
             ):
                 sinks = Sinks(metrics=ReportMetrics(), push=url)
-                record(report(), sinks, job="office", run_seconds=1.0)
+                record(as_doc(report()), sinks, job="office", run_seconds=1.0)
                 out = capsys.readouterr()
                 assert "push_failed" in out.err
                 assert "carol:***@127.0.0.1" in out.err

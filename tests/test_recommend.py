@@ -6,14 +6,14 @@ from typing import Any
 
 from lkice.findings import evaluate
 from lkice.recommend import recommend
-from tests.conftest import validate_report
+from tests.conftest import as_doc, validate_report
 from tests.test_findings import make_path, make_report
 
 
 def checked(report: dict[str, Any]) -> dict[str, Any]:
-    rec = recommend(report)
+    rec = recommend(as_doc(report))
     assert rec is not None
-    validate_report({**report, "findings": evaluate(report), "recommendation": rec})
+    validate_report({**report, "findings": evaluate(as_doc(report)), "recommendation": rec})
     return rec
 
 
@@ -39,7 +39,7 @@ def region(name: str, rtt: float, udp: bool = True) -> list[dict[str, Any]]:
 
 
 def test_no_paths_no_recommendation() -> None:
-    assert recommend(make_report([])) is None
+    assert recommend(as_doc(make_report([]))) is None
 
 
 def test_nearest_region_udp_blocked_recommends_the_next_over_udp() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from lkice.redact import Redactor, redact_report
+from tests.conftest import plain
 
 DATA = Path(__file__).parent / "data" / "report-html.json"
 
@@ -43,7 +44,7 @@ def test_no_original_host_or_address_survives() -> None:
 def test_input_is_not_modified_and_structure_is_kept() -> None:
     report = _report()
     before = copy.deepcopy(report)
-    redacted = redact_report(report)
+    redacted = plain(redact_report(report))
     assert report == before
     assert redacted is not report
     assert redacted["paths"] is not report["paths"]
@@ -57,7 +58,7 @@ def test_input_is_not_modified_and_structure_is_kept() -> None:
 
 
 def test_same_value_same_placeholder() -> None:
-    redacted = redact_report(_report())
+    redacted = plain(redact_report(_report()))
     servers = {p["server"] for p in redacted["paths"] if p["kind"] != "sfu"}
     # turn.eu.lab.test on three ports: one placeholder, ports kept
     hosts = {s.rsplit(":", 1)[0] for s in servers}
@@ -119,14 +120,14 @@ def test_single_label_host_also_replaced_where_bare() -> None:
         "targets": ["turn:coturn:3478?transport=udp"],
         "paths": [{"server": "coturn:3478", "notes": ["coturn refused the allocation"]}],
     }
-    redacted = redact_report(report)
+    redacted = plain(redact_report(report))
     assert redacted["paths"][0]["server"] == "host-1:3478"
     assert redacted["paths"][0]["notes"] == ["host-1 refused the allocation"]
     assert "coturn" not in json.dumps(redacted)
 
 
 def test_findings_and_recommendation_redacted() -> None:
-    redacted = redact_report(_report())
+    redacted = plain(redact_report(_report()))
     text = json.dumps({"f": redacted["findings"], "r": redacted["recommendation"]})
     assert "lab.test" not in text
     assert "198.19." not in text
@@ -139,7 +140,7 @@ def test_redacted_strings_have_their_control_characters_visible() -> None:
     report["paths"][0]["error"]["message"] = "no answer from 198.19.0.2:3478\x1b[2J\nlkice: error"
     report["paths"][0]["notes"] = ["\u202eturn.eu.lab.test"]
     report["odd\x07key"] = "x"
-    redacted = redact_report(report)
+    redacted = plain(redact_report(report))
     message = redacted["paths"][0]["error"]["message"]
     assert message.startswith("no answer from ip-")
     assert message.endswith(":3478\\x1b[2J\\nlkice: error")

@@ -11,7 +11,7 @@ from lkice.lab.pki import LabPki
 from lkice.probe.path import ProbeSettings
 from lkice.probe.train import TrainSettings
 from lkice.uri import parse_ice_uri
-from tests.conftest import TurnLab, needs_coturn, validate_report
+from tests.conftest import TurnLab, needs_coturn, plain, validate_report
 
 pytestmark = needs_coturn
 
@@ -36,7 +36,7 @@ async def test_every_path_gets_a_quality_train(coturn: TurnLab, pki: LabPki) -> 
         f"turns:127.0.0.1:{coturn.tls_port}",
     ]
     report = await run([parse_ice_uri(u) for u in uris], settings)
-    data = report.to_dict()
+    data = plain(report.to_dict())
     validate_report(data)
     assert report.verdict == "ok"
     assert data["settings"]["quality"]["probes"] == 50

@@ -43,7 +43,7 @@ from lkice.probe.train import (
 )
 from lkice.quality import Sample, TrainRecord
 from lkice.uri import parse_ice_uri
-from tests.conftest import TurnLab, needs_coturn, validate_report
+from tests.conftest import TurnLab, needs_coturn, plain, validate_report
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TIDS = st.binary(min_size=12, max_size=12)
@@ -615,7 +615,7 @@ async def test_trains_on_coturn_use_templates_kernel_stamps_and_report_pacing(
         f"turn:127.0.0.1:{coturn.port}?transport=tcp",
     ]
     report = await run([parse_ice_uri(u) for u in uris], settings)
-    data = report.to_dict()
+    data = plain(report.to_dict())
     validate_report(data)
     assert report.verdict == "ok"
     for path in data["paths"]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lkice.redact import redact_report
@@ -199,13 +199,13 @@ def _path_label(path: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the document
 
 
-def render(report: dict[str, Any], *, redact: bool = False) -> str:
+def render(doc: Mapping[str, Any], *, redact: bool = False) -> str:
     """The report as one HTML document; ``redact`` replaces hosts and public addresses first."""
     if redact:
-        report = redact_report(report)
-    report = clipped(
-        visible_report(report)
-    )  # after redaction, which reads the strings as they came
+        doc = redact_report(doc)
+    # After redaction, which reads the strings as they came. This view still reads the report
+    # by string key, defensively (it draws charts from whatever a paste holds).
+    report: dict[str, Any] = clipped(visible_report(doc))
     paths = [p for p in _list(report.get("paths")) if isinstance(p, dict)]
     verdict = str(report.get("verdict", "unknown"))
     body: list[str] = [_header(report, paths, redacted=redact)]

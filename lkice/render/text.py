@@ -5,9 +5,18 @@ pasted report with it)."""
 from __future__ import annotations
 
 import textwrap
-from typing import Any
 
-from lkice.report import SIGNAL_TIMING_KEYS
+from lkice.report.read import (
+    FindingDoc,
+    NatDoc,
+    PathDoc,
+    QualityDoc,
+    RecommendationDoc,
+    RegionDoc,
+    ReportDoc,
+    SignalDoc,
+)
+from lkice.report.views import error_kind, step_order
 from lkice.report.views import ms as _ms
 from lkice.report.views import number as _num
 from lkice.report.views import percent as _pct
@@ -36,11 +45,11 @@ def _wrap(text: str, first: str, rest: str | None = None) -> list[str]:
     ) or [first.rstrip()]
 
 
-def render(report: dict[str, Any]) -> str:
+def render(report: ReportDoc) -> str:
     """The report (as :func:`lkice.intake.load_report` accepts it) as text; every string from
     it is shown with control characters made visible."""
     report = clipped(visible_report(report))
-    paths: list[dict[str, Any]] = report["paths"]
+    paths: list[PathDoc] = report["paths"]
     summary = report.get("summary") or {
         "ok": sum(1 for p in paths if p["ok"]),
         "paths": len(paths),
@@ -60,7 +69,7 @@ def render(report: dict[str, Any]) -> str:
     sections = [
         _findings(report.get("findings") or []),
         _recommendation(report.get("recommendation")),
-        _signal(report["signal"]) if report.get("signal") else [],
+        _signal(signal) if (signal := report.get("signal")) else [],
         _regions(report.get("regions")),
         _nat(report.get("nat")),
         _table([p for p in paths if p["kind"] != "sfu"]),
@@ -74,7 +83,7 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _findings(findings: list[dict[str, Any]]) -> list[str]:
+def _findings(findings: list[FindingDoc]) -> list[str]:
     if not findings:
         return []
     out = ["What lkice found"]
@@ -95,7 +104,7 @@ def _findings(findings: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _recommendation(rec: dict[str, Any] | None) -> list[str]:
+def _recommendation(rec: RecommendationDoc | None) -> list[str]:
     if not rec:
         return []
     if not rec.get("transport"):
@@ -126,7 +135,7 @@ def _recommendation(rec: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def _signal(signal: dict[str, Any]) -> list[str]:
+def _signal(signal: SignalDoc) -> list[str]:
     through = f" (through the web proxy {signal['proxy']})" if signal.get("proxy") else ""
     out = _wrap(
         f"{signal['url']}{through}  {'ok' if signal['ok'] else 'FAILED'}", "LiveKit signaling: "
@@ -135,16 +144,16 @@ def _signal(signal: dict[str, Any]) -> list[str]:
     if server:
         facts = [f"{k} {v}" for k, v in server.items() if v]
         out += _wrap(", ".join(facts), "  server: ", "    ")
-    timings = signal["timings_ms"]
     # In the order the steps run (a paste's canonical JSON sorts the keys).
-    order = [k for k in SIGNAL_TIMING_KEYS if k in timings] + sorted(
-        k for k in timings if k not in SIGNAL_TIMING_KEYS
-    )
-    steps = [f"{k} {_ms(timings[k])}" for k in order if timings[k] is not None]
+    steps = [
+        f"{k} {_ms(v)}"
+        for k, v in sorted(signal["timings_ms"].items(), key=lambda kv: step_order(kv[0]))
+        if v is not None
+    ]
     if steps:
         out.append("  " + "  ".join(steps) + " (ms)")
-    if signal["error"] is not None:
-        out += _wrap(str(signal["error"]["message"]), "x ", "  ")
+    if (error := signal.get("error")) is not None:
+        out += _wrap(str(error.get("message")), "x ", "  ")
     for entry in signal.get("ice_servers", []):
         auth = " (with credentials)" if entry["credentials"] else ""
         out += _wrap(", ".join(entry["urls"]) + auth, "  ICE server: ", "    ")
@@ -155,7 +164,7 @@ def _signal(signal: dict[str, Any]) -> list[str]:
     return out
 
 
-def _regions(regions: list[dict[str, Any]] | None) -> list[str]:
+def _regions(regions: list[RegionDoc] | None) -> list[str]:
     """Each region's own signaling: which answered, and why the others did not."""
     if not regions:
         return []
@@ -168,7 +177,7 @@ def _regions(regions: list[dict[str, Any]] | None) -> list[str]:
     return out
 
 
-def _nat(nat: dict[str, Any] | None) -> list[str]:
+def _nat(nat: NatDoc | None) -> list[str]:
     if not nat or nat.get("nat") is None:
         return []  # no answer to learn from: the paths above say why
     behind = "behind NAT" if nat["nat"] else "no NAT seen"
@@ -179,7 +188,7 @@ def _nat(nat: dict[str, Any] | None) -> list[str]:
     return _wrap(text, "NAT: ", "  ")
 
 
-def _table(paths: list[dict[str, Any]]) -> list[str]:
+def _table(paths: list[PathDoc]) -> list[str]:
     if not paths:
         return []
     out = [
@@ -188,7 +197,7 @@ def _table(paths: list[dict[str, Any]]) -> list[str]:
     ]
     for p in paths:
         t = p["timings_ms"]
-        result = "ok" if p["ok"] else p["error"]["kind"]
+        result = "ok" if p["ok"] else error_kind(p)
         server = _clip(p["server"], 21)
         cells = " ".join(f"{_ms(t.get(key)):>6}" for key, _ in _PHASES)
         out.append(f"{p['kind']:<4} {server:<21} {_via(p):<5} {result[:15]:<15} {cells}")
@@ -197,12 +206,12 @@ def _table(paths: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _via(p: dict[str, Any]) -> str:
+def _via(p: PathDoc) -> str:
     """The transport, marked "/p" when the path went through the web proxy."""
     return f"{p['transport']}/p" if p.get("proxy") else str(p["transport"])
 
 
-def _proxy_legend(paths: list[dict[str, Any]]) -> list[str]:
+def _proxy_legend(paths: list[PathDoc]) -> list[str]:
     proxies = list(dict.fromkeys(str(p["proxy"]) for p in paths if p.get("proxy")))
     if not proxies:
         return []
@@ -214,7 +223,7 @@ def _proxy_legend(paths: list[dict[str, Any]]) -> list[str]:
     )
 
 
-def _quality_cells(q: dict[str, Any]) -> str:
+def _quality_cells(q: QualityDoc) -> str:
     rtt = q["rtt_ms"] or {}
     hol = q["hol"]
     if hol is None:
@@ -232,9 +241,11 @@ def _quality_cells(q: dict[str, Any]) -> str:
     )
 
 
-def _quality(paths: list[dict[str, Any]]) -> list[str]:
-    rows = [(p, p["kind"], p["quality"]) for p in paths if p.get("quality")]
-    rows += [(p, "echo", p["relay_quality"]) for p in paths if p.get("relay_quality")]
+def _quality(paths: list[PathDoc]) -> list[str]:
+    rows: list[tuple[PathDoc, str, QualityDoc]] = [
+        (p, p["kind"], q) for p in paths if (q := p.get("quality"))
+    ]
+    rows += [(p, "echo", q) for p in paths if (q := p.get("relay_quality"))]
     if not rows:
         return []
     out = [
@@ -249,7 +260,7 @@ def _quality(paths: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _route(p: dict[str, Any]) -> str:
+def _route(p: PathDoc) -> str:
     """How a media path reached the SFU, as a user would name it."""
     relay = p.get("relay")
     if relay:
@@ -260,7 +271,7 @@ def _route(p: dict[str, Any]) -> str:
     return "direct UDP"
 
 
-def _sfu(paths: list[dict[str, Any]]) -> list[str]:
+def _sfu(paths: list[PathDoc]) -> list[str]:
     if not paths:
         return []
     out = [
@@ -269,10 +280,9 @@ def _sfu(paths: list[dict[str, Any]]) -> list[str]:
     ]
     for p in paths:
         t = p["timings_ms"]
-        result = "ok" if p["ok"] else p["error"]["kind"]
-        if p.get("quality"):
-            q = p["quality"]
-            rtt = (q["rtt_ms"] or {}).get("p50")
+        result = "ok" if p["ok"] else error_kind(p)
+        if q := p.get("quality"):
+            rtt = (q.get("rtt_ms") or {}).get("p50")
             data = f"p50 {_ms(rtt)}, loss {_pct(q['loss'])}, n {q['samples']}"
         elif p["transport"] == "tcp" and not p.get("relay") and p["ok"]:
             data = f"STUN check {_ms(t.get('binding'))} ms"
@@ -289,7 +299,7 @@ def _sfu(paths: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _details(paths: list[dict[str, Any]]) -> list[str]:
+def _details(paths: list[PathDoc]) -> list[str]:
     out: list[str] = []
     for p in paths:
         where = f"{p['kind']} {p['server']} {p['transport']}"

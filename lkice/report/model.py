@@ -12,12 +12,15 @@ import platform
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lkice import __version__
 from lkice.errors import ErrorKind, Phase, ProbeError
 from lkice.quality import Trains
 from lkice.report.fields import SIGNAL_TIMING_KEYS, TIMING_KEYS
+
+if TYPE_CHECKING:
+    from lkice.report.read import ReportDoc
 
 SCHEMA_ID = "lkice.report/1"
 
@@ -175,9 +178,9 @@ class Report:
     # overlap); ``duration_ms`` is the whole diagnosis.
     stages_ms: dict[str, float] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ReportDoc:
         ok = sum(1 for p in self.paths if p.ok)
-        return {
+        doc = {
             "schema": SCHEMA_ID,
             "lkice_version": __version__,
             "started_at": self.started_at.astimezone(timezone.utc).isoformat(
@@ -205,6 +208,7 @@ class Report:
             "summary": {"paths": len(self.paths), "ok": ok, "failed": len(self.paths) - ok},
             "paths": [p.to_dict() for p in self.paths],
         }
+        return cast("ReportDoc", doc)  # the shape the schema describes (tests validate it)
 
     def to_json(self, indent: int | None = 2) -> str:
         # allow_nan=False: NaN and Infinity are not JSON; a value like that is a bug to surface.
