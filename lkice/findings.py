@@ -49,7 +49,15 @@ from typing import Any, Literal
 
 from lkice.errors import UsageError
 from lkice.quality import loss_each_way, pooled_loss, same_loss, wilson_interval
-from lkice.report.read import ErrorDoc, HolDoc, PathDoc, QualityDoc, ReportDoc, TlsDoc
+from lkice.report.read import (
+    ErrorDoc,
+    ErrorKindName,
+    HolDoc,
+    PathDoc,
+    QualityDoc,
+    ReportDoc,
+    TlsDoc,
+)
 from lkice.report.views import ms as _ms
 from lkice.report.views import percent
 from lkice.uri import parse_ice_uri
@@ -126,9 +134,9 @@ _Hit = tuple[int, Path, TrainSource, QualityDoc, HolDoc]
 # --------------------------------------------------------------------------- helpers
 
 
-def _kind(p: Path) -> str | None:
+def _kind(p: Path) -> ErrorKindName | None:
     err = p.get("error")
-    return None if err is None else str(err.get("kind"))
+    return None if err is None else err.get("kind")
 
 
 def _message(err: ErrorDoc | None) -> str:
