@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from lkice import __version__
 from lkice.findings import NOT_EVIDENCE_KINDS  # such a path is neither up nor down: left out
+from lkice.report.read import PathDoc, QualityDoc, ReportDoc
 from lkice.textsafe import redact_url, redact_urls, url_password, visible
 from lkice.verdict import status_of
 
@@ -114,7 +115,7 @@ class PushError(Exception):
 @dataclass
 class _ProbeState:
     labels: dict[str, str] = field(default_factory=dict)
-    report: dict[str, Any] | None = None
+    report: ReportDoc | None = None
     runs: dict[str, int] = field(default_factory=dict)
     overruns: int = 0
     last_run: float | None = None
@@ -139,18 +140,18 @@ def probe_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def _route(path: Mapping[str, Any]) -> str:
+def _route(path: PathDoc) -> str:
     if path.get("kind") != "sfu":
         return "server"
     return "relay" if path.get("relay") else "direct"
 
 
-def _p50(quality: Mapping[str, Any] | None) -> float:
+def _p50(quality: QualityDoc | None) -> float:
     value = ((quality or {}).get("rtt_ms") or {}).get("p50")
     return math.inf if value is None else float(value)
 
 
-def _best_key(path: Mapping[str, Any]) -> tuple[float, float, str, str]:
+def _best_key(path: PathDoc) -> tuple[float, float, str, str]:
     """Lower is better: the media path's median RTT (through the TURN relay) first, then the
     median RTT to the server or SFU; server and URI break ties deterministically."""
     return (
@@ -161,11 +162,11 @@ def _best_key(path: Mapping[str, Any]) -> tuple[float, float, str, str]:
     )
 
 
-def _measures(path: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    if path.get("quality"):
-        yield ("sfu_data" if path.get("kind") == "sfu" else "server"), path["quality"]
-    if path.get("relay_quality"):
-        yield "relay_echo", path["relay_quality"]
+def _measures(path: PathDoc) -> Iterator[tuple[str, QualityDoc]]:
+    if quality := path.get("quality"):
+        yield ("sfu_data" if path.get("kind") == "sfu" else "server"), quality
+    if relay := path.get("relay_quality"):
+        yield "relay_echo", relay
 
 
 def _number(value: Any) -> float | None:
@@ -187,7 +188,7 @@ class ReportMetrics(Collector):
 
     def update(
         self,
-        report: Mapping[str, Any] | None,
+        report: ReportDoc | None,
         *,
         run_seconds: float,
         overran: bool = False,
@@ -225,7 +226,7 @@ class ReportMetrics(Collector):
             if interval_seconds is not None:
                 state.interval = interval_seconds
             if report is not None:
-                state.report = dict(report)
+                state.report = report.copy()
                 if report.get("verdict") in ("ok", "degraded") and not report.get("interrupted"):
                     state.last_success = now
 
@@ -304,8 +305,8 @@ class _Families:
         for fid, severity in sorted(findings):
             self.gauge("lkice_finding", {**base, "id": fid, "severity": severity}, 1)
         rec = report.get("recommendation")
-        if rec and rec.get("transport"):
-            labels = {**base, "region": str(rec.get("region") or ""), "transport": rec["transport"]}
+        if rec and (transport := rec.get("transport")):
+            labels = {**base, "region": str(rec.get("region") or ""), "transport": transport}
             self.gauge("lkice_recommended_region_info", labels, 1)
         signal = report.get("signal")
         if signal and (signal.get("error") or {}).get("kind") not in NOT_EVIDENCE_KINDS:
@@ -317,8 +318,8 @@ class _Families:
                     self.gauge("lkice_signal_setup_seconds", {**base, "phase": phase}, value / 1000)
         self.add_paths(base, report.get("paths") or [])
 
-    def add_paths(self, base: Mapping[str, str], paths: list[Mapping[str, Any]]) -> None:
-        groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    def add_paths(self, base: Mapping[str, str], paths: list[PathDoc]) -> None:
+        groups: dict[tuple[str, ...], list[PathDoc]] = {}
         for path in paths:
             if (path.get("error") or {}).get("kind") in NOT_EVIDENCE_KINDS:
                 continue  # not a measurement of this network
@@ -339,7 +340,7 @@ class _Families:
             if working:
                 self.add_best(labels, min(working, key=_best_key))
 
-    def add_best(self, labels: Mapping[str, str], best: Mapping[str, Any]) -> None:
+    def add_best(self, labels: Mapping[str, str], best: PathDoc) -> None:
         timings = best.get("timings_ms") or {}
         for phase in SETUP_PHASES:
             value = _number(timings.get(phase))

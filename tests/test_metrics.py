@@ -82,10 +82,10 @@ def path_of(data: dict[str, Any], transport: str, server: str | None = None) -> 
 def full_metrics(*, server_labels: bool = False) -> ReportMetrics:
     """Both recorded reports, every kind of run: every family the module can export."""
     metrics = ReportMetrics(server_labels=server_labels)
-    metrics.update(report(), run_seconds=6.0, now=1000.0, interval_seconds=300)
+    metrics.update(as_doc(report()), run_seconds=6.0, now=1000.0, interval_seconds=300)
     html = report("report-html.json")
     html["probe"] = {"name": "hq", "labels": {"site": "ber", "office": "3"}, "definition": "y"}
-    metrics.update(html, run_seconds=7.5, overran=True, now=1300.0)
+    metrics.update(as_doc(html), run_seconds=7.5, overran=True, now=1300.0)
     metrics.update(None, probe="hq", run_seconds=0.1, result="config_error", now=1600.0)
     return metrics
 
@@ -99,7 +99,7 @@ def exported_names() -> set[str]:
 
 def test_paths_verdict_and_runs() -> None:
     metrics = ReportMetrics()
-    metrics.update(report(), run_seconds=6.0, now=1000.0)  # probe name from the report
+    metrics.update(as_doc(report()), run_seconds=6.0, now=1000.0)  # probe name from the report
     found = samples(metrics)
     # UDP is blocked in this report: both UDP groups (stun, turn) are down; TCP and TLS up.
     assert pick(found, "lkice_path_up", kind="turn", transport="udp", route="server") == [0.0]
@@ -140,7 +140,7 @@ def test_paths_verdict_and_runs() -> None:
 
 def test_livekit_report_signal_sfu_findings_and_recommendation() -> None:
     metrics = ReportMetrics()
-    metrics.update(report("report-html.json"), run_seconds=7.0, now=5.0)
+    metrics.update(as_doc(report("report-html.json")), run_seconds=7.0, now=5.0)
     found = samples(metrics)
     assert pick(found, "lkice_signal_up", probe="office") == [1.0]
     assert pick(found, "lkice_signal_setup_seconds", phase="join") == [0.1269]
@@ -166,7 +166,7 @@ def test_two_paths_with_one_label_set_are_one_deterministic_series() -> None:
 
     def tls_values(d: dict[str, Any]) -> tuple[list[float], list[float], list[float]]:
         metrics = ReportMetrics()
-        metrics.update(d, run_seconds=1.0, now=1.0)
+        metrics.update(as_doc(d), run_seconds=1.0, now=1.0)
         found = samples(metrics)
         return (
             pick(found, "lkice_path_up", transport="tls"),
@@ -184,8 +184,8 @@ def test_two_paths_with_one_label_set_are_one_deterministic_series() -> None:
     reordered = copy.deepcopy(data)
     reordered["paths"].reverse()
     metrics_a, metrics_b = ReportMetrics(), ReportMetrics()
-    metrics_a.update(data, run_seconds=1.0, now=1.0)
-    metrics_b.update(reordered, run_seconds=1.0, now=1.0)
+    metrics_a.update(as_doc(data), run_seconds=1.0, now=1.0)
+    metrics_b.update(as_doc(reordered), run_seconds=1.0, now=1.0)
     assert text_of(metrics_a) == text_of(metrics_b)
     # The best one fails: up is still 1 (max), the figures are now 443's.
     one_down = copy.deepcopy(data)
@@ -209,7 +209,7 @@ def test_unmeasured_values_are_absent_not_zero() -> None:
     tcp["relay_quality"]["mos"] = None
     tcp["timings_ms"]["connect"] = None
     metrics = ReportMetrics()
-    metrics.update(data, run_seconds=1.0, now=1.0)
+    metrics.update(as_doc(data), run_seconds=1.0, now=1.0)
     found = samples(metrics)
     tcp_relay = {"transport": "tcp", "measure": "relay_echo"}
     assert pick(found, "lkice_path_jitter_seconds", **tcp_relay) == []
@@ -241,7 +241,7 @@ def test_paths_that_are_no_evidence_are_left_out() -> None:
     path_of(data, "tcp")["error"] = {"kind": "not_tested", "message": "-", "phase": None}
     path_of(data, "tcp")["ok"] = False
     metrics = ReportMetrics()
-    metrics.update(data, run_seconds=1.0, now=1.0)
+    metrics.update(as_doc(data), run_seconds=1.0, now=1.0)
     found = samples(metrics)
     assert pick(found, "lkice_path_up", transport="udp") == []  # not "down"
     assert pick(found, "lkice_path_up", transport="tcp") == []
@@ -257,7 +257,7 @@ def test_the_verdict_gauge_is_the_exit_status_lkice_gave() -> None:
     data["verdict"] = "failed"
     data["signal"] = {"ok": False, "error": {"kind": "token_rejected", "message": "-"}}
     metrics = ReportMetrics()
-    metrics.update(data, run_seconds=1.0, now=1.0)
+    metrics.update(as_doc(data), run_seconds=1.0, now=1.0)
     found = samples(metrics)
     assert int(status_of(data)) == 3
     assert pick(found, "lkice_verdict") == [3.0]
@@ -268,7 +268,7 @@ def test_interrupted_run_is_unknown_and_not_a_success() -> None:
     data = report()
     data["interrupted"] = True
     metrics = ReportMetrics()
-    metrics.update(data, run_seconds=2.0, now=50.0)
+    metrics.update(as_doc(data), run_seconds=2.0, now=50.0)
     found = samples(metrics)
     assert pick(found, "lkice_verdict") == [3.0]
     assert pick(found, "lkice_runs_total", result="interrupted") == [1.0]
@@ -295,7 +295,7 @@ def test_no_host_address_or_port_in_labels_unless_asked() -> None:
 
 def test_server_labels_split_the_aggregated_paths() -> None:
     metrics = ReportMetrics(server_labels=True)
-    metrics.update(report(), run_seconds=6.0, now=1.0)
+    metrics.update(as_doc(report()), run_seconds=6.0, now=1.0)
     found = samples(metrics)
     assert pick(found, "lkice_path_up", transport="tls", server="turn.eu.lab.test:443") == [1.0]
     assert len(pick(found, "lkice_path_up", transport="tls")) == 2
@@ -307,7 +307,7 @@ def test_definition_labels_are_bounded_and_never_clash() -> None:
     labels |= {"phase": "p", "bad-name": "x", "__meta": "y"}
     data["probe"]["labels"] = labels
     metrics = ReportMetrics()
-    metrics.update(data, run_seconds=1.0, now=1.0)
+    metrics.update(as_doc(data), run_seconds=1.0, now=1.0)
     found = samples(metrics)
     verdict_labels = next(lb for n, lb, _ in found if n == "lkice_verdict")
     names = set(verdict_labels) - {"probe"}
@@ -316,7 +316,7 @@ def test_definition_labels_are_bounded_and_never_clash() -> None:
     assert "__meta" not in names
     # A definition label named like one of lkice's own is kept under another name.
     data["probe"]["labels"] = {"phase": "p", "site": "hh"}
-    metrics.update(data, run_seconds=1.0, now=2.0)
+    metrics.update(as_doc(data), run_seconds=1.0, now=2.0)
     found = samples(metrics)
     setup = pick(found, "lkice_path_setup_seconds", exported_phase="p", phase="tls", site="hh")
     assert len(setup) == 1
@@ -327,10 +327,10 @@ def test_definition_labels_are_bounded_and_never_clash() -> None:
 
 def test_counters_grow_across_updates() -> None:
     metrics = ReportMetrics()
-    metrics.update(report(), run_seconds=6.0, now=1000.0, interval_seconds=300)
+    metrics.update(as_doc(report()), run_seconds=6.0, now=1000.0, interval_seconds=300)
     first = samples(metrics)
     metrics.update(None, probe="office", run_seconds=0.1, result="config_error", now=1300.0)
-    metrics.update(report(), run_seconds=9.0, overran=True, now=1600.0)
+    metrics.update(as_doc(report()), run_seconds=9.0, overran=True, now=1600.0)
     found = samples(metrics)
     assert pick(first, "lkice_runs_total", result="degraded") == [1.0]
     assert pick(found, "lkice_runs_total", result="degraded") == [2.0]
@@ -354,7 +354,7 @@ def test_update_needs_a_probe_name() -> None:
 
 def test_textfile_is_the_exposition_written_atomically(tmp_path: Path) -> None:
     metrics = ReportMetrics()
-    metrics.update(report(), run_seconds=6.0, now=1.0)
+    metrics.update(as_doc(report()), run_seconds=6.0, now=1.0)
     registry = registry_with(metrics)
     path = tmp_path / "lkice.prom"
     path.write_text("old\n")
@@ -399,7 +399,7 @@ def gateway() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
 def test_push_puts_the_exposition(gateway: tuple[str, list[tuple[str, str, bytes]]]) -> None:
     url, received = gateway
     metrics = ReportMetrics()
-    metrics.update(report(), run_seconds=6.0, now=1.0)
+    metrics.update(as_doc(report()), run_seconds=6.0, now=1.0)
     registry = registry_with(metrics)
     push(url, "lkice", registry, {"probe": "office"})
     assert received == [("PUT", "/metrics/job/lkice/probe/office", exposition(registry))]
@@ -537,7 +537,7 @@ def test_label_values_from_a_report_are_always_encodable() -> None:
     bad["paths"][0]["server"] = "turn\ud800\x1b[2J:3478"
     bad["paths"][0]["region"] = "eu\u202e"
     metrics = ReportMetrics(server_labels=True)
-    metrics.update(bad, run_seconds=1.0, labels={"site": "o\nffice"})
+    metrics.update(as_doc(bad), run_seconds=1.0, labels={"site": "o\nffice"})
     text = exposition(registry_with(metrics)).decode("utf-8")
     assert 'server="turn\\\\ud800\\\\x1b[2J:3478"' in text  # visible, then Prometheus-escaped
     assert 'region="eu\\\\u202e"' in text
