@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from lkice import __version__
 from lkice.findings import NOT_EVIDENCE_KINDS  # such a path is neither up nor down: left out
+from lkice.report.fields import SETUP_STEPS, SIGNAL_STEPS
 from lkice.report.read import PathDoc, QualityDoc, ReportDoc
 from lkice.textsafe import redact_url, redact_urls, url_password, visible
 from lkice.verdict import status_of
@@ -48,8 +49,9 @@ __all__ = [
     "write_textfile",
 ]
 
-SETUP_PHASES = ("dns", "connect", "tls", "binding", "allocate", "ice", "dtls")
-SIGNAL_PHASES = ("dns", "connect", "tls", "validate", "websocket", "join")
+# The steps every reader shows (a web proxy's CONNECT round trip included: it is set-up time).
+SETUP_PHASES = SETUP_STEPS
+SIGNAL_PHASES = SIGNAL_STEPS
 # Not a "quantile" label: Prometheus reserves that for summaries (promtool rejects it on a gauge).
 RTT_STATS = ("p50", "p95", "p99", "max")
 PATH_LABELS = ("region", "kind", "transport", "route")
