@@ -202,6 +202,16 @@ def test_two_paths_with_one_label_set_are_one_deterministic_series() -> None:
     assert tls_values(one_down) == ([0.0], [], [])
 
 
+def test_a_web_proxys_connect_round_trip_is_a_set_up_phase() -> None:
+    data = report()
+    path_of(data, "tls")["timings_ms"]["proxy"] = 12.5
+    metrics = ReportMetrics()
+    metrics.update(as_doc(data), run_seconds=1.0, now=1.0)
+    found = samples(metrics)
+    assert pick(found, "lkice_path_setup_seconds", transport="tls", phase="proxy") == [0.0125]
+    assert pick(found, "lkice_path_setup_seconds", transport="tcp", phase="proxy") == []
+
+
 def test_unmeasured_values_are_absent_not_zero() -> None:
     data = report()
     tcp = path_of(data, "tcp")
