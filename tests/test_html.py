@@ -212,6 +212,19 @@ def test_waterfall_rows() -> None:
     assert "udp_no_response at binding" in chart
 
 
+def test_a_web_proxys_connect_step_is_drawn_and_tabled_where_a_path_took_one() -> None:
+    report = _report()
+    assert "seg-proxy" not in render(report)  # no path through a proxy: no such column
+    tls = next(p for p in report["paths"] if p["transport"] == "tls" and p["ok"])
+    tls["timings_ms"]["proxy"] = 21.5
+    document = render(report)
+    chart = document[document.index('class="chart waterfall-chart"') :]
+    assert "seg-proxy" in chart[: chart.index("</svg>")]
+    table = document[document.index('class="paths-table"') :]
+    assert '<th class="num" title="proxy">proxy</th>' in table[: table.index("</thead>")]
+    assert "21.5" in table[: table.index("</table>")]
+
+
 def test_stall_intervals() -> None:
     assert stall_threshold(40.0) == 55.0
     assert stall_threshold(100.0) == 125.0

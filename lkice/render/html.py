@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lkice.redact import redact_report
+from lkice.report.fields import SIGNAL_STEPS, TIMING_KEYS
 from lkice.report.views import ms as _ms
 from lkice.report.views import number as _num
 from lkice.report.views import percent as _pct
@@ -25,11 +26,14 @@ from lkice.textsafe import clipped, visible, visible_report
 
 __all__ = ["render"]
 
-SETUP_PHASES = ("dns", "connect", "tls", "binding", "allocate_challenge", "allocate")
-SIGNAL_PHASES = ("dns", "connect", "tls", "validate", "websocket", "join")
+# The waterfall draws every step before the verdict, one after the other (the release comes
+# after it): a web proxy's CONNECT round trip sits between the TCP connect and TLS.
+SETUP_PHASES = tuple(k for k in TIMING_KEYS if k != "deallocate")
+SIGNAL_PHASES = SIGNAL_STEPS
 PHASE_COLOURS = {
     "dns": "#9a9a9a",
     "connect": "#4e79a7",
+    "proxy": "#8c6d31",
     "tls": "#f28e2b",
     "binding": "#59a14f",
     "allocate_challenge": "#b07aa1",
@@ -43,6 +47,7 @@ PHASE_COLOURS = {
 PHASE_SHORT = {
     "dns": "dns",
     "connect": "conn",
+    "proxy": "proxy",
     "tls": "tls",
     "binding": "bind",
     "allocate_challenge": "chal",
@@ -455,7 +460,8 @@ def _paths_section(paths: list[dict[str, Any]]) -> str:
     if not paths:
         out.append("<p>No paths were probed.</p></section>")
         return "\n".join(out)
-    phases = list(SETUP_PHASES)
+    through_proxy = any(_dict(p.get("timings_ms")).get("proxy") is not None for p in paths)
+    phases = [p for p in SETUP_PHASES if p != "proxy" or through_proxy]
     if any(p.get("kind") == "sfu" for p in paths):
         phases += ["ice", "dtls"]
     with_region = any(p.get("region") for p in paths)
