@@ -388,6 +388,8 @@ NEVER_AT_START = (
 NEVER_IN_A_RUN = (
     "aiortc", "av", "cryptography.x509", "rich", "structlog", "livekit.rtc", "aioice.ice",
     "aioice.mdns", "dns",
+    # The system proxy settings need urllib.request on Windows and macOS only.
+    *(() if sys.platform in ("win32", "darwin") else ("urllib.request",)),
 )  # fmt: skip
 
 
