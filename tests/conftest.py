@@ -1,7 +1,10 @@
 """Shared fixtures: real coturn and real pion/turn on loopback with a CA made per session.
 
 ``turn_server`` runs a test once against each TURN server (``[coturn]``, ``[pion]``); tests that
-start their own server take ``turn_kind`` and call ``turn_kind.server(...)``."""
+start their own server take ``turn_kind`` and call ``turn_kind.server(...)``.
+
+Every test is marked with what it needs (``pure``, ``servers``, ``tools``, ``root``,
+``chromium``; tests/kinds.py, docs/testing.md), and a ``pure`` test that starts a program fails."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import asyncio
 import json
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -22,6 +25,7 @@ from lkice.lab.pion import PionConfig, PionTurn, RestForm, pion_unavailable_reas
 from lkice.lab.pki import LabPki, make_pki
 from lkice.report import load_schema
 from lkice.report.read import ReportDoc
+from tests import kinds
 
 needs_coturn = pytest.mark.skipif(
     turnserver_path() is None, reason="coturn (turnserver) is not installed: apt-get install coturn"
@@ -189,3 +193,33 @@ def load_json(text: str) -> dict[str, Any]:
 def write_file(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# -- what each test needs (tests/kinds.py) ---------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    kinds.mark_kinds(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    with kinds.guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A pure test that started a program fails, naming it (in the phase that started it)."""
+    report = yield
+    started = kinds.spawned() if item.get_closest_marker(kinds.PURE) else []
+    if started:
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = "\n".join(started)
+        else:
+            report.sections.append(("pure test started a program", "\n".join(started)))
+    return report
