@@ -472,82 +472,33 @@ def demo(
             *(["-" + "v" * verbose] if verbose else []),
         ]  # fmt: skip
         sys.exit(_demo_in_network(network, rtt, jitter, loss, passthrough))
-    import secrets
-    import tempfile
-
-    from lkice.credentials import Secret
-    from lkice.engine import EngineSettings
-    from lkice.job import LiveKitJob, run_engine, setup_deadline, tls_context, train_settings
-    from lkice.lab.coturn import Coturn, CoturnConfig, LabError
-    from lkice.lab.livekit import IceServer, LabLiveKit
-    from lkice.lab.pki import make_pki
-    from lkice.livekit import diagnostic_token, parse_livekit_url
-    from lkice.probe.path import ProbeSettings
-    from lkice.probe.signal import SignalSettings
+    from lkice.job import train_settings
+    from lkice.lab.demo import DemoLab
+    from lkice.lab.server import LabError
+    from lkice.render.progress import progress_for
 
     _setup_logging(verbose)
     train = train_settings(quality_duration, quality_interval)
-    user, password = "demo", secrets.token_urlsafe(16)
-    with tempfile.TemporaryDirectory(prefix="lkice-demo-") as tmp:
-        pki = make_pki(Path(tmp))
-        try:
-            server = Coturn(CoturnConfig(users={user: password}, pki=pki)).start()
-        except LabError as exc:
-            raise UsageError(f"cannot start the demo lab: {exc}") from None
-        livekit_server = None
-        try:
-            # The lab LiveKit hands out the lab's coturn, as a deployment hands out its TURN.
-            ice = [
-                IceServer([f"stun:127.0.0.1:{server.port}"], "", ""),
-                IceServer(
-                    [
-                        f"turn:127.0.0.1:{server.port}?transport=udp",
-                        f"turn:127.0.0.1:{server.port}?transport=tcp",
-                        f"turns:127.0.0.1:{server.tls_port}?transport=tcp",
-                    ],
-                    user,
-                    password,
-                ),
-            ]
-            api_secret = Secret(secrets.token_urlsafe(32))
-            livekit_server = LabLiveKit(
-                api_key="APIlkicedemo",
-                api_secret=api_secret.reveal(),
-                ice_servers=ice,
-                region="lab",
-                ice_tcp_port=0,  # ICE/TCP as LiveKit's 7881, on a free port
+    try:
+        lab = DemoLab().start()
+    except LabError as exc:
+        raise UsageError(f"cannot start the demo lab: {exc}") from None
+    try:
+        if not as_json:
+            click.echo(
+                f"lkice demo: lab LiveKit at {lab.livekit_url}, coturn on 127.0.0.1 "
+                f"(UDP/TCP {lab.turn_port}, TLS {lab.tls_port}), throwaway CA\n"
             )
-            livekit_server.start_in_thread()
-            if not as_json:
-                click.echo(
-                    f"lkice demo: lab LiveKit at {livekit_server.url}, coturn on 127.0.0.1 "
-                    f"(UDP/TCP {server.port}, TLS {server.tls_port}), throwaway CA\n"
-                )
-            tls = tls_context([str(pki.ca_file)], insecure=False)
-            job = LiveKitJob(
-                parse_livekit_url(livekit_server.url),
-                diagnostic_token("APIlkicedemo", api_secret),
-                SignalSettings(timeout=timeout, tls_context=tls),
-                "APIlkicedemo",
-                api_secret,
-                custom_ca=True,  # the lab's throwaway CA
-            )
-            settings = EngineSettings(
-                probe=ProbeSettings(
-                    udp_timeout=udp_timeout, timeout=timeout, tls_context=tls, train=train
-                ),
-                deadline=setup_deadline(deadline, train),
-            )
-            from lkice.render.progress import progress_for
-
-            progress = progress_for(not as_json and verbose == 0)
-            import asyncio
-
-            report = asyncio.run(run_engine([], settings, job, progress=progress))
-        finally:
-            if livekit_server is not None:
-                livekit_server.stop_thread()
-            server.stop()
+        progress = progress_for(not as_json and verbose == 0)
+        report = lab.diagnose(
+            deadline=deadline,
+            udp_timeout=udp_timeout,
+            timeout=timeout,
+            train=train,
+            progress=progress,
+        )
+    finally:
+        lab.stop()
     _emit(report, _Outputs(as_json, output, paste, html, redact))
     sys.exit(_finish(report))
 
@@ -912,33 +863,25 @@ def _demo_in_network(
     profile: str, rtt: float, jitter: float, loss: float, passthrough: list[str]
 ) -> int:
     """The diagnosis from inside the namespace lab; returns lkice's own exit status there."""
-    from lkice.lab.coturn import LabError
-    from lkice.lab.netlab import PROFILES, Impairment, NetLab, prerequisites
+    from lkice.lab.demo import run_in_network_lab
+    from lkice.lab.netlab import PROFILES, prerequisites
+    from lkice.lab.server import LabError
 
     if profile not in PROFILES:
         raise UsageError(f"--network {profile!r}: unknown profile (one of {', '.join(PROFILES)})")
     missing = prerequisites()
     if missing:
         raise UsageError("--network needs the namespace lab: " + "; ".join(missing))
-    way = Impairment(delay_ms=rtt / 2, jitter_ms=jitter, loss=loss / 100)
+
+    def announce(host: str) -> None:
+        click.echo(
+            f"lkice demo: namespace lab, firewall profile {profile}, +{rtt:g} ms RTT, "
+            f"±{jitter:g} ms jitter, {loss:g} % loss each way; TURN server {host}\n",
+            err=True,
+        )
+
     try:
-        with NetLab(regions=("eu",), profile=profile) as lab:
-            lab.set_impairment("eu", upstream=way, downstream=way)
-            host = lab.turn_host("eu")
-            click.echo(
-                f"lkice demo: namespace lab, firewall profile {profile}, +{rtt:g} ms RTT, "
-                f"±{jitter:g} ms jitter, {loss:g} % loss each way; TURN server {host}\n",
-                err=True,
-            )
-            argv = [
-                "python3", "-m", "lkice", "run",
-                f"stun:{host}:3478", f"turn:{host}:3478?transport=udp", f"turn:{host}:3478?transport=tcp",
-                f"turns:{host}:5349?transport=tcp", f"turns:{host}:443?transport=tcp",
-                *lab.turn_args(), *passthrough,
-            ]  # fmt: skip
-            if lab.web_proxy_url is not None:
-                argv += ["--proxy", lab.web_proxy_url]
-            proc = lab.run_in_client(argv, timeout=600)
+        proc = run_in_network_lab(profile, rtt, jitter, loss, passthrough, announce)
     except LabError as exc:
         raise UsageError(f"cannot start the namespace lab: {exc}") from None
     click.echo(proc.stdout, nl=False)

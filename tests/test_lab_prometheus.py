@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from lkice.lab.coturn import LabError
-from lkice.lab.prometheus import Prometheus, Pushgateway, Sample, ScrapeJob, prometheus_binaries
+from lkice.lab.server import LabError
+from tests.support.prometheus import Prometheus, Pushgateway, Sample, ScrapeJob, prometheus_binaries
 
 _MISSING = prometheus_binaries()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from lkice.lab.coturn import LabError
 from lkice.lab.netlab import (
     PROFILES,
     GroundTruth,
@@ -25,6 +24,7 @@ from lkice.lab.netlab import (
     prerequisites,
 )
 from lkice.lab.router import DelayRouter
+from lkice.lab.server import LabError
 
 MISSING = prerequisites()
 needs_lab = pytest.mark.skipif(

@@ -18,7 +18,6 @@ import pytest
 
 from lkice.credentials import Secret, TurnCredentials
 from lkice.engine import EngineSettings, run
-from lkice.lab.coturn import LabError
 from lkice.lab.pion import (
     PionConfig,
     PionTurn,
@@ -28,6 +27,7 @@ from lkice.lab.pion import (
     visible,
 )
 from lkice.lab.pki import LabPki
+from lkice.lab.server import LabError
 from lkice.probe.path import ProbeSettings
 from lkice.report import Report
 from lkice.uri import parse_ice_uri

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from lkice.lab.coturn import free_port
-from lkice.lab.prometheus import Prometheus, Pushgateway, ScrapeJob, prometheus_binaries
+from lkice.lab.server import free_port
 from tests.conftest import TurnLab, needs_coturn
+from tests.support.prometheus import Prometheus, Pushgateway, ScrapeJob, prometheus_binaries
 
 MISSING = prometheus_binaries()
 pytestmark = [

@@ -19,9 +19,9 @@ from aioice import stun
 from lkice import stun as codec
 from lkice.credentials import Secret
 from lkice.errors import ErrorKind, ProbeError, UsageError
-from lkice.lab.coturn import free_port
 from lkice.lab.pki import LabPki
 from lkice.lab.proxy import TinyProxy, tinyproxy_path
+from lkice.lab.server import free_port
 from lkice.probe.proxy import (
     Proxies,
     connect_via_proxy,

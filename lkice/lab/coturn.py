@@ -1,31 +1,51 @@
 """Real coturn (Debian package ``coturn``, binary ``turnserver``) on free ports, as a context
-manager: started, checked ready over TCP and UDP, stopped and cleaned up however the block ends."""
+manager: started, checked ready over TCP and UDP, stopped and cleaned up however the block ends.
+:class:`TurnServer` is what it shares with pion/turn (:mod:`lkice.lab.pion`): the TURN ports and
+that readiness check."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from aioice import stun
 
 from lkice.lab.pki import LabPki
 
+# LabError and the process helpers live in lkice.lab.server; re-exported for the code that
+# imports them from here.
+from lkice.lab.server import (
+    LabError,
+    LabServer,
+    free_port,
+    netns_argv,
+    tcp_open,
+    terminate,
+    wait_in_netns,
+)
+
+__all__ = [
+    "INSTALL_HINT",
+    "Coturn",
+    "CoturnConfig",
+    "LabError",
+    "TurnServer",
+    "coturn_ready_here",
+    "free_port",
+    "netns_argv",
+    "terminate",
+    "turn_answers",
+    "turnserver_path",
+    "wait_in_netns",
+]
+
 INSTALL_HINT = (
     "coturn is not installed: install it with 'sudo apt-get install coturn' (Debian/Ubuntu)"
 )
-
-
-class LabError(Exception):
-    """A lab server could not be started; the message says why."""
 
 
 def turnserver_path() -> str | None:
@@ -36,21 +56,6 @@ def turnserver_path() -> str | None:
     return shutil.which("turnserver") or next(
         (p for p in ("/usr/bin/turnserver", "/usr/sbin/turnserver") if Path(p).exists()), None
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise LabError("no free port found for coturn")
 
 
 @dataclass
@@ -74,17 +79,98 @@ class CoturnConfig:
     ready_tcp_ports: tuple[int, ...] = ()
 
 
-class Coturn:
+def _udp_binding_ok(ip: str, port: int) -> bool:
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        try:
+            sock.sendto(bytes(request), (ip, port))
+            data = sock.recv(2048)
+        except OSError:
+            return False
+    try:
+        return stun.parse_message(data).transaction_id == request.transaction_id
+    except ValueError:
+        return False
+
+
+def turn_answers(ip: str, tcp_ports: list[int], udp_port: int) -> bool:
+    """Every TCP port accepts and a UDP Binding on ``udp_port`` is answered, now."""
+    return all(tcp_open(ip, p) for p in tcp_ports) and _udp_binding_ok(ip, udp_port)
+
+
+def coturn_ready_here(ip: str, tcp_ports: list[int], udp_port: int, timeout: float) -> bool:
+    """Poll :func:`turn_answers` until it holds or ``timeout`` passes. Run inside a lab
+    namespace by :func:`wait_in_netns`, where the lab's addresses exist."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if turn_answers(ip, tcp_ports, udp_port):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+_COTURN_READY = (
+    "import sys; from lkice.lab.coturn import coturn_ready_here as ready; "
+    "sys.exit(0 if ready(sys.argv[1], [int(p) for p in sys.argv[2].split(',') if p], "
+    "int(sys.argv[3]), float(sys.argv[4])) else 1)"
+)
+
+
+class TurnServer(LabServer):
+    """A TURN server on ``port`` (UDP and TCP) and, with TLS, ``tls_port``; ports left at 0 are
+    free ones, or 3478 / 5349 in a namespace. Ready once every port of :meth:`tcp_ports`
+    accepts and a UDP Binding is answered."""
+
+    def __init__(
+        self,
+        *,
+        listen_ip: str,
+        port: int,
+        tls_port: int,
+        tls: bool,
+        netns: str | None,
+        ready_timeout: float,
+    ) -> None:
+        super().__init__(listen_ip=listen_ip, netns=netns, ready_timeout=ready_timeout)
+        self.port = port
+        self.tls_port = tls_port
+        self._tls = tls
+
+    def tcp_ports(self) -> list[int]:
+        return [self.port] + ([self.tls_port] if self._tls else [])
+
+    def choose_ports(self) -> None:
+        self.port = self.pick_port(self.port, 3478)
+        if self._tls:
+            self.tls_port = self.pick_port(self.tls_port, 5349)
+
+    def ready_here(self) -> bool:
+        return turn_answers(self.listen_ip, self.tcp_ports(), self.port)
+
+    def ready_check(self, timeout: float) -> list[str]:
+        ports = ",".join(str(p) for p in self.tcp_ports())
+        return [_COTURN_READY, self.listen_ip, ports, str(self.port), str(timeout)]
+
+
+class Coturn(TurnServer):
     """``with Coturn(config) as server:`` then ``server.port``, ``server.tls_port``."""
 
+    name = "coturn"
+    dir_prefix = "lkice-coturn"
+    log_name = "turnserver.log"
+    writes_own_log = True  # log-file= in its configuration
+
     def __init__(self, config: CoturnConfig, ready_timeout: float = 10.0) -> None:
+        super().__init__(
+            listen_ip=config.listen_ip,
+            port=config.port,
+            tls_port=config.tls_port,
+            tls=config.pki is not None,
+            netns=config.netns,
+            ready_timeout=ready_timeout,
+        )
         self.config = config
-        self.ready_timeout = ready_timeout
-        self.port = config.port
-        self.tls_port = config.tls_port
-        self.process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self.log_file: Path | None = None
 
     def config_text(self) -> str:
         c = self.config
@@ -124,192 +210,20 @@ class Coturn:
         lines += c.extra
         return "\n".join(lines) + "\n"
 
-    def start(self) -> Coturn:
+    def binary(self) -> str:
         binary = turnserver_path()
         if binary is None:
             raise LabError(INSTALL_HINT)
-        netns = self.config.netns
-        # In a namespace the directory name carries the namespace's name, so a process left
-        # behind can still be traced to its lab from its command line.
-        prefix = "lkice-coturn-" if netns is None else f"lkice-coturn-{netns}-"
-        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
-        work = Path(self._dir.name)
-        if not self.port:
-            self.port = free_port(self.config.listen_ip) if netns is None else 3478
-        if self.config.pki is not None and not self.tls_port:
-            self.tls_port = free_port(self.config.listen_ip) if netns is None else 5349
+        return binary
+
+    def tcp_ports(self) -> list[int]:
+        return super().tcp_ports() + list(self.config.ready_tcp_ports)
+
+    def argv(self, binary: str, work: Path) -> list[str]:
         conf = work / "turnserver.conf"
         conf.write_text(
             self.config_text() + f"pidfile={work / 'turnserver.pid'}\nuserdb={work / 'turndb'}\n"
-            f"log-file={work / 'turnserver.log'}\n"
+            f"log-file={work / self.log_name}\n"
         )
         conf.chmod(0o600)
-        self.log_file = work / "turnserver.log"
-        self.process = subprocess.Popen(
-            [*netns_argv(netns), binary, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=work,
-        )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        ip = self.config.listen_ip
-        tcp_ports = [self.port] + ([self.tls_port] if self.config.pki is not None else [])
-        tcp_ports += list(self.config.ready_tcp_ports)
-        if self.config.netns is not None:
-            assert self.process is not None
-            ports = ",".join(str(p) for p in tcp_ports)
-            wait_in_netns(
-                self.config.netns,
-                [_COTURN_READY, ip, ports, str(self.port), str(self.ready_timeout)],
-                self.process,
-                self.ready_timeout,
-                "coturn",
-                self.log_tail,
-            )
-            return
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise LabError(
-                    f"coturn exited with status {self.process.returncode}: {self.log_tail()}"
-                )
-            if all(_tcp_open(ip, p) for p in tcp_ports) and _udp_binding_ok(ip, self.port):
-                return
-            time.sleep(0.05)
-        raise LabError(
-            f"coturn did not become ready within {self.ready_timeout:g} s: {self.log_tail()}"
-        )
-
-    def log_tail(self, lines: int = 5) -> str:
-        if self.log_file is None or not self.log_file.exists():
-            return "(no log)"
-        return " | ".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-        self.process = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-    def __enter__(self) -> Coturn:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def terminate(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds; reaps it."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5.0)  # SIGKILL cannot be refused: this only reaps
-
-
-def _tcp_open(ip: str, port: int) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def _udp_binding_ok(ip: str, port: int) -> bool:
-    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        try:
-            sock.sendto(bytes(request), (ip, port))
-            data = sock.recv(2048)
-        except OSError:
-            return False
-    try:
-        return stun.parse_message(data).transaction_id == request.transaction_id
-    except ValueError:
-        return False
-
-
-def netns_argv(netns: str | None) -> list[str]:
-    """The command prefix that runs a program inside ``netns`` (nothing for the current one)."""
-    return [] if netns is None else ["ip", "netns", "exec", netns]
-
-
-def coturn_ready_here(ip: str, tcp_ports: list[int], udp_port: int, timeout: float) -> bool:
-    """Poll until every TCP port accepts and a UDP Binding is answered, or ``timeout`` passes.
-    Run inside a lab namespace by :func:`wait_in_netns`, where the lab's addresses exist."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(_tcp_open(ip, p) for p in tcp_ports) and _udp_binding_ok(ip, udp_port):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-_COTURN_READY = (
-    "import sys; from lkice.lab.coturn import coturn_ready_here as ready; "
-    "sys.exit(0 if ready(sys.argv[1], [int(p) for p in sys.argv[2].split(',') if p], "
-    "int(sys.argv[3]), float(sys.argv[4])) else 1)"
-)
-
-
-def wait_in_netns(
-    netns: str,
-    check: list[str],
-    server: subprocess.Popen[bytes],
-    timeout: float,
-    what: str,
-    log_tail: Callable[[], str],
-) -> None:
-    """Run a readiness check (``python -c check[0] check[1:]``) inside ``netns``, where the
-    server's addresses exist, while watching the server itself: if it exits first, say so.
-    Bounded by ``timeout`` plus a margin for the checker's own start-up."""
-    checker = subprocess.Popen(
-        [*netns_argv(netns), sys.executable, "-c", *check],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + timeout + 5.0
-    try:
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise LabError(
-                    f"{what} in namespace {netns} exited with status {server.returncode}: "
-                    f"{log_tail()}"
-                )
-            status = checker.poll()
-            if status == 0:
-                return
-            if status is not None:
-                err = (
-                    checker.stderr.read().decode(errors="replace").strip() if checker.stderr else ""
-                )
-                raise LabError(
-                    f"{what} in namespace {netns} did not become ready within {timeout:g} s: "
-                    f"{log_tail()}" + (f" (readiness check: {err[-300:]})" if err else "")
-                )
-            time.sleep(0.05)
-        raise LabError(f"{what} readiness check in namespace {netns} did not finish in time")
-    finally:
-        if checker.poll() is None:
-            checker.kill()
-        checker.wait(5)
-        if checker.stderr is not None:
-            checker.stderr.close()
+        return [binary, "-c", str(conf)]

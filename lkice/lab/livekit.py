@@ -98,7 +98,7 @@ from livekit.api import TokenVerifier
 from livekit.api.access_token import Claims, VideoGrants
 from livekit.protocol import models, rtc
 
-from lkice.lab.coturn import LabError
+from lkice.lab.server import LabError
 from lkice.lab.sfu import (
     LOSSY_LABEL,
     RELIABLE_LABEL,

@@ -75,11 +75,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lkice.lab.coturn import Coturn, CoturnConfig, LabError, terminate, turnserver_path
+from lkice.lab.coturn import Coturn, CoturnConfig, turnserver_path
 from lkice.lab.dns import Dnsmasq, dnsmasq_path
 from lkice.lab.pion import PionConfig, PionTurn
 from lkice.lab.pki import LabPki
 from lkice.lab.proxy import TinyProxy
+from lkice.lab.server import LabError, terminate
 
 __all__ = [
     "PROFILES",
@@ -432,12 +433,11 @@ def _token_etc_dirs(token: str) -> list[Path]:
 
 
 def _token_temp_dirs(token: str) -> list[Path]:
-    """The lab's working directory and its coturn directories (their names carry the token)."""
+    """The lab's working directory and its servers' (named after their namespace, so carrying
+    the token: ``lkice-<server>-lk-<token>-...``)."""
     temp = Path(tempfile.gettempdir())
     return sorted(
-        set(temp.glob(f"lkice-netlab-{token}-*"))
-        | set(temp.glob(f"lkice-coturn-lk-{token}-*"))
-        | set(temp.glob(f"lkice-pion-lk-{token}-*"))
+        set(temp.glob(f"lkice-netlab-{token}-*")) | set(temp.glob(f"lkice-*-lk-{token}-*"))
     )
 
 

@@ -1,6 +1,7 @@
 """Real pion/turn (the TURN library LiveKit's built-in TURN server is made of) on free ports, as a
-context manager like :class:`lkice.lab.coturn.Coturn`: started, checked ready over TCP and UDP,
-stopped and cleaned up however the block ends.
+context manager like :class:`lkice.lab.coturn.Coturn` (both are a
+:class:`~lkice.lab.coturn.TurnServer`): started, checked ready over TCP and UDP, stopped and
+cleaned up however the block ends.
 
 The server is ``lkice/lab/go/pionturn/main.go``, built offline in GOPATH mode against Debian's
 ``golang-github-pion-turn.v2-dev`` the first time it is needed and cached per source hash
@@ -15,24 +16,14 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
-from lkice.lab.coturn import (
-    _COTURN_READY,
-    LabError,
-    _tcp_open,
-    _udp_binding_ok,
-    free_port,
-    netns_argv,
-    terminate,
-    wait_in_netns,
-)
+from lkice.lab.coturn import TurnServer
 from lkice.lab.pki import LabPki
+from lkice.lab.server import LabError, visible
 
 __all__ = [
     "INSTALL_HINT",
@@ -41,6 +32,7 @@ __all__ = [
     "build_pion_turn",
     "pion_turn_path",
     "pion_unavailable_reason",
+    "visible",
 ]
 
 INSTALL_HINT = (
@@ -51,7 +43,7 @@ SOURCE_DIR = Path(__file__).parent / "go" / "pionturn"
 GOCODE = Path("/usr/share/gocode/src")
 PION_TURN_SOURCE = GOCODE / "github.com" / "pion" / "turn"
 BUILD_TIMEOUT = 180.0  # a cold build takes ~10 s here; the bound is for a starved machine
-_OUTPUT_LIMIT = 4000
+_READY_FILE = "ready.txt"  # the server's stdout: "ready ..." once every listener is open
 
 RestForm = Literal["pion", "coturn"]
 
@@ -143,18 +135,6 @@ def _gopath_links(gopath: Path) -> None:
             link.symlink_to(gomod.parent, target_is_directory=True)
 
 
-def visible(text: str, limit: int = _OUTPUT_LIMIT) -> str:
-    """Compiler output fit for an error message: control characters other than newline and
-    tab shown as escapes (a terminal sequence must not act), at most ``limit`` characters."""
-    shown = "".join(
-        ch if ch in "\n\t" or (ch.isprintable() and ch != "\x7f") else ascii(ch)[1:-1]
-        for ch in text
-    )
-    if len(shown) > limit:
-        shown = shown[:limit] + f"... ({len(shown) - limit} more characters)"
-    return shown
-
-
 def build_pion_turn(
     timeout: float = BUILD_TIMEOUT,
     cache_root: Path | None = None,
@@ -217,20 +197,34 @@ def build_pion_turn(
     return binary
 
 
-class PionTurn:
+class PionTurn(TurnServer):
     """``with PionTurn(config) as server:`` then ``server.port``, ``server.tls_port``."""
 
-    def __init__(self, config: PionConfig, ready_timeout: float = 10.0) -> None:
-        self.config = config
-        self.ready_timeout = ready_timeout
-        self.port = config.port
-        self.tls_port = config.tls_port
-        self.process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self.log_file: Path | None = None
-        self._stdout: Path | None = None
+    name = "pion/turn"
+    dir_prefix = "lkice-pion"
+    log_name = "pionturn.log"
+    stdout_name = _READY_FILE
 
-    def argv(self, binary: str) -> list[str]:
+    def __init__(self, config: PionConfig, ready_timeout: float = 10.0) -> None:
+        super().__init__(
+            listen_ip=config.listen_ip,
+            port=config.port,
+            tls_port=config.tls_port,
+            tls=config.pki is not None,
+            netns=config.netns,
+            ready_timeout=ready_timeout,
+        )
+        self.config = config
+
+    def binary(self) -> str:
+        binary = pion_turn_path()
+        if binary is None:
+            raise LabError(pion_unavailable_reason() or INSTALL_HINT)
+        return binary
+
+    def argv(self, binary: str, work: Path) -> list[str]:
+        # Secrets go on the command line: readable by this machine's users, as with any lab
+        # server; the values are throwaway.
         c = self.config
         args = [binary, "-listen-ip", c.listen_ip, "-port", str(self.port), "-realm", c.realm]
         args += ["-log-level", c.log_level]
@@ -251,118 +245,27 @@ class PionTurn:
             args.append("-close-on-read-error")
         return args
 
-    def start(self) -> PionTurn:
-        binary = pion_turn_path()
-        if binary is None:
-            raise LabError(pion_unavailable_reason() or INSTALL_HINT)
-        netns = self.config.netns
-        prefix = "lkice-pion-" if netns is None else f"lkice-pion-{netns}-"
-        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
-        work = Path(self._dir.name)
-        if not self.port:
-            self.port = free_port(self.config.listen_ip) if netns is None else 3478
-        if self.config.pki is not None and not self.tls_port:
-            self.tls_port = free_port(self.config.listen_ip) if netns is None else 5349
-        self.log_file = work / "pionturn.log"
-        self._stdout = work / "ready.txt"
-        # Secrets go on the command line: readable by this machine's users, as with any lab
-        # server; the values are throwaway.
-        with self.log_file.open("wb") as log, self._stdout.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*netns_argv(netns), *self.argv(binary)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=log,
-                cwd=work,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _tcp_ports(self) -> list[int]:
-        ports = [self.port]
-        if self.config.pki is not None:
-            ports.append(self.tls_port)
-            if self.config.alt_tls_port is not None:
-                ports.append(self.config.alt_tls_port)
+    def tcp_ports(self) -> list[int]:
+        ports = super().tcp_ports()
+        if self.config.pki is not None and self.config.alt_tls_port is not None:
+            ports.append(self.config.alt_tls_port)
         return ports
 
     def _announced(self) -> bool:
-        assert self._stdout is not None
-        return self._stdout.read_bytes().startswith(b"ready ")
+        assert self._dir is not None
+        return (Path(self._dir.name) / _READY_FILE).read_bytes().startswith(b"ready ")
 
     def _wait_ready(self) -> None:
         """The server's own line says every listener is open; a TCP connect and a UDP
         Binding then prove it answers where the client will look."""
-        assert self.process is not None
         deadline = time.monotonic() + self.ready_timeout
-        ip = self.config.listen_ip
-        while not self._announced():
-            if self.process.poll() is not None:
-                raise LabError(
-                    f"pion/turn exited with status {self.process.returncode}: {self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"pion/turn did not become ready within {self.ready_timeout:g} s: "
-                    f"{self.log_tail()}"
-                )
-            time.sleep(0.02)
-        if self.config.netns is not None:
-            ports = ",".join(str(p) for p in self._tcp_ports())
-            remaining = max(1.0, deadline - time.monotonic())
-            wait_in_netns(
-                self.config.netns,
-                [_COTURN_READY, ip, ports, str(self.port), str(remaining)],
-                self.process,
-                remaining,
-                "pion/turn",
-                self.log_tail,
-            )
+        within = f"within {self.ready_timeout:g} s"
+        self._poll(self._announced, deadline, lambda: f"did not become ready {within}", 0.02)
+        if self.netns is not None:
+            self._wait_in_netns(max(1.0, deadline - time.monotonic()))
             return
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LabError(
-                    f"pion/turn exited with status {self.process.returncode}: {self.log_tail()}"
-                )
-            if all(_tcp_open(ip, p) for p in self._tcp_ports()) and _udp_binding_ok(ip, self.port):
-                return
-            time.sleep(0.05)
-        raise LabError(
-            f"pion/turn announced its listeners but did not answer within "
-            f"{self.ready_timeout:g} s: {self.log_tail()}"
+        self._poll(
+            self.ready_here,
+            deadline,
+            lambda: f"announced its listeners but did not answer {within}",
         )
-
-    def log_tail(self, lines: int = 5) -> str:
-        if self.log_file is None or not self.log_file.exists():
-            return "(no log)"
-        text = self.log_file.read_text(errors="replace").strip()
-        return visible(" | ".join(text.splitlines()[-lines:]), 1000) or "(empty log)"
-
-    def log_text(self) -> str:
-        """Everything pion logged so far (tests read why it refused a request)."""
-        if self.log_file is None or not self.log_file.exists():
-            return ""
-        return self.log_file.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-        self.process = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-    def __enter__(self) -> PionTurn:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -1,7 +1,8 @@
 """Real Prometheus and Pushgateway (Debian packages ``prometheus`` and
 ``prometheus-pushgateway``) on free loopback ports, as context managers: started with their state
 in a temporary directory, checked ready over ``/-/ready``, stopped and cleaned up however the
-block ends. The tests use them to see the metrics lkice exports land in a real Prometheus."""
+block ends. The tests use them to see the metrics lkice exports land in a real Prometheus (test
+support: lkice itself never starts one)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,15 @@ import json
 import math
 import shutil
 import signal
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NamedTuple, TypedDict
 
-from lkice.lab.coturn import LabError, free_port, terminate
+from lkice.lab.server import LabError, LabServer, free_port
 
 INSTALL_HINT = (
     "Prometheus is not installed: install it with "
@@ -84,24 +82,17 @@ def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
             return err.code, err.read()
 
 
-class _Server:
+class _Server(LabServer):
     """What Prometheus and the Pushgateway share: a process on a free loopback port whose
     output goes to a log file in a temporary directory, ready once ``/-/ready`` answers 200."""
-
-    name = "server"
-    prefix = "lkice-server-"
 
     def __init__(
         self, port: int = 0, extra_args: Sequence[str] = (), ready_timeout: float = 30.0
     ) -> None:
+        super().__init__(listen_ip=LISTEN_IP, ready_timeout=ready_timeout)
         self.port = port
         self.extra_args = list(extra_args)
-        self.ready_timeout = ready_timeout
-        self.process: subprocess.Popen[bytes] | None = None
-        # The last process started, kept after ``stop()`` so a caller can check it is gone.
-        self.pid: int | None = None
-        self.log_file: Path | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._last = "no answer"
 
     @property
     def address(self) -> str:
@@ -112,96 +103,52 @@ class _Server:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def argv(self, binary: str, work: Path) -> list[str]:
+    def program(self) -> str | None:
         raise NotImplementedError
 
-    def binary(self) -> str | None:
-        raise NotImplementedError
+    def preexec(self) -> Callable[[], None]:
+        return _die_with_parent
 
-    def start(self) -> _Server:
-        binary = self.binary()
+    def binary(self) -> str:
+        binary = self.program()
         if binary is None:
             raise LabError(prometheus_binaries() or INSTALL_HINT)
-        self._dir = tempfile.TemporaryDirectory(prefix=self.prefix)
-        work = Path(self._dir.name)
-        self.log_file = work / f"{self.name}.log"
-        pick_port = not self.port
-        try:
-            for attempt in range(3):
-                if pick_port:
-                    self.port = free_port(LISTEN_IP)
-                try:
-                    self._launch(binary, work)
-                    return self
-                except LabError as err:
-                    # Someone took the port between picking and binding: pick another one.
-                    if not (pick_port and attempt < 2 and "address already in use" in str(err)):
-                        raise
-        except BaseException:
-            self.stop()
-            raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return binary
 
-    def _launch(self, binary: str, work: Path) -> None:
-        assert self.log_file is not None
-        if self.process is not None:
-            terminate(self.process)
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(
-                self.argv(binary, work),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=work,
-                preexec_fn=_die_with_parent,
-            )
-        self.pid = self.process.pid
-        self._wait_ready()
+    def _start(self, binary: str, work: Path) -> None:
+        pick_port = not self.port
+        for attempt in range(3):
+            if pick_port:
+                self.port = free_port(LISTEN_IP)
+            try:
+                self._launch(binary, work)
+                return
+            except LabError as err:
+                # Someone took the port between picking and binding: pick another one.
+                if not (pick_port and attempt < 2 and "address already in use" in str(err)):
+                    raise
+
+    def ready_here(self) -> bool:
+        try:
+            code, body = _http_get(f"{self.url}/-/ready", timeout=0.5)
+        except OSError as err:
+            self._last = str(err)
+            return False
+        if code == 200:
+            return True
+        self._last = f"HTTP {code} {body[:100].decode(errors='replace').strip()}"
+        return False
 
     def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.ready_timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                status = self.process.returncode
-                self.process = None
-                raise LabError(f"{self.name} exited with status {status}: {self.log_tail()}")
-            try:
-                code, body = _http_get(f"{self.url}/-/ready", timeout=0.5)
-            except OSError as err:
-                last = str(err)
-            else:
-                if code == 200:
-                    return
-                last = f"HTTP {code} {body[:100].decode(errors='replace').strip()}"
-            time.sleep(0.05)
-        raise LabError(
-            f"{self.name} did not become ready on {self.address} within "
-            f"{self.ready_timeout:g} s (last: {last}): {self.log_tail()}"
+        self._last = "no answer"
+        self._poll(
+            self.ready_here,
+            time.monotonic() + self.ready_timeout,
+            lambda: (
+                f"did not become ready on {self.address} within {self.ready_timeout:g} s "
+                f"(last: {self._last})"
+            ),
         )
-
-    def log_tail(self, lines: int = 5) -> str:
-        if self.log_file is None or not self.log_file.exists():
-            return "(no log)"
-        text = self.log_file.read_text(errors="replace").strip()
-        return " | ".join(text.splitlines()[-lines:]) or "(empty log)"
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-        self.process = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class Pushgateway(_Server):
@@ -209,9 +156,10 @@ class Pushgateway(_Server):
     ``gateway.scrape_job()`` in a :class:`Prometheus`'s ``scrape_configs``. In memory only."""
 
     name = "prometheus-pushgateway"
-    prefix = "lkice-pushgateway-"
+    dir_prefix = "lkice-pushgateway"
+    log_name = "prometheus-pushgateway.log"
 
-    def binary(self) -> str | None:
+    def program(self) -> str | None:
         return _binary("prometheus-pushgateway")
 
     def argv(self, binary: str, work: Path) -> list[str]:
@@ -225,10 +173,6 @@ class Pushgateway(_Server):
     def scrape_job(self, job: str = "pushgateway") -> ScrapeJob:
         return ScrapeJob(job, [self.address], honor_labels=True)
 
-    def __enter__(self) -> Pushgateway:
-        self.start()
-        return self
-
 
 class Prometheus(_Server):
     """``with Prometheus([gateway.scrape_job()]) as prom:`` then ``prom.query(expr)`` or
@@ -236,7 +180,8 @@ class Prometheus(_Server):
     ``(job, targets, honor_labels)`` tuples; every job is scraped each ``scrape_interval``."""
 
     name = "prometheus"
-    prefix = "lkice-prometheus-"
+    dir_prefix = "lkice-prometheus"
+    log_name = "prometheus.log"
 
     def __init__(
         self,
@@ -252,7 +197,7 @@ class Prometheus(_Server):
         ]
         self.scrape_interval = scrape_interval
 
-    def binary(self) -> str | None:
+    def program(self) -> str | None:
         return _binary("prometheus")
 
     def config(self) -> dict[str, Any]:
@@ -305,10 +250,6 @@ class Prometheus(_Server):
                     f"{self.ready_timeout:g} s: {self.log_tail()}"
                 )
             time.sleep(0.1)
-
-    def __enter__(self) -> Prometheus:
-        self.start()
-        return self
 
     def _api(self, path: str, params: dict[str, str] | None = None) -> Any:
         if self.process is None:
