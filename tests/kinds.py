@@ -304,8 +304,10 @@ STARTERS: dict[str, str] = {
     "lkice.lab.pion.pion_turn_path": SERVERS,  # builds pion/turn when no build is cached
     "lkice.lab.dns.Dnsmasq": SERVERS,
     "lkice.lab.proxy.TinyProxy": SERVERS,
-    "lkice.lab.prometheus.Prometheus": SERVERS,
-    "lkice.lab.prometheus.Pushgateway": SERVERS,
+    "tests.support.prometheus.Prometheus": SERVERS,
+    "tests.support.prometheus.Pushgateway": SERVERS,
+    "lkice.lab.demo.DemoLab": SERVERS,
+    "lkice.lab.demo.run_in_network_lab": ROOT,
     "lkice.lab.livekit.LabLiveKit": SERVERS,
     "lkice.lab.sfu.SfuTransport": SERVERS,
     "lkice.lab.netlab.NetLab": ROOT,
