@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from livekit import api
 
 from lkice.job import RunRequest, diagnose
-from lkice.lab.livekit import LabLiveKit
+from lkice.lab.livekit_server import LabLiveKit
 from lkice.lab.pki import LabPki
 from tests.conftest import TurnKind, plain, validate_report
 

@@ -1,4 +1,4 @@
-"""The lab's LiveKit stand-in (lkice.lab.livekit), checked against LiveKit's own behaviour:
+"""The lab's LiveKit stand-in (lkice.lab.livekit_server), checked against LiveKit's own behaviour:
 HTTP status and reason texts, the join response, keepalive, participant updates, and data
 packets between two participants of LiveKit's official client (``livekit.rtc``), directly and
 relay-only through a real coturn.
@@ -37,8 +37,8 @@ from livekit import rtc as lkrtc
 from livekit.protocol import models, rtc
 
 from lkice.lab.coturn import turnserver_path
-from lkice.lab.livekit import IceServer, LabLiveKit, LabRegion, encode_join_request
-from lkice.lab.sfu import CandidateInit, SfuTransport, parse_candidate_init
+from lkice.lab.livekit_server import LabIceServer, LabLiveKit, LabRegion, encode_join_request
+from lkice.lab.sfu_server import CandidateInit, SfuTransport, parse_candidate_init
 
 KEY = "APIlabkey"
 SECRET = "lab-secret-0123456789abcdef0123456789abcdef"
@@ -69,8 +69,8 @@ def lab(**overrides: Any) -> LabLiveKit:
         "api_key": KEY,
         "api_secret": SECRET,
         "ice_servers": [
-            IceServer(["turn:127.0.0.1:3478?transport=udp"], TURN_USER, TURN_PASSWORD),
-            IceServer(["turns:turn.lab.test:443?transport=tcp"], TURN_USER, TURN_PASSWORD),
+            LabIceServer(["turn:127.0.0.1:3478?transport=udp"], TURN_USER, TURN_PASSWORD),
+            LabIceServer(["turns:turn.lab.test:443?transport=tcp"], TURN_USER, TURN_PASSWORD),
         ],
         "region": "lab-eu",
     }
@@ -591,7 +591,7 @@ async def _scenario(
     name: str,
     single_pc: bool | None,
     relay: str | None,
-    turn: IceServer | None,
+    turn: LabIceServer | None,
     **lab_options: Any,
 ) -> dict[str, Any]:
     """alice publishes one reliable and one lossy packet; bob must receive both."""
@@ -658,7 +658,9 @@ async def _scenarios() -> dict[str, Any]:
         results[name] = await _scenario(name, single_pc, None, None, ice_tcp_port=0, ice_udp=False)
     if turnserver_path() is not None:
         with Coturn(CoturnConfig(users={TURN_USER: TURN_PASSWORD})) as turn:
-            ice = IceServer([f"turn:127.0.0.1:{turn.port}?transport=udp"], TURN_USER, TURN_PASSWORD)
+            ice = LabIceServer(
+                [f"turn:127.0.0.1:{turn.port}?transport=udp"], TURN_USER, TURN_PASSWORD
+            )
             results["v0-relay"] = await _scenario("v0-relay", False, "client", ice)
             results["v1-force-relay"] = await _scenario("v1-force-relay", True, "server", ice)
     return results

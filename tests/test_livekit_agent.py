@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lkice.lab.coturn import Coturn, CoturnConfig
-from lkice.lab.livekit import IceServer, LabLiveKit, LabRegion
+from lkice.lab.livekit_server import LabIceServer, LabLiveKit, LabRegion
 from tests.conftest import TurnLab, needs_coturn, validate_report
 
 pytestmark = needs_coturn
@@ -43,7 +43,7 @@ def api_secret() -> str:
 @pytest.fixture(scope="module")
 def livekit(coturn: TurnLab, api_secret: str) -> Iterator[LabLiveKit]:
     ice = [
-        IceServer(
+        LabIceServer(
             [
                 f"turn:127.0.0.1:{coturn.port}?transport=udp",
                 f"turn:127.0.0.1:{coturn.port}?transport=tcp",
@@ -51,7 +51,7 @@ def livekit(coturn: TurnLab, api_secret: str) -> Iterator[LabLiveKit]:
             coturn.user,
             coturn.password,
         ),
-        IceServer([f"stun:127.0.0.1:{coturn.port}"], "", ""),
+        LabIceServer([f"stun:127.0.0.1:{coturn.port}"], "", ""),
     ]
     with LabLiveKit(api_key=API_KEY, api_secret=api_secret, ice_servers=ice, region="lab-eu") as lk:
         yield lk
@@ -142,9 +142,13 @@ def test_cloud_regions_are_discovered_and_each_probed(coturn: TurnLab, api_secre
     servers its join offers are probed in the same run, tagged with the region."""
     with Coturn(CoturnConfig(users={"us-user": "us-pass"})) as us_turn:
         eu_ice = [
-            IceServer([f"turn:127.0.0.1:{coturn.port}?transport=udp"], coturn.user, coturn.password)
+            LabIceServer(
+                [f"turn:127.0.0.1:{coturn.port}?transport=udp"], coturn.user, coturn.password
+            )
         ]
-        us_ice = [IceServer([f"turn:127.0.0.1:{us_turn.port}?transport=udp"], "us-user", "us-pass")]
+        us_ice = [
+            LabIceServer([f"turn:127.0.0.1:{us_turn.port}?transport=udp"], "us-user", "us-pass")
+        ]
         with (
             LabLiveKit(
                 api_key=API_KEY, api_secret=api_secret, ice_servers=eu_ice, region="eu"

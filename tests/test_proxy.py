@@ -20,8 +20,8 @@ from lkice import stun as codec
 from lkice.credentials import Secret
 from lkice.errors import ErrorKind, ProbeError, UsageError
 from lkice.lab.pki import LabPki
-from lkice.lab.proxy import TinyProxy, tinyproxy_path
 from lkice.lab.server import free_port
+from lkice.lab.tinyproxy import TinyProxy, tinyproxy_path
 from lkice.probe.proxy import (
     Proxies,
     connect_via_proxy,

@@ -18,7 +18,7 @@ import pytest
 
 from lkice.credentials import Secret, TurnCredentials
 from lkice.errors import ErrorKind, ProbeError
-from lkice.lab.livekit import LabLiveKit
+from lkice.lab.livekit_server import LabLiveKit
 from lkice.lab.pki import LabPki
 from lkice.livekit import parse_livekit_url
 from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials

@@ -109,7 +109,7 @@ def starts_coturn():
         pass
 
 def helper():
-    from lkice.lab.livekit import LabLiveKit
+    from lkice.lab.livekit_server import LabLiveKit
     return LabLiveKit
 
 def calls_a_helper():
@@ -151,7 +151,7 @@ def test_references_are_found_through_helpers_imports_and_strings() -> None:
         (kinds.SERVERS, "lkice.lab.coturn.Coturn")
     ]
     (via_helper,) = kinds.references(functions["calls_a_helper"])
-    assert via_helper.what == "lkice.lab.livekit.LabLiveKit"
+    assert via_helper.what == "lkice.lab.livekit_server.LabLiveKit"
     assert via_helper.via == ("calls_a_helper", "helper")
     assert [r.what for r in kinds.references(functions["asks_promtool"])] == ["'promtool'"]
     assert [r.what for r in kinds.references(functions["uses_a_module"])] == [

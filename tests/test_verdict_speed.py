@@ -464,7 +464,7 @@ import sys
 import lkice.probe.turn, lkice.probe.icetcp, lkice.probe.nat
 from lkice import stun as codec
 assert "aioice.ice" not in sys.modules and "dns" not in sys.modules, "aioice's __init__ ran"
-from aioice.ice import StunProtocol  # a submodule first (as lkice.lab.sfu does), then the names
+from aioice.ice import StunProtocol  # a submodule first (as lkice.lab.sfu_server does), then the names
 import aioice
 from aioice import Connection
 import aiortc

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lkice.credentials import Secret
 from lkice.lab.coturn import Coturn, CoturnConfig
-from lkice.lab.livekit import IceServer, LabLiveKit
+from lkice.lab.livekit_server import LabIceServer, LabLiveKit
 from lkice.lab.pki import LabPki, make_pki
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ class DemoLab:
             port = self._coturn.port
             # The lab LiveKit hands out the lab's coturn, as a deployment hands out its TURN.
             ice = [
-                IceServer([f"stun:127.0.0.1:{port}"], "", ""),
-                IceServer(
+                LabIceServer([f"stun:127.0.0.1:{port}"], "", ""),
+                LabIceServer(
                     [
                         f"turn:127.0.0.1:{port}?transport=udp",
                         f"turn:127.0.0.1:{port}?transport=tcp",

@@ -79,8 +79,8 @@ from lkice.lab.coturn import Coturn, CoturnConfig, turnserver_path
 from lkice.lab.dns import Dnsmasq, dnsmasq_path
 from lkice.lab.pion import PionConfig, PionTurn
 from lkice.lab.pki import LabPki
-from lkice.lab.proxy import TinyProxy
 from lkice.lab.server import LabError, terminate
+from lkice.lab.tinyproxy import TinyProxy
 
 __all__ = [
     "PROFILES",
@@ -797,7 +797,7 @@ class NetLab:
         port: int = 443,
         ice_tcp_port: int | None = 7881,
     ) -> str:
-        """Run the lab LiveKit server (``lkice.lab.livekit``) in ``region``'s namespace on its
+        """Run the lab LiveKit server (``lkice.lab.livekit_server``) in ``region``'s namespace on its
         signaling address, handing out the region's coturn as a deployment hands out its TURN:
         TURN/UDP and TURN/TCP on 3478, TURN/TLS on 443; its SFU offers ICE/TCP on
         ``ice_tcp_port`` (LiveKit's default 7881; None: off). Returns the URL to give lkice
@@ -808,7 +808,7 @@ class NetLab:
         helper = _Helper(
             f"LiveKit in {region}",
             self.region_ns(region),
-            ["python3", "-m", "lkice.lab.livekit"],
+            ["python3", "-m", "lkice.lab.livekit_server"],
             Path(self._work.name) / f"livekit-{region}.log",
         )
         self._livekit[region] = helper

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lkice.lab.coturn import Coturn, CoturnConfig, turnserver_path
-from lkice.lab.livekit import IceServer, LabLiveKit
+from lkice.lab.livekit_server import LabIceServer, LabLiveKit
 from lkice.lab.pki import LabPki
 from tests.hostile.harness import Arg, Outcome, problems, run_lkice
 from tests.hostile.kit import closed_port
@@ -83,7 +83,7 @@ def lab(pki: LabPki) -> Iterator[Lab]:
     config = CoturnConfig(users={seeds.turn_user: seeds.turn_password}, pki=pki)
     with Coturn(config) as coturn:
         ice = [
-            IceServer(
+            LabIceServer(
                 [
                     f"turn:127.0.0.1:{coturn.port}?transport=udp",
                     f"turn:127.0.0.1:{coturn.port}?transport=tcp",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lkice.lab.livekit import LabLiveKit
+from lkice.lab.livekit_server import LabLiveKit
 from tests.hostile.harness import Checks, run_lkice
 from tests.hostile.kit import HostileLiveKit
 

@@ -21,7 +21,7 @@ What it serves, as LiveKit's server does (see ``shared/reference/livekit.md``):
 - ``GET /settings/regions`` (LiveKit Cloud only; 404 when the lab has no ``regions``, like the
   open-source server): ``{"regions":[{"region":..,"url":..,"distance":"123"}]}`` (protojson,
   int64 as a string) for a valid bearer token.
-- The SFU (:mod:`lkice.lab.sfu`, aiortc): data packets (``livekit.protocol.models.DataPacket``)
+- The SFU (:mod:`lkice.lab.sfu_server`, aiortc): data packets (``livekit.protocol.models.DataPacket``)
   published on a participant's ``_reliable``/``_lossy`` channels are forwarded to every other
   participant of the room (or the ``destination_identities``) over the SFU's own ``_reliable``/
   ``_lossy`` channels, with ``participant_sid``/``participant_identity`` asserted by the server
@@ -53,7 +53,7 @@ carries port 9), so the server-side pair reads ``("tcp", "prflx")``.
 Usage, asynchronous (the server runs on the caller's loop)::
 
     async with LabLiveKit(api_key="devkey", api_secret=secret,
-                          ice_servers=[IceServer(["turn:127.0.0.1:3478?transport=udp"],
+                          ice_servers=[LabIceServer(["turn:127.0.0.1:3478?transport=udp"],
                                                  "alice", password)]) as lk:
         connect_to(lk.url)            # "ws://127.0.0.1:PORT"
 
@@ -99,7 +99,7 @@ from livekit.api.access_token import Claims, VideoGrants
 from livekit.protocol import models, rtc
 
 from lkice.lab.server import LabError
-from lkice.lab.sfu import (
+from lkice.lab.sfu_server import (
     LOSSY_LABEL,
     RELIABLE_LABEL,
     IceTcpListener,
@@ -108,7 +108,7 @@ from lkice.lab.sfu import (
     parse_candidate_init,
 )
 
-__all__ = ["IceServer", "LabLiveKit", "LabRegion"]
+__all__ = ["LabIceServer", "LabLiveKit", "LabRegion"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _now_ms() -> int:
 
 
 @dataclass(frozen=True)
-class IceServer:
+class LabIceServer:
     """One ``JoinResponse.ice_servers`` entry (the lab's coturn, typically)."""
 
     urls: Sequence[str]
@@ -655,7 +655,7 @@ class LabLiveKit:
         *,
         api_key: str,
         api_secret: str,
-        ice_servers: Sequence[IceServer] = (),
+        ice_servers: Sequence[LabIceServer] = (),
         host: str = "127.0.0.1",
         port: int = 0,
         region: str = "lab",
@@ -1052,7 +1052,7 @@ class LabLiveKit:
 
 
 def main() -> int:
-    """``python3 -m lkice.lab.livekit``: serve until stdin closes, e.g. inside a lab namespace.
+    """``python3 -m lkice.lab.livekit_server``: serve until stdin closes, e.g. inside a lab namespace.
 
     The configuration comes as one JSON line on stdin (``api_key``, ``api_secret``, ``host``,
     ``port``, ``region``, ``ice_servers`` as ``[{"urls": [...], "username": .., "credential":
@@ -1060,7 +1060,7 @@ def main() -> int:
     ``ready <url>`` on stdout once listening."""
     config = json.loads(sys.stdin.readline())
     ice = [
-        IceServer(list(e["urls"]), str(e.get("username", "")), str(e.get("credential", "")))
+        LabIceServer(list(e["urls"]), str(e.get("username", "")), str(e.get("credential", "")))
         for e in config.get("ice_servers", [])
     ]
 

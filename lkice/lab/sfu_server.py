@@ -1,4 +1,4 @@
-"""The SFU half of the lab's LiveKit stand-in (:mod:`lkice.lab.livekit`): one aiortc
+"""The SFU half of the lab's LiveKit stand-in (:mod:`lkice.lab.livekit_server`): one aiortc
 ``RTCPeerConnection`` per LiveKit server-side PeerConnection, restricted to the lab's addresses.
 
 Why the restrictions: aioice, under aiortc, gathers host candidates on every interface *except*
