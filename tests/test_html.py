@@ -21,6 +21,7 @@ import pytest
 
 from lkice.render import html as html_render
 from lkice.render.html import render, stall_intervals, stall_threshold
+from tests.conftest import as_doc
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Dialog, Route
@@ -103,7 +104,7 @@ def _hostile_report() -> dict[str, Any]:
 
 def test_document_has_every_section() -> None:
     report = _report()
-    document = render(report)
+    document = render(as_doc(report))
     assert document.startswith("<!DOCTYPE html>")
     parsed = _parse(document)
     for section in ("summary", "findings", "recommendation", "paths", "signal", "setup", "quality"):
@@ -122,7 +123,7 @@ def test_document_has_every_section() -> None:
 
 
 def test_self_contained() -> None:
-    document = render(_report())
+    document = render(as_doc(_report()))
     parsed = _parse(document)
     assert not {"script", "link", "img", "iframe", "object", "embed"} & set(parsed.tags)
     for name, value in parsed.attributes:
@@ -136,7 +137,7 @@ def test_self_contained() -> None:
 
 
 def test_hostile_values_are_escaped() -> None:
-    document = render(_hostile_report())
+    document = render(as_doc(_hostile_report()))
     assert "<script" not in document
     assert "<img" not in document
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in document
@@ -163,7 +164,7 @@ def test_control_characters_are_shown_not_passed_to_the_browser() -> None:
     if report.get("signal"):
         report["signal"]["server"] = {"version": f"1.9{hostile}"}
     for redact in (False, True):
-        document = render(report, redact=redact)
+        document = render(as_doc(report), redact=redact)
         odd = [c for c in document if c != "\n" and unicodedata.category(c) in ("Cc", "Cf", "Zl")]
         assert odd == []
         assert "coturn\\x1b]0;title\\x07\\u202eevil\\u2028" in document
@@ -181,14 +182,14 @@ def test_absurd_numbers_still_draw() -> None:
                     path[key]["series"] = {"sent_ms": [0, value, value], "rtt_ms": [value, None, 0]}
                     path[key]["rtt_ms"] = dict.fromkeys(("p50", "p95", "p99", "max"), value)
         report["duration_ms"] = value
-        document = render(report)
+        document = render(as_doc(report))
         assert "inf" not in document.lower().replace("info", "")
         assert "nan" not in document.lower()
 
 
 def test_timeline_states_hol_and_shades_stalls() -> None:
     report = _report()
-    document = render(report)
+    document = render(as_doc(report))
     hol = report["paths"][2]["quality"]["hol"]
     assert f"Head-of-line stalls: <strong>{hol['stalls']}</strong>" in document
     assert f"longest <strong>{hol['max_stall_ms']:.1f} ms</strong>" in document
@@ -200,7 +201,7 @@ def test_timeline_states_hol_and_shades_stalls() -> None:
 
 def test_waterfall_rows() -> None:
     report = _report()
-    document = render(report)
+    document = render(as_doc(report))
     chart = document[document.index('class="chart waterfall-chart"') :]
     chart = chart[: chart.index("</svg>")]
     assert chart.count('<g class="row') == 1 + len(report["paths"])
@@ -214,10 +215,10 @@ def test_waterfall_rows() -> None:
 
 def test_a_web_proxys_connect_step_is_drawn_and_tabled_where_a_path_took_one() -> None:
     report = _report()
-    assert "seg-proxy" not in render(report)  # no path through a proxy: no such column
+    assert "seg-proxy" not in render(as_doc(report))  # no path through a proxy: no such column
     tls = next(p for p in report["paths"] if p["transport"] == "tls" and p["ok"])
     tls["timings_ms"]["proxy"] = 21.5
-    document = render(report)
+    document = render(as_doc(report))
     chart = document[document.index('class="chart waterfall-chart"') :]
     assert "seg-proxy" in chart[: chart.index("</svg>")]
     table = document[document.index('class="paths-table"') :]
@@ -238,7 +239,7 @@ def test_stall_intervals() -> None:
 def test_without_findings_and_recommendation() -> None:
     report = _report()
     del report["findings"], report["recommendation"]
-    document = render(report)
+    document = render(as_doc(report))
     ids = _parse(document).ids
     assert "findings" not in ids
     assert "recommendation" not in ids
@@ -250,7 +251,7 @@ def test_empty_findings_and_no_recommendation() -> None:
     report = _report()
     report["findings"] = []
     report["recommendation"] = None
-    document = render(report)
+    document = render(as_doc(report))
     assert "No findings" in document
     assert "No recommendation" in document
     assert "ranking-chart" not in document
@@ -260,7 +261,7 @@ def test_zero_paths() -> None:
     report = _report()
     report.update(paths=[], signal=None, summary={"paths": 0, "ok": 0, "failed": 0})
     report["verdict"] = "failed"
-    document = render(report)
+    document = render(as_doc(report))
     assert "No paths were probed" in document
     assert "timeline-chart" not in document
     assert "waterfall-chart" not in document
@@ -277,7 +278,7 @@ def test_interrupted_report() -> None:
         path["timings_ms"] = dict.fromkeys(path["timings_ms"]) | {"dns": 3.9, "connect": 41.0}
     del report["findings"], report["recommendation"]
     report["signal"]["timings_ms"]["join"] = None
-    document = render(report)
+    document = render(as_doc(report))
     assert "INTERRUPTED" in document
     assert "interrupted during tls" in document
     assert "✗ interrupted at tls" in document
@@ -291,10 +292,10 @@ def test_minimal_report_and_missing_series() -> None:
         for key in ("quality", "relay_quality"):
             if path.get(key):
                 del path[key]["series"]
-    document = render(report)
+    document = render(as_doc(report))
     assert "No per-probe series" in document
     assert "timeline-chart" not in document
-    assert render({"verdict": "ok", "paths": []}).startswith("<!DOCTYPE html>")
+    assert render(as_doc({"verdict": "ok", "paths": []})).startswith("<!DOCTYPE html>")
 
 
 def test_redacted_document_leaks_no_host() -> None:
@@ -303,13 +304,13 @@ def test_redacted_document_leaks_no_host() -> None:
     originals = set(re.findall(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*\.lab\.test", text))
     originals |= set(re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", text))
     assert len(originals) > 5
-    document = render(report, redact=True)
+    document = render(as_doc(report), redact=True)
     assert sorted(o for o in originals if o in document) == []
     assert "host-1" in document
     assert "ip-1" in document
     assert "Redacted:" in document
     assert report == _report()  # the caller's report is left alone
-    assert "Redacted:" not in render(report)
+    assert "Redacted:" not in render(as_doc(report))
 
 
 # --------------------------------------------------------------------------- in a browser
@@ -423,7 +424,7 @@ class _Visit:
 def test_in_chromium(browser: Browser, tmp_path: Path) -> None:
     report = _report()
     file = tmp_path / "report.html"
-    file.write_text(render(report), "utf-8")
+    file.write_text(render(as_doc(report)), "utf-8")
     visit = _Visit(browser, file)
     try:
         page = visit.page
@@ -486,7 +487,7 @@ def test_in_chromium(browser: Browser, tmp_path: Path) -> None:
 
 def test_hostile_values_in_chromium(browser: Browser, tmp_path: Path) -> None:
     file = tmp_path / "hostile.html"
-    file.write_text(render(_hostile_report()), "utf-8")
+    file.write_text(render(as_doc(_hostile_report())), "utf-8")
     visit = _Visit(browser, file)
     try:
         page = visit.page
@@ -502,7 +503,7 @@ def test_hostile_values_in_chromium(browser: Browser, tmp_path: Path) -> None:
 def test_redacted_in_chromium(browser: Browser, tmp_path: Path) -> None:
     report = _report()
     file = tmp_path / "redacted.html"
-    file.write_text(render(copy.deepcopy(report), redact=True), "utf-8")
+    file.write_text(render(as_doc(copy.deepcopy(report)), redact=True), "utf-8")
     visit = _Visit(browser, file)
     try:
         text = visit.page.inner_text("body")

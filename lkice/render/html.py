@@ -15,10 +15,24 @@ import html
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Literal
 
 from lkice.redact import redact_report
 from lkice.report.fields import SIGNAL_STEPS, TIMING_KEYS
+from lkice.report.read import (
+    ErrorDoc,
+    FindingDoc,
+    HolDoc,
+    PathDoc,
+    QualityDoc,
+    RankingDoc,
+    RecommendationDoc,
+    RegionDoc,
+    ReportDoc,
+    RttDoc,
+    SignalDoc,
+    TlsDoc,
+)
 from lkice.report.views import ms as _ms
 from lkice.report.views import number as _num
 from lkice.report.views import percent as _pct
@@ -62,6 +76,7 @@ SERIES_COLOUR = "#1f6fd1"  # the probe train's RTT line
 ECHO_COLOUR = "#7b3fb8"  # the relay echo's RTT line
 LOST_COLOUR = "#d62728"
 STALL_COLOUR = "#f5a623"
+TRAINS: tuple[Literal["quality", "relay_quality"], ...] = ("quality", "relay_quality")
 TIMES = "\u00d7"  # the multiplication sign, as in "12 x 68 ms"
 SEVERITIES = ("critical", "warning", "info")
 VERDICTS = ("ok", "degraded", "failed")
@@ -184,15 +199,7 @@ def _tick_label(value: float) -> str:
     return f"{value:g}" if value < 1e6 else f"{value:.3g}"
 
 
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _path_label(path: dict[str, Any]) -> str:
+def _path_label(path: PathDoc) -> str:
     label = f"{path.get('kind', '?')} {path.get('server', '?')} {path.get('transport', '?')}"
     if path.get("kind") == "sfu":  # the same SFU is reached directly and through each relay
         label += " (relayed)" if path.get("relay") else " (direct)"
@@ -204,14 +211,14 @@ def _path_label(path: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the document
 
 
-def render(doc: Mapping[str, Any], *, redact: bool = False) -> str:
+def render(doc: ReportDoc, *, redact: bool = False) -> str:
     """The report as one HTML document; ``redact`` replaces hosts and public addresses first."""
     if redact:
         doc = redact_report(doc)
-    # After redaction, which reads the strings as they came. This view still reads the report
-    # by string key, defensively (it draws charts from whatever a paste holds).
-    report: dict[str, Any] = clipped(visible_report(doc))
-    paths = [p for p in _list(report.get("paths")) if isinstance(p, dict)]
+    # After redaction, which reads the strings as they came. A report reaches this view only
+    # validated (lkice.intake) or written by lkice; numbers are still drawn within bounds.
+    report: ReportDoc = clipped(visible_report(doc))
+    paths = report.get("paths") or []
     verdict = str(report.get("verdict", "unknown"))
     body: list[str] = [_header(report, paths, redacted=redact)]
     if "findings" in report:
@@ -219,9 +226,9 @@ def render(doc: Mapping[str, Any], *, redact: bool = False) -> str:
     if "recommendation" in report:
         body.append(_recommendation(report.get("recommendation")))
     body.append(_paths_section(paths))
-    signal = _dict(report.get("signal"))
+    signal: SignalDoc = report.get("signal") or {}
     if signal or report.get("regions"):
-        body.append(_signal_section(signal, _list(report.get("regions"))))
+        body.append(_signal_section(signal, report.get("regions") or []))
     body.append(_setup_section(signal, paths))
     body.append(_quality_section(paths))
     version = report.get("lkice_version", "?")
@@ -240,10 +247,10 @@ def render(doc: Mapping[str, Any], *, redact: bool = False) -> str:
     )
 
 
-def _header(report: dict[str, Any], paths: list[dict[str, Any]], *, redacted: bool) -> str:
+def _header(report: ReportDoc, paths: list[PathDoc], *, redacted: bool) -> str:
     verdict = str(report.get("verdict", "unknown"))
     css = verdict if verdict in VERDICTS else "unknown"
-    summary = _dict(report.get("summary"))
+    summary = report.get("summary") or {}
     total = summary.get("paths", len(paths))
     usable = summary.get("ok", sum(1 for p in paths if p.get("ok")))
     out = [
@@ -262,14 +269,14 @@ def _header(report: dict[str, Any], paths: list[dict[str, Any]], *, redacted: bo
             '<p class="redacted">Redacted: host names and public IP addresses are replaced '
             "by placeholders (host-N, ip-N); the same placeholder means the same value.</p>"
         )
-    agent = _dict(report.get("agent"))
+    agent = report.get("agent") or {}
     facts = [
         ("Started", _e(report.get("started_at", "?"))),
         ("lkice version", _e(report.get("lkice_version", "?"))),
     ]
     if agent:
         facts.append(("Agent", _e(f"{agent.get('os', '?')}, Python {agent.get('python', '?')}")))
-    targets = [str(t) for t in _list(report.get("targets"))]
+    targets = [str(t) for t in report.get("targets") or []]
     items = "".join(f"<li><code>{_e(t)}</code></li>" for t in targets) or "<li>none</li>"
     facts.append(("Targets", f'<ul class="plain">{items}</ul>'))
     out.append('<dl class="meta">')
@@ -288,9 +295,9 @@ def _header(report: dict[str, Any], paths: list[dict[str, Any]], *, redacted: bo
 # --------------------------------------------------------------------------- findings
 
 
-def _findings(value: object) -> str:
+def _findings(value: list[FindingDoc] | None) -> str:
     out = ['<section id="findings">', "<h2>Findings</h2>"]
-    findings = [f for f in _list(value) if isinstance(f, dict)]
+    findings = list(value or [])
     if not findings:
         out.append("<p>No findings: nothing stood out.</p>")
     order = {s: i for i, s in enumerate(SEVERITIES)}
@@ -305,7 +312,7 @@ def _findings(value: object) -> str:
         )
         if finding.get("impact"):
             out.append(f'<p class="impact"><strong>Impact:</strong> {_e(finding["impact"])}</p>')
-        evidence = [str(x) for x in _list(finding.get("evidence"))]
+        evidence = [str(x) for x in finding.get("evidence") or []]
         if evidence:
             out.append(
                 '<p class="evidence-head"><strong>Evidence:</strong></p><ul class="evidence">'
@@ -324,9 +331,9 @@ def _findings(value: object) -> str:
 # --------------------------------------------------------------------------- recommendation
 
 
-def _recommendation(value: object) -> str:
+def _recommendation(value: RecommendationDoc | None) -> str:
     out = ['<section id="recommendation">', "<h2>Recommendation</h2>"]
-    rec = _dict(value)
+    rec: RecommendationDoc = value or {}
     if not rec:
         out.append(
             '<p class="no-rec">No recommendation: no region and transport was measured '
@@ -343,7 +350,7 @@ def _recommendation(value: object) -> str:
     out.append(f'<p class="rec">Recommended: {text}.</p>')
     if rec.get("reason"):
         out.append(f'<p class="reason">{_e(rec["reason"])}</p>')
-    ranking = [r for r in _list(rec.get("ranking")) if isinstance(r, dict)]
+    ranking = rec.get("ranking") or []
     if ranking:
         out.append(
             '<figure class="ranking"><figcaption><strong>Region ranking</strong> '
@@ -357,7 +364,7 @@ def _recommendation(value: object) -> str:
     return "\n".join(out)
 
 
-def _is_recommended(row: dict[str, Any], rec: dict[str, Any]) -> bool:
+def _is_recommended(row: RankingDoc, rec: RecommendationDoc) -> bool:
     return bool(
         row.get("usable")
         and row.get("region") == rec.get("region")
@@ -365,7 +372,7 @@ def _is_recommended(row: dict[str, Any], rec: dict[str, Any]) -> bool:
     )
 
 
-def _ranking_chart(ranking: list[dict[str, Any]], rec: dict[str, Any]) -> str:
+def _ranking_chart(ranking: list[RankingDoc], rec: RecommendationDoc) -> str:
     width, left, right, top, row_h = 900, 230, 250, 26, 24
     height = top + row_h * len(ranking) + 10
     values = [_chart(v) for v in (_num(r.get("rtt_ms")) for r in ranking) if v is not None]
@@ -422,7 +429,7 @@ def _ranking_chart(ranking: list[dict[str, Any]], rec: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _ranking_table(ranking: list[dict[str, Any]], rec: dict[str, Any]) -> str:
+def _ranking_table(ranking: list[RankingDoc], rec: RecommendationDoc) -> str:
     head = ["#", "region", "usable", "via", "server", "RTT", "jitter", "loss", "stall", "MOS"]
     numeric = {"#", "RTT", "jitter", "loss", "stall", "MOS"}
     out = [
@@ -455,12 +462,12 @@ def _ranking_table(ranking: list[dict[str, Any]], rec: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- paths
 
 
-def _paths_section(paths: list[dict[str, Any]]) -> str:
+def _paths_section(paths: list[PathDoc]) -> str:
     out = ['<section id="paths">', "<h2>Paths</h2>"]
     if not paths:
         out.append("<p>No paths were probed.</p></section>")
         return "\n".join(out)
-    through_proxy = any(_dict(p.get("timings_ms")).get("proxy") is not None for p in paths)
+    through_proxy = any((p.get("timings_ms") or {}).get("proxy") is not None for p in paths)
     phases = [p for p in SETUP_PHASES if p != "proxy" or through_proxy]
     if any(p.get("kind") == "sfu" for p in paths):
         phases += ["ice", "dtls"]
@@ -473,8 +480,8 @@ def _paths_section(paths: list[dict[str, Any]]) -> str:
         + "</tr></thead><tbody>"
     )
     for path in paths:
-        timings = _dict(path.get("timings_ms"))
-        error = _dict(path.get("error"))
+        timings: Mapping[str, object] = path.get("timings_ms") or {}
+        error: ErrorDoc = path.get("error") or {}
         ok = bool(path.get("ok"))
         result = "ok" if ok else str(error.get("kind", "failed"))
         if not ok and error.get("phase"):
@@ -507,7 +514,7 @@ def _paths_section(paths: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _path_details(paths: list[dict[str, Any]]) -> list[str]:
+def _path_details(paths: list[PathDoc]) -> list[str]:
     out: list[str] = []
     for path in paths:
         where = f"{path.get('server', '?')} {path.get('transport', '?')}"
@@ -516,7 +523,7 @@ def _path_details(paths: list[dict[str, Any]]) -> list[str]:
             where += f" ({address})"
         if path.get("kind") == "sfu" and path.get("relay"):
             where += f" via relay {path['relay']}"
-        error = _dict(path.get("error"))
+        error: ErrorDoc = path.get("error") or {}
         items: list[str] = []
         if error:
             items.append(f'<span class="error">✗ {_e(error.get("message", "failed"))}</span>')
@@ -529,14 +536,14 @@ def _path_details(paths: list[dict[str, Any]]) -> list[str]:
             items.append(f"✓ mapped <code>{_e(path['mapped_address'])}</code>")
         if path.get("server_software"):
             items.append(f"server software: {_e(path['server_software'])}")
-        tls = _dict(path.get("tls"))
+        tls: TlsDoc = path.get("tls") or {}
         if tls:
             verified = "verified" if tls.get("verified") else "NOT verified"
             items.append(
                 f"TLS {_e(tls.get('version', '?'))}, {_e(verified)}, issuer "
                 f"{_e(tls.get('issuer', '?'))}"
             )
-        items += [f"note: {_e(n)}" for n in _list(path.get("notes"))]
+        items += [f"note: {_e(n)}" for n in path.get("notes") or []]
         if items:
             out.append(
                 f"<li><strong>{_e(path.get('kind', '?'))} <code>{_e(where)}</code></strong>"
@@ -545,7 +552,7 @@ def _path_details(paths: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _signal_section(signal: dict[str, Any], regions: list[Any]) -> str:
+def _signal_section(signal: SignalDoc, regions: list[RegionDoc]) -> str:
     out = ['<section id="signal">', "<h2>LiveKit signaling</h2>"]
     if signal:
         ok = bool(signal.get("ok"))
@@ -554,28 +561,27 @@ def _signal_section(signal: dict[str, Any], regions: list[Any]) -> str:
             f"<strong>{'✓ ok' if ok else '✗ FAILED'}</strong></p>"
         )
         items: list[str] = []
-        server = _dict(signal.get("server"))
+        server: Mapping[str, object] = signal.get("server") or {}
         facts = [f"{k} {v}" for k, v in server.items() if v]
         if facts:
             items.append("server: " + _e(", ".join(facts)))
         steps = [
-            f"{k} {_ms(v)}" for k, v in _dict(signal.get("timings_ms")).items() if v is not None
+            f"{k} {_ms(v)}" for k, v in (signal.get("timings_ms") or {}).items() if v is not None
         ]
         if steps:
             items.append(_e("  ".join(steps)) + " (ms)")
-        error = _dict(signal.get("error"))
+        error: ErrorDoc = signal.get("error") or {}
         if error:
             items.append(f'<span class="error">✗ {_e(error.get("message", "failed"))}</span>')
-        for entry in _list(signal.get("ice_servers")):
-            entry = _dict(entry)
-            urls = ", ".join(str(u) for u in _list(entry.get("urls")))
+        for entry in signal.get("ice_servers") or []:
+            urls = ", ".join(str(u) for u in entry.get("urls") or [])
             auth = " (with credentials)" if entry.get("credentials") else ""
             items.append(f"ICE server: <code>{_e(urls)}</code>{auth}")
         if signal.get("force_relay"):
             items.append("the server asks clients to force relay (TURN)")
-        items += [f"note: {_e(n)}" for n in _list(signal.get("notes"))]
+        items += [f"note: {_e(n)}" for n in signal.get("notes") or []]
         out.append('<ul class="details">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
-    rows = [r for r in regions if isinstance(r, dict)]
+    rows = regions
     if rows:
         out.append(
             '<table class="regions-table"><thead><tr><th>region</th><th>url</th>'
@@ -583,16 +589,16 @@ def _signal_section(signal: dict[str, Any], regions: list[Any]) -> str:
             "</tr></thead><tbody>"
         )
         for row in rows:
-            sig = _dict(row.get("signal"))
+            sig: SignalDoc = row.get("signal") or {}
             state = (
                 "✓ ok"
                 if sig.get("ok")
-                else "✗ " + str(_dict(sig.get("error")).get("kind", "failed"))
+                else "✗ " + str((sig.get("error") or {}).get("kind", "failed"))
             )
             out.append(
                 f"<tr><td>{_e(row.get('region', '?'))}</td><td><code>{_e(row.get('url', '?'))}"
                 f'</code></td><td class="num">{_e(row.get("distance") if row.get("distance") is not None else "-")}</td>'
-                f'<td>{_e(state)}</td><td class="num">{_ms(_dict(sig.get("timings_ms")).get("join"))}</td></tr>'
+                f'<td>{_e(state)}</td><td class="num">{_ms((sig.get("timings_ms") or {}).get("join"))}</td></tr>'
             )
         out.append("</tbody></table>")
     out.append("</section>")
@@ -602,7 +608,9 @@ def _signal_section(signal: dict[str, Any], regions: list[Any]) -> str:
 # --------------------------------------------------------------------------- setup waterfall
 
 
-def _segments(timings: dict[str, Any], phases: Sequence[str]) -> list[tuple[str, float, float]]:
+def _segments(
+    timings: Mapping[str, object], phases: Sequence[str]
+) -> list[tuple[str, float, float]]:
     """(phase, start, duration) for the sequential steps that have a time."""
     out: list[tuple[str, float, float]] = []
     at = 0.0
@@ -616,8 +624,8 @@ def _segments(timings: dict[str, Any], phases: Sequence[str]) -> list[tuple[str,
     return out
 
 
-def _path_segments(path: dict[str, Any]) -> list[tuple[str, float, float]]:
-    timings = _dict(path.get("timings_ms"))
+def _path_segments(path: PathDoc) -> list[tuple[str, float, float]]:
+    timings: Mapping[str, object] = path.get("timings_ms") or {}
     segments = _segments(timings, SETUP_PHASES)
     if path.get("kind") == "sfu":
         # ICE and DTLS both count from the start of negotiation: DTLS is what follows ICE.
@@ -633,17 +641,16 @@ def _path_segments(path: dict[str, Any]) -> list[tuple[str, float, float]]:
     return segments
 
 
-def _setup_section(signal: dict[str, Any], paths: list[dict[str, Any]]) -> str:
+def _setup_section(signal: SignalDoc, paths: list[PathDoc]) -> str:
     rows: list[tuple[str, str, list[tuple[str, float, float]], str]] = []
     if signal:
-        error = _dict(signal.get("error"))
-        fail = "" if signal.get("ok") else _fail_note(error)
+        fail = "" if signal.get("ok") else _fail_note(signal.get("error") or {})
         label = f"signaling {signal.get('url', '?')}"
         rows.append(
-            (label, "signal", _segments(_dict(signal.get("timings_ms")), SIGNAL_PHASES), fail)
+            (label, "signal", _segments(signal.get("timings_ms") or {}, SIGNAL_PHASES), fail)
         )
     for path in paths:
-        fail = "" if path.get("ok") else _fail_note(_dict(path.get("error")))
+        fail = "" if path.get("ok") else _fail_note(path.get("error") or {})
         rows.append((_path_label(path), str(path.get("kind", "?")), _path_segments(path), fail))
     out = ['<section id="setup">', "<h2>Setup times (waterfall)</h2>"]
     if not rows:
@@ -661,7 +668,7 @@ def _setup_section(signal: dict[str, Any], paths: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _fail_note(error: dict[str, Any]) -> str:
+def _fail_note(error: ErrorDoc) -> str:
     note = f"✗ {error.get('kind', 'failed')}"
     if error.get("phase"):
         note += f" at {error['phase']}"
@@ -731,12 +738,12 @@ def _waterfall_chart(rows: list[tuple[str, str, list[tuple[str, float, float]], 
 # --------------------------------------------------------------------------- quality
 
 
-def _quality_section(paths: list[dict[str, Any]]) -> str:
+def _quality_section(paths: list[PathDoc]) -> str:
     out = ['<section id="quality">', "<h2>Path quality (probe trains)</h2>"]
-    entries: list[tuple[int, dict[str, Any], str, dict[str, Any]]] = []
+    entries: list[tuple[int, PathDoc, str, QualityDoc]] = []
     for i, path in enumerate(paths):
-        for which in ("quality", "relay_quality"):
-            quality = _dict(path.get(which))
+        for which in TRAINS:
+            quality = path.get(which)
             if quality:
                 entries.append((i, path, which, quality))
     if not entries:
@@ -744,21 +751,21 @@ def _quality_section(paths: list[dict[str, Any]]) -> str:
         return "\n".join(out)
     entries.sort(key=lambda e: (e[0], e[2] != "quality"))
     out.append(_quality_table(entries))
-    for i, path, which, quality in entries:
-        out.append(_timeline(i, path, which, quality))
+    for i, path, train, quality in entries:
+        out.append(_timeline(i, path, train, quality))
     out.append("</section>")
     return "\n".join(out)
 
 
-def _stall_text(hol: object) -> str:
-    if not isinstance(hol, dict):
+def _stall_text(hol: HolDoc | None) -> str:
+    if hol is None:
         return "n/a"
     if hol.get("detected"):
         return f"{_e(hol.get('stalls', '?'))}{TIMES}{_ms(hol.get('max_stall_ms'))}"
     return "none"
 
 
-def _quality_table(entries: list[tuple[int, dict[str, Any], str, dict[str, Any]]]) -> str:
+def _quality_table(entries: list[tuple[int, PathDoc, str, QualityDoc]]) -> str:
     head = [
         "path",
         "series",
@@ -779,7 +786,7 @@ def _quality_table(entries: list[tuple[int, dict[str, Any], str, dict[str, Any]]
         + "</tr></thead><tbody>"
     ]
     for _, path, which, q in entries:
-        rtt = _dict(q.get("rtt_ms"))
+        rtt: RttDoc = q.get("rtt_ms") or {}
         mos = _num(q.get("mos"))
         series = "relay echo" if which == "relay_quality" else "probe train"
         cells = [
@@ -836,9 +843,9 @@ def stall_intervals(
     return out
 
 
-def _series(quality: dict[str, Any]) -> tuple[list[float], list[float | None]]:
-    series = _dict(quality.get("series"))
-    sent_raw, rtt_raw = _list(series.get("sent_ms")), _list(series.get("rtt_ms"))
+def _series(quality: QualityDoc) -> tuple[list[float], list[float | None]]:
+    series = quality.get("series") or {}
+    sent_raw, rtt_raw = series.get("sent_ms") or [], series.get("rtt_ms") or []
     sent: list[float] = []
     rtt: list[float | None] = []
     for s, r in zip(sent_raw, rtt_raw, strict=False):
@@ -850,13 +857,13 @@ def _series(quality: dict[str, Any]) -> tuple[list[float], list[float | None]]:
     return sent, rtt
 
 
-def _timeline(index: int, path: dict[str, Any], which: str, quality: dict[str, Any]) -> str:
+def _timeline(index: int, path: PathDoc, which: str, quality: QualityDoc) -> str:
     echo = which == "relay_quality"
     colour = ECHO_COLOUR if echo else SERIES_COLOUR
     name = "relay echo" if echo else "probe train"
     sent, rtt = _series(quality)
     received = [r for r in rtt if r is not None]
-    rtt_stats = _dict(quality.get("rtt_ms"))
+    rtt_stats: RttDoc = quality.get("rtt_ms") or {}
     p50 = _num(rtt_stats.get("p50"))
     median = statistics.median(received) if received else None if p50 is None else _chart(p50)
     threshold = stall_threshold(median) if median is not None else None
@@ -872,7 +879,7 @@ def _timeline(index: int, path: dict[str, Any], which: str, quality: dict[str, A
         f"MOS {'-' if mos is None else f'{mos:.2f}'}"
     )
     hol = quality.get("hol")
-    if not isinstance(hol, dict):
+    if hol is None:
         hol_text = (
             "Head-of-line stalls: not measured (detection applies to TCP/TLS transports only)."
         )
