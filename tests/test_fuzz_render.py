@@ -23,9 +23,11 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lkice.findings import REGISTRY, evaluate
 from lkice.intake import load_report, validation_schema
 from lkice.metrics import ReportMetrics, exposition, registry_with
 from lkice.paste import decode_paste, encode_paste, paste_summary
+from lkice.recommend import recommend
 from lkice.redact import redact_report
 from lkice.render.html import render as render_html
 from lkice.render.text import render as render_text
@@ -185,6 +187,7 @@ class _Strategies:
 
 
 REPORTS = _Strategies(validation_schema()).root
+REGISTERED_IDS = {fid for rule in REGISTRY.values() for fid in rule.ids}
 
 
 def raw_controls(text: str, allowed: str = "\n") -> list[str]:
@@ -199,6 +202,10 @@ def raw_controls(text: str, allowed: str = "\n") -> list[str]:
 @given(REPORTS)
 def test_every_schema_valid_report_is_shown_redacted_and_pasted(report: dict[str, Any]) -> None:
     doc = load_report(report)  # the generator writes only what the intake accepts
+    # The rules and the recommendation read any valid shape (support tools re-derive them).
+    for finding in evaluate(doc):
+        assert finding["id"] in REGISTERED_IDS
+    recommend(doc)
     text = render_text(doc)
     assert text.endswith("\n")
     assert raw_controls(text) == []
