@@ -183,6 +183,8 @@ def test_vocabularies_are_defined_once_and_agree() -> None:
     assert set(signal["properties"]) == set(fields.SIGNAL_TIMING_KEYS)
     assert set(fields.SETUP_STEPS) <= set(fields.TIMING_KEYS_ALL)
     assert set(fields.SIGNAL_STEPS) <= set(fields.SIGNAL_TIMING_KEYS)
+    assert get_args(read.Severity) == fields.SEVERITIES
+    assert get_args(read.VerdictName) == fields.VERDICTS
     assert set(get_args(read.ErrorKindName)) == {k.value for k in ErrorKind}
     assert set(get_args(read.PhaseName)) == {p.value for p in Phase}
     error = SCHEMA["$defs"]["error"]["properties"]

@@ -75,7 +75,6 @@ from lkice.findings.common import (
     NOT_EVIDENCE_KINDS,
     RTT_CRIT_MS,
     RTT_WARN_MS,
-    SEVERITIES,
     SILENT_KINDS,
     THRESHOLD_KEYS,
     TIMEOUT_KINDS,
@@ -91,6 +90,7 @@ from lkice.findings.common import (
 )
 from lkice.findings.quality import AGENT_OWN_SHARE, AGENT_STALL_MS, AGENT_STALLED_TOTAL_MS
 from lkice.findings.registry import REGISTRY, Rule, ordered, run
+from lkice.report.fields import SEVERITIES
 from lkice.report.read import ReportDoc
 
 __all__ = [

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lkice.errors import UsageError
+from lkice.report.fields import SEVERITIES
 from lkice.report.read import (
     ErrorDoc,
     ErrorKindName,
@@ -25,7 +26,6 @@ from lkice.report.read import (
 from lkice.report.views import percent
 from lkice.uri import parse_ice_uri
 
-SEVERITIES = ("critical", "warning", "info")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 CLASSES = ("udp", "tcp", "tls")
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from lkice.redact import redact_report
-from lkice.report.fields import SIGNAL_STEPS, TIMING_KEYS
+from lkice.report.fields import SEVERITIES, SIGNAL_STEPS, TIMING_KEYS, VERDICTS
 from lkice.report.read import (
     ErrorDoc,
     FindingDoc,
@@ -78,8 +78,6 @@ LOST_COLOUR = "#d62728"
 STALL_COLOUR = "#f5a623"
 TRAINS: tuple[Literal["quality", "relay_quality"], ...] = ("quality", "relay_quality")
 TIMES = "\u00d7"  # the multiplication sign, as in "12 x 68 ms"
-SEVERITIES = ("critical", "warning", "info")
-VERDICTS = ("ok", "degraded", "failed")
 
 CSS = """
 :root { color-scheme: light; }

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 __all__ = [
     "SETUP_STEPS",
+    "SEVERITIES",
     "SFU_TIMING_KEYS",
     "SIGNAL_STEPS",
     "SIGNAL_TIMING_KEYS",
     "TIMING_KEYS",
     "TIMING_KEYS_ALL",
+    "VERDICTS",
 ]
 
 # Every STUN/TURN path carries these in ``timings_ms`` (None: not reached). "proxy": the HTTP
@@ -36,3 +38,8 @@ SIGNAL_TIMING_KEYS = ("dns", "connect", "proxy", "tls", "validate", "websocket",
 # verdict and "allocate_challenge" is part of "allocate"), and for signaling.
 SETUP_STEPS = ("dns", "connect", "proxy", "tls", "binding", "allocate", "ice", "dtls")
 SIGNAL_STEPS = ("dns", "connect", "proxy", "tls", "validate", "websocket", "join")
+
+# Findings' severities, most severe first, and the verdicts (lkice.report.read has them as
+# Literal types; a test checks they agree).
+SEVERITIES = ("critical", "warning", "info")
+VERDICTS = ("ok", "degraded", "failed")

@@ -55,7 +55,7 @@ __all__ = [
 
 TransportName = Literal["udp", "tcp", "tls"]
 PathKind = Literal["stun", "turn", "sfu"]
-Severity = Literal["info", "warning", "critical"]
+Severity = Literal["critical", "warning", "info"]
 VerdictName = Literal["ok", "degraded", "failed"]
 NatBehaviourName = Literal[
     "endpoint-independent", "address-dependent", "address-and-port-dependent", "unknown"
