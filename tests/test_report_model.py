@@ -12,6 +12,7 @@ import pytest
 
 from lkice.errors import ErrorKind, Phase
 from lkice.report import fields, load_schema, read
+from lkice.verdict import Verdict
 
 SCHEMA = load_schema()
 PRIMITIVES: dict[str, tuple[type, ...]] = {
@@ -184,7 +185,7 @@ def test_vocabularies_are_defined_once_and_agree() -> None:
     assert set(fields.SETUP_STEPS) <= set(fields.TIMING_KEYS_ALL)
     assert set(fields.SIGNAL_STEPS) <= set(fields.SIGNAL_TIMING_KEYS)
     assert get_args(read.Severity) == fields.SEVERITIES
-    assert get_args(read.VerdictName) == fields.VERDICTS
+    assert get_args(read.VerdictName) == fields.VERDICTS == tuple(v.value for v in Verdict)
     assert set(get_args(read.ErrorKindName)) == {k.value for k in ErrorKind}
     assert set(get_args(read.PhaseName)) == {p.value for p in Phase}
     error = SCHEMA["$defs"]["error"]["properties"]
