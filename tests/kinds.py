@@ -311,6 +311,7 @@ STARTERS: dict[str, str] = {
     "lkice.lab.livekit_server.LabLiveKit": SERVERS,
     "lkice.lab.sfu_server.SfuTransport": SERVERS,
     "lkice.lab.netlab.NetLab": ROOT,
+    "lkice.lab.netlab.lab.NetLab": ROOT,  # where NetLab is defined (the above re-exports it)
     "playwright.sync_api.sync_playwright": CHROMIUM,
     "playwright.async_api.async_playwright": CHROMIUM,
 }

@@ -1,637 +1,87 @@
-"""A network lab in Linux network namespaces: a client behind a firewall, an impairment router,
-and one real coturn per region, so the agent can be tested against the networks customers have
-(UDP blocked, only TCP 443, symmetric NAT, delay, jitter, loss) with the injected values known.
-
-Topology (``<t>`` is the lab's token; every namespace and interface name carries it)::
-
-    lk-<t>-client          lk-<t>-fw                 lk-<t>-router              lk-<t>-r-<region>
-    198.18.0.2/24 ------- 198.18.0.1/24             (TUN delay router,         198.19.i.2/24 (+ .3)
-      default via .1      dnsmasq :53               nftables loss/rate)        coturn: UDP/TCP 3478,
-                          nftables profile          198.18.1.2/30 ------+      TLS 5349 and 443
-                          198.18.1.1/30 ------------+                   +----- 198.19.i.1/24
-
-Everything is numbered from 198.18.0.0/15 (RFC 2544 benchmarking space). The lab is sealed: no
-interface in it connects to the root namespace, nothing in the root namespace is configured, and
-no namespace has a route outside 198.18.0.0/15 except the client's default route, which points at
-the lab's own firewall (the firewall routes only the lab's ranges, so anything else is
-unreachable there).
-
-- **Firewall** (``fw``): nftables forward chain with a switchable :class:`Profile` (see
-  :data:`PROFILES`): ``open``, ``udp-blocked``, ``tcp443-only``, ``proxy-only`` (a real
-  tinyproxy on the firewall is the only way out), ``nat`` and ``symmetric-nat``.
-  Filtering profiles *drop* (a firewall that filters, not one that rejects), counted. The lab's
-  DNS (dnsmasq for ``lab.test``) runs here on 198.18.0.1, so DNS never crosses the filter.
-- **Router** (``router``): policy routing (``ip rule iif <veth> lookup 100``, table 100's default
-  route is a TUN device) diverts every packet entering from the firewall or a region through
-  ``python3 -m lkice.lab.router forward``, which holds it for the region's delay and jitter in
-  that direction; loss (``numgen random``) and rate caps (``limit rate over``) are nftables rules
-  in the same namespace with named counters. Table 100 also holds a blackhole default route, so a
-  dead router drops traffic rather than silently forwarding it unimpaired.
-- **Regions**: ``turn.<region>.lab.test`` -> 198.19.i.2, with a second address .3 so coturn
-  enables RFC 5780 (OTHER-ADDRESS) and its alternate TLS listener, which the lab puts on port 443.
-  ``pion_regions`` run pion/turn (LiveKit's TURN, :mod:`lkice.lab.pion`) there instead, on the
-  same addresses and ports (pion has no RFC 5780: no OTHER-ADDRESS).
-
-Teardown kills every process the lab started and deletes every namespace and ``/etc/netns`` entry
-however the block ends (exception, Ctrl-C during setup or use), with an ``atexit`` fallback and
-``PR_SET_PDEATHSIG`` on the lab's own helpers (tied to the thread that started them: drive a lab
-from one thread). :func:`leftovers` lists anything still carrying a token; :func:`destroy`
-removes it (e.g. after ``kill -9`` of a test run).
-
-Usage::
-
-    with NetLab(regions=("eu", "us"), profile="udp-blocked") as lab:
-        lab.set_impairment("eu", upstream=Impairment(delay_ms=20),
-                           downstream=Impairment(delay_ms=20, loss=0.03))
-        run = lab.lkice("turn:turn.eu.lab.test", *lab.turn_args())   # as the client
-        truth = lab.ground_truth()       # configured values + kernel drop counters
-        overhead = lab.measure_overhead("eu")   # the lab's own RTT: compare with tolerance
-
-A new firewall personality is a :class:`Profile` added to :data:`PROFILES`.
-"""
+"""The namespace lab itself: :class:`NetLab` builds the namespaces, links and servers, and drives
+the firewall (:mod:`~lkice.lab.netlab.profiles`), impairments
+(:mod:`~lkice.lab.netlab.impair`) and teardown (:mod:`~lkice.lab.netlab.teardown`); see
+:mod:`lkice.lab.netlab` for the topology."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
-import math
 import os
-import re
 import secrets
-import select
-import shutil
-import signal
-import statistics
 import subprocess
-import sys
 import tempfile
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lkice.lab.coturn import Coturn, CoturnConfig, turnserver_path
-from lkice.lab.dns import Dnsmasq, dnsmasq_path
-from lkice.lab.pion import PionConfig, PionTurn
+from lkice.lab.coturn import Coturn
+from lkice.lab.dns import Dnsmasq
+from lkice.lab.netlab.addressing import (
+    _REGION_RE,
+    _TOKEN_RE,
+    CLIENT_IP,
+    CLIENT_NET,
+    DIRECTIONS,
+    DIVERT_TABLE,
+    DOMAIN,
+    DOWNSTREAM,
+    ECHO_PORT,
+    FW_LAN_IP,
+    FW_WAN_IP,
+    INTERCEPT_PORT,
+    LAB_NET,
+    MAX_REGIONS,
+    ROUTER_WAN_IP,
+    TURN_PORT,
+    TURN_TLS_ALT_PORT,
+    TURN_TLS_PORT,
+    UPSTREAM,
+    region_alternate_ip,
+    region_server_ip,
+    region_signal_ip,
+    region_subnet,
+)
+from lkice.lab.netlab.impair import (
+    NO_IMPAIRMENT,
+    Impairment,
+    _Helper,
+    impairment_rules,
+    impairment_table,
+    router_flows,
+)
+from lkice.lab.netlab.procs import (
+    _in_ns,
+    _python,
+    _run,
+    _sigint_deferred,
+    add_address,
+    ip_in,
+    nft_script,
+    prerequisites,
+    veth_pair,
+)
+from lkice.lab.netlab.profiles import PROFILES, Profile, firewall_table
+from lkice.lab.netlab.servers import coturn_server, make_pki, pion_server
+from lkice.lab.netlab.teardown import (
+    _ETC_NETNS,
+    _NETNS_DIR,
+    _NS_INODES,
+    _token_etc_dirs,
+    _token_namespaces,
+    destroy,
+    leftovers,
+)
+from lkice.lab.netlab.truth import GroundTruth, LkiceRun, PingStats, ground_truth_from, nft_counters
+from lkice.lab.pion import PionTurn
 from lkice.lab.pki import LabPki
-from lkice.lab.server import LabError, terminate
+from lkice.lab.server import LabError
 from lkice.lab.tinyproxy import TinyProxy
 
-__all__ = [
-    "PROFILES",
-    "DirectionTruth",
-    "GroundTruth",
-    "Impairment",
-    "LabError",
-    "LkiceRun",
-    "NetLab",
-    "PingStats",
-    "Profile",
-    "destroy",
-    "leftovers",
-    "prerequisites",
-]
-
-DOMAIN = "lab.test"
-CLIENT_IP = "198.18.0.2"
-CLIENT_NET = "198.18.0.0/24"
-FW_LAN_IP = "198.18.0.1"
-FW_WAN_IP = "198.18.1.1"  # the firewall's outside address: what NAT profiles map the client to
-ROUTER_WAN_IP = "198.18.1.2"
-LAB_NET = "198.18.0.0/15"
-MAX_REGIONS = 200
-DIVERT_TABLE = 100
-ECHO_PORT = 7
-TURN_PORT = 3478
-TURN_TLS_PORT = 5349
-TURN_TLS_ALT_PORT = 443
-INTERCEPT_PORT = 8443  # the TLS-inspecting proxy's own port in the firewall namespace
-UPSTREAM = "upstream"
-DOWNSTREAM = "downstream"
-DIRECTIONS = (UPSTREAM, DOWNSTREAM)
-
-_REGION_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
-_TOKEN_RE = re.compile(r"^[0-9a-f]{6}$")
-_NETNS_DIR = Path("/run/netns")
-_ETC_NETNS = Path("/etc/netns")
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
-# Namespace inodes per token, so leftovers() still finds a process whose namespace has lost its
-# name (a namespace lives on, unnamed, while any process is inside it).
-_NS_INODES: dict[str, set[int]] = {}
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration values
-
-
-@dataclass(frozen=True)
-class Impairment:
-    """What the lab does to one direction of one region's traffic.
-
-    ``delay_ms`` is added to every packet, plus uniform jitter in [-jitter_ms, +jitter_ms] (never
-    below zero); ``loss`` is the fraction of packets dropped (0..1); ``rate_kbit`` caps the rate
-    by dropping the excess (a policer, not a shaper), None for no cap."""
-
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss: float = 0.0
-    rate_kbit: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.delay_ms <= 10_000.0:
-            raise ValueError(f"delay_ms must be within 0..10000, not {self.delay_ms}")
-        if not 0.0 <= self.jitter_ms <= 10_000.0:
-            raise ValueError(f"jitter_ms must be within 0..10000, not {self.jitter_ms}")
-        if not 0.0 <= self.loss <= 1.0:
-            raise ValueError(f"loss is a fraction within 0..1, not {self.loss}")
-        if self.rate_kbit is not None and not 1 <= self.rate_kbit <= 10_000_000:
-            raise ValueError(f"rate_kbit must be within 1..10000000, not {self.rate_kbit}")
-
-    @property
-    def is_zero(self) -> bool:
-        return self == Impairment()
-
-
-NO_IMPAIRMENT = Impairment()
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A firewall personality, as nftables statements in the firewall namespace.
-
-    ``egress``: statements, in order, for packets the client sends out (each ends in a verdict;
-    ``{drop}`` stands for a counted drop). ``nat``: the statement applied on the outside
-    interface (None: routed, the client keeps its own address). ``stateful``: inbound packets are
-    let in only as replies (established/related), else everything is let in. ``udp_egress``: the
-    profile lets UDP out (the overhead measurement needs it)."""
-
-    name: str
-    description: str
-    egress: tuple[str, ...] = ("accept",)
-    nat: str | None = None
-    stateful: bool = True
-    udp_egress: bool = True
-
-
-_DROP_EGRESS = 'counter name "egress_drop" drop'
-_DROP_INGRESS = 'counter name "ingress_drop" drop'
-
-PROFILES: dict[str, Profile] = {
-    p.name: p
-    for p in (
-        Profile("open", "no filtering, no NAT: the client's address is seen as is", stateful=False),
-        Profile(
-            "udp-blocked",
-            "stateful firewall dropping all UDP from the client (the lab's DNS is on the firewall)",
-            egress=("meta l4proto udp {drop}", "accept"),
-            udp_egress=False,
-        ),
-        Profile(
-            "tcp443-only",
-            "stateful firewall letting only TCP to port 443 out, dropping everything else",
-            egress=("tcp dport 443 accept", "{drop}"),
-            udp_egress=False,
-        ),
-        Profile(
-            "proxy-only",
-            "no direct egress at all: the only way out is the web proxy (tinyproxy) on the "
-            f"firewall, http://{FW_LAN_IP}:3128, which lets CONNECT reach port 443 only",
-            egress=("{drop}",),
-            udp_egress=False,
-        ),
-        Profile(
-            "nat",
-            "port-restricted cone NAT: masquerade keeping source ports (endpoint-independent "
-            "mapping), replies only",
-            nat="masquerade",
-        ),
-        Profile(
-            "symmetric-nat",
-            "symmetric NAT: masquerade with a random port per connection (per destination), "
-            "replies only",
-            nat="masquerade random,fully-random",
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class DirectionTruth:
-    """One region and direction: what was configured and what the kernel counted."""
-
-    impairment: Impairment
-    loss_drops: int  # packets dropped by the loss rule (nftables counter)
-    rate_drops: int  # packets dropped by the rate cap
-    delayed: int  # packets the delay router queued and released (or dropped when full)
-    queue_drops: int  # packets the delay router dropped because its queue was full
-
-
-@dataclass(frozen=True)
-class GroundTruth:
-    """What the lab injected, to compare with what the agent measured. Counters are cumulative
-    since the lab started (firewall counters since the profile was last set)."""
-
-    profile: str
-    reorder: bool
-    egress_drops: int  # client->outside packets the firewall profile dropped
-    ingress_drops: int  # unsolicited inbound packets the firewall dropped
-    regions: dict[str, dict[str, DirectionTruth]]  # region -> "upstream"/"downstream"
-
-    def injected_rtt_ms(self, region: str) -> float:
-        """The round-trip delay the lab adds to ``region`` (without its own overhead)."""
-        r = self.regions[region]
-        return r[UPSTREAM].impairment.delay_ms + r[DOWNSTREAM].impairment.delay_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PingStats:
-    """UDP ping-pong from the client to a region's echo server."""
-
-    region: str
-    sent: int
-    lost: int
-    rtts_ms: tuple[float, ...]
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.rtts_ms) if self.rtts_ms else math.nan
-
-    @property
-    def p95_ms(self) -> float:
-        return _percentile(self.rtts_ms, 95)
-
-    @property
-    def min_ms(self) -> float:
-        return min(self.rtts_ms) if self.rtts_ms else math.nan
-
-    @property
-    def max_ms(self) -> float:
-        return max(self.rtts_ms) if self.rtts_ms else math.nan
-
-    def summary(self) -> dict[str, float | int | str]:
-        return {
-            "region": self.region,
-            "sent": self.sent,
-            "lost": self.lost,
-            "median_ms": round(self.median_ms, 3),
-            "p95_ms": round(self.p95_ms, 3),
-            "min_ms": round(self.min_ms, 3),
-            "max_ms": round(self.max_ms, 3),
-        }
-
-
-@dataclass(frozen=True)
-class LkiceRun:
-    """``lkice run --json`` in the client namespace: exit status and parsed report."""
-
-    returncode: int
-    report: dict[str, Any] | None
-    stderr: str
-
-    def paths(self) -> list[dict[str, Any]]:
-        return list(self.report["paths"]) if self.report else []
-
-    def path(self, uri_contains: str, transport: str | None = None) -> dict[str, Any]:
-        """The single path whose URI contains ``uri_contains`` (and on ``transport``)."""
-        found = [
-            p
-            for p in self.paths()
-            if uri_contains in p["uri"] and (transport is None or p["transport"] == transport)
-        ]
-        if len(found) != 1:
-            raise LookupError(
-                f"{len(found)} paths match {uri_contains!r}/{transport}: "
-                f"{[(p['uri'], p['transport']) for p in self.paths()]}"
-            )
-        return found[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (no interpolation: a value that was actually observed)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the lab process dies (even by SIGKILL), so the
-    lab's helpers never outlive it. Tied to the thread that started the lab."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _run(
-    argv: Sequence[str], *, input_text: str | None = None, timeout: float = 10.0
-) -> subprocess.CompletedProcess[str]:
-    """Run a setup command; any failure becomes a LabError naming the command and its stderr."""
-    try:
-        proc = subprocess.run(
-            list(argv),
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise LabError(f"{argv[0]} is not installed: {exc}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"'{' '.join(argv)}' did not finish within {timeout:g} s") from exc
-    if proc.returncode != 0:
-        what = " ".join(argv)
-        if input_text is not None:
-            what += f" <<< {input_text.strip()[:400]!r}"
-        raise LabError(f"'{what}' failed with status {proc.returncode}: {proc.stderr.strip()}")
-    return proc
-
-
-def _in_ns(ns: str, argv: Sequence[str]) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
-
-
-def _python(argv: Sequence[str]) -> list[str]:
-    """Run Python programs with this interpreter, so the lab's helpers import this lkice."""
-    argv = list(argv)
-    if argv and argv[0] in ("python", "python3"):
-        argv[0] = sys.executable
-    return argv
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C while tearing down (a second Ctrl-C must not leave half a lab behind); it is
-    delivered, as KeyboardInterrupt, as soon as teardown is over."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def prerequisites() -> list[str]:
-    """Why the lab cannot run here (empty when it can): root, iproute2, nftables, TUN, coturn,
-    dnsmasq."""
-    missing: list[str] = []
-    if os.geteuid() != 0:
-        missing.append("must run as root (network namespaces, nftables)")
-    if shutil.which("ip") is None:
-        missing.append("iproute2 'ip' is not installed")
-    if shutil.which("nft") is None:
-        missing.append("nftables 'nft' is not installed")
-    if not Path("/dev/net/tun").exists():
-        missing.append("/dev/net/tun is missing (no TUN support)")
-    if turnserver_path() is None:
-        missing.append("coturn (turnserver) is not installed: apt-get install coturn")
-    if dnsmasq_path() is None:
-        missing.append("dnsmasq is not installed: apt-get install dnsmasq-base")
-    if not missing:
-        try:
-            subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=5, check=True)
-        except (OSError, subprocess.SubprocessError) as exc:
-            missing.append(f"'ip netns' does not work here: {exc}")
-    return missing
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding and removing what a lab left behind
-
-
-def _lab_prefix(token: str) -> str:
-    return f"lk-{token}-"
-
-
-def _token_namespaces(token: str) -> list[str]:
-    try:
-        names = os.listdir(_NETNS_DIR)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if n.startswith(_lab_prefix(token)))
-
-
-def _token_etc_dirs(token: str) -> list[Path]:
-    try:
-        return sorted(p for p in _ETC_NETNS.iterdir() if p.name.startswith(_lab_prefix(token)))
-    except FileNotFoundError:
-        return []
-
-
-def _token_temp_dirs(token: str) -> list[Path]:
-    """The lab's working directory and its servers' (named after their namespace, so carrying
-    the token: ``lkice-<server>-lk-<token>-...``)."""
-    temp = Path(tempfile.gettempdir())
-    return sorted(
-        set(temp.glob(f"lkice-netlab-{token}-*")) | set(temp.glob(f"lkice-*-lk-{token}-*"))
-    )
-
-
-def _token_pids(token: str) -> dict[int, str]:
-    """Processes whose command line names the lab (namespace or interface names) or that run in
-    one of its namespaces, named or not: pid -> command line."""
-    marks = (f"lk-{token}", f"lk{token}")
-    inodes = set(_NS_INODES.get(token, set()))
-    for ns in _token_namespaces(token):
-        with contextlib.suppress(OSError):
-            inodes.add((_NETNS_DIR / ns).stat().st_ino)
-    found: dict[int, str] = {}
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            ns_inode = os.stat(f"/proc/{entry}/ns/net").st_ino
-        except OSError:
-            continue  # gone, or a kernel thread
-        cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-        if ns_inode in inodes or any(m in cmdline for m in marks):
-            found[int(entry)] = cmdline
-    return found
-
-
-def _token_root_links(token: str) -> list[str]:
-    """Interfaces carrying the token in the *root* namespace: there should never be any."""
-    try:
-        out = subprocess.run(
-            ["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
-    return [n for n in names if f"lk{token}" in n]
-
-
-def leftovers(token: str) -> list[str]:
-    """Everything still carrying ``token``: namespaces, /etc/netns entries, temporary
-    directories, processes (by command line or by namespace), interfaces in the root namespace.
-    Empty after a clean teardown."""
-    if not _TOKEN_RE.match(token):
-        raise ValueError(f"not a lab token: {token!r}")
-    items = [f"namespace {n}" for n in _token_namespaces(token)]
-    items += [f"directory {p}" for p in _token_etc_dirs(token) + _token_temp_dirs(token)]
-    items += [f"process {pid}: {cmd}" for pid, cmd in sorted(_token_pids(token).items())]
-    items += [f"interface {n} in the root namespace" for n in _token_root_links(token)]
-    return items
-
-
-def _kill_pids(pids: Sequence[int], grace: float = 2.0) -> None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL whatever is left."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _is_zombie(p)]
-        if alive:
-            time.sleep(0.05)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
-
-
-def destroy(token: str) -> list[str]:
-    """Remove everything carrying ``token``: kill the processes in its namespaces (and any naming
-    it), delete the namespaces, their /etc/netns entries and the lab's temporary directories.
-    Returns what could not be removed. Safe to call on a lab that is half built, gone, or owned
-    by a process that was killed (``kill -9``)."""
-    if not _TOKEN_RE.match(token):
-        raise ValueError(f"not a lab token: {token!r}")
-    problems: list[str] = []
-    pids: set[int] = set(_token_pids(token))
-    for ns in _token_namespaces(token):
-        with contextlib.suppress(LabError):
-            out = _run(["ip", "netns", "pids", ns], timeout=5).stdout
-            pids.update(int(p) for p in out.split() if p.isdigit())
-    pids.discard(os.getpid())
-    _kill_pids(sorted(pids))
-    for ns in _token_namespaces(token):
-        try:
-            _run(["ip", "netns", "delete", ns], timeout=10)
-        except LabError as exc:
-            problems.append(str(exc))
-    for directory in _token_etc_dirs(token) + _token_temp_dirs(token):
-        try:
-            shutil.rmtree(directory)
-        except OSError as exc:
-            problems.append(f"cannot remove {directory}: {exc}")
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# The delay router process
-
-
-class _Helper:
-    """A lab helper (``python3 -m lkice.lab.router ...``) in a namespace, spoken to in lines:
-    requests on stdin, answers on stdout. Closing stdin ends it."""
-
-    def __init__(self, name: str, ns: str, argv: Sequence[str], log_file: Path) -> None:
-        self.name = name
-        self.log_file = log_file
-        self._buffer = b""
-        self._lock = threading.Lock()
-        self._seq = 0
-        with open(log_file, "wb") as log:
-            self.process = subprocess.Popen(
-                _in_ns(ns, _python(argv)),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,  # Ctrl-C goes to the lab, which tears down in order
-                preexec_fn=_die_with_parent,
-            )
-
-    def log_tail(self) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace").strip()
-        except OSError:
-            return "(no log)"
-        return " | ".join(text.splitlines()[-5:]) or "(empty log)"
-
-    def read_line(self, timeout: float) -> str:
-        """The next line on stdout, waiting at most ``timeout`` seconds."""
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LabError(f"{self.name} did not answer within {timeout:g} s")
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if readable:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    self.process.wait(5)
-                    raise LabError(
-                        f"{self.name} exited with status {self.process.returncode}: "
-                        f"{self.log_tail()}"
-                    )
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode(errors="replace")
-
-    def request(self, message: dict[str, Any], timeout: float = 5.0) -> str:
-        """Send one JSON request and return its answer (``ack``/``stats`` with our seq)."""
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            assert self.process.stdin is not None
-            try:
-                self.process.stdin.write((json.dumps({**message, "seq": seq}) + "\n").encode())
-                self.process.stdin.flush()
-            except OSError as exc:
-                raise LabError(f"{self.name} is gone ({exc}): {self.log_tail()}") from exc
-            deadline = time.monotonic() + timeout
-            while True:
-                line = self.read_line(max(0.0, deadline - time.monotonic()))
-                word, _, rest = line.partition(" ")
-                if word == "error":
-                    raise LabError(f"{self.name} rejected {message}: {rest}")
-                number, _, payload = rest.partition(" ")
-                if number == str(seq):
-                    return payload
-
-    def stop(self) -> None:
-        """Close stdin (the helper's signal to end), then terminate and kill if need be."""
-        proc = self.process
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            proc.wait(2)
-        except subprocess.TimeoutExpired:
-            terminate(proc, grace=3)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# The lab
+__all__ = ["NetLab"]
 
 
 class NetLab:
@@ -763,14 +213,14 @@ class NetLab:
 
     def server_ip(self, region: str) -> str:
         """The region's TURN server address (198.19.<i>.2)."""
-        return f"198.19.{self._index(region)}.2"
+        return region_server_ip(self._index(region))
 
     def alternate_ip(self, region: str) -> str:
         """The region server's second address (RFC 5780 OTHER-ADDRESS)."""
-        return f"198.19.{self._index(region)}.3"
+        return region_alternate_ip(self._index(region))
 
     def region_net(self, region: str) -> str:
-        return f"198.19.{self._index(region)}.0/24"
+        return region_subnet(self._index(region))
 
     def turn_uris(self, region: str) -> list[str]:
         """The region's TURN as a deployment advertises it: UDP and TCP on 3478, TLS on 443."""
@@ -783,7 +233,7 @@ class NetLab:
 
     def signal_ip(self, region: str) -> str:
         """The region's LiveKit signaling address (its own, so it can take port 443 too)."""
-        return f"198.19.{self._index(region)}.4"
+        return region_signal_ip(self._index(region))
 
     def livekit_host(self, region: str) -> str:
         self._index(region)
@@ -1079,35 +529,16 @@ class NetLab:
         _run(_in_ns(ns, ["sysctl", "-q", "-e", "-w", *settings]))  # -e: a kernel without IPv6
 
     def _ip(self, ns: str, *args: str) -> None:
-        _run(["ip", "-n", ns, *args])
+        ip_in(ns, *args)
 
     def _addr(self, ns: str, dev: str, cidr: str) -> None:
-        self._ip(ns, "addr", "add", cidr, "dev", dev)
+        add_address(ns, dev, cidr)
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
-        """A veth pair created directly in its two namespaces (never in the root namespace)."""
-        _run(
-            [
-                "ip",
-                "link",
-                "add",
-                name_a,
-                "netns",
-                ns_a,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                name_b,
-                "netns",
-                ns_b,
-            ]
-        )
-        self._ip(ns_a, "link", "set", name_a, "up")
-        self._ip(ns_b, "link", "set", name_b, "up")
+        veth_pair(ns_a, name_a, ns_b, name_b)
 
     def _nft(self, ns: str, script: str) -> None:
-        _run(_in_ns(ns, ["nft", "-f", "-"]), input_text=script)
+        nft_script(ns, script)
 
     def _write_resolv_conf(self) -> None:
         """``ip netns exec`` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the
@@ -1122,28 +553,11 @@ class NetLab:
 
     def _make_pki(self, work: Path) -> dict[str, LabPki]:
         """One lab CA, one certificate per region naming its host and addresses."""
-        import trustme
-
-        ca = trustme.CA(
-            organization_name="lkice lab", organization_unit_name=f"lkice netlab {self.token} CA"
-        )
-        ca_file = work / "lab-ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        self._ca_file = ca_file
-        out: dict[str, LabPki] = {}
-        for region in self.regions:
-            leaf = ca.issue_cert(
-                self.turn_host(region), self.server_ip(region), self.alternate_ip(region)
-            )
-            cert_file = work / f"turn-{region}-cert.pem"
-            key_file = work / f"turn-{region}-key.pem"
-            leaf.cert_chain_pems[0].write_to_path(str(cert_file))
-            leaf.private_key_pem.write_to_path(str(key_file))
-            key_file.chmod(0o600)
-            out[region] = LabPki(
-                ca_file, cert_file, key_file, f"O=lkice lab, OU=lkice netlab {self.token} CA"
-            )
-        return out
+        names = {
+            r: (self.turn_host(r), self.server_ip(r), self.alternate_ip(r)) for r in self.regions
+        }
+        self._ca_file, pkis = make_pki(work, self.token, names)
+        return pkis
 
     def turn_server_kind(self, region: str) -> str:
         """Which TURN server ``region`` runs: "coturn" or "pion"."""
@@ -1152,19 +566,13 @@ class NetLab:
 
     def _pion(self, region: str, pki: LabPki) -> PionTurn:
         """pion/turn on the region's addresses and ports, as its coturn would be."""
-        return PionTurn(
-            PionConfig(
-                listen_ip=self.server_ip(region),
-                port=TURN_PORT,
-                tls_port=TURN_TLS_PORT,
-                realm=DOMAIN,
-                users={self.turn_user: self.turn_password},
-                pki=pki,
-                extra_ips=(self.alternate_ip(region),),
-                alt_tls_port=TURN_TLS_ALT_PORT,
-                netns=self.region_ns(region),
-            ),
-            ready_timeout=self.ready_timeout,
+        return pion_server(
+            self.server_ip(region),
+            self.alternate_ip(region),
+            self.region_ns(region),
+            {self.turn_user: self.turn_password},
+            pki,
+            self.ready_timeout,
         )
 
     def _start_coturns(self, work: Path) -> None:
@@ -1198,69 +606,20 @@ class NetLab:
             raise errors[0]
 
     def _coturn_for(self, region: str, pki: LabPki) -> Coturn:
-        return Coturn(
-            CoturnConfig(
-                listen_ip=self.server_ip(region),
-                port=TURN_PORT,
-                tls_port=TURN_TLS_PORT,
-                realm=DOMAIN,
-                users={self.turn_user: self.turn_password},
-                pki=pki,
-                # Two listening addresses enable RFC 5780 and the alternate listeners;
-                # the alternate TLS port is 443, where TURN/TLS is found through firewalls.
-                extra=[
-                    f"listening-ip={self.alternate_ip(region)}",
-                    f"alt-tls-listening-port={TURN_TLS_ALT_PORT}",
-                ],
-                netns=self.region_ns(region),
-                ready_tcp_ports=(TURN_TLS_ALT_PORT,),
-            ),
-            ready_timeout=self.ready_timeout,
+        return coturn_server(
+            self.server_ip(region),
+            self.alternate_ip(region),
+            self.region_ns(region),
+            {self.turn_user: self.turn_password},
+            pki,
+            self.ready_timeout,
         )
 
     # -- the firewall ------------------------------------------------------------------------
 
     def _firewall_table(self, profile: Profile) -> str:
-        p = self._p
-        lan, wan = f"{p}fc", f"{p}fo"
-        # Per-region blocks (block_region) come first: they narrow whatever the profile allows.
-        blocks = [
-            f"ip daddr {self.region_net(region)} meta l4proto {proto} {_DROP_EGRESS}"
-            for region, proto in sorted(self._blocks)
-        ]
-        egress = blocks + [s.replace("{drop}", _DROP_EGRESS) for s in profile.egress]
-        ingress = (
-            ["ct state established,related accept", _DROP_INGRESS]
-            if profile.stateful
-            else ["accept"]
-        )
-        lines = [
-            "table inet lkfw",
-            "delete table inet lkfw",  # with the line above: replace atomically, new or not
-            "table inet lkfw {",
-            "  counter egress_drop { }",
-            "  counter ingress_drop { }",
-            "  chain forward {",
-            "    type filter hook forward priority filter; policy drop;",
-            f'    iifname "{lan}" oifname "{wan}" jump egress',
-            f'    iifname "{wan}" oifname "{lan}" jump ingress',
-            "  }",
-            "  chain egress {",
-            *(f"    {s}" for s in egress),
-            "  }",
-            "  chain ingress {",
-            *(f"    {s}" for s in ingress),
-            "  }",
-        ]
-        if profile.nat is not None:
-            lines += [
-                "  chain postrouting {",
-                "    type nat hook postrouting priority srcnat; policy accept;",
-                f'    oifname "{wan}" ip saddr {CLIENT_NET} {profile.nat}',
-                "  }",
-            ]
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        blocks = [(self.region_net(region), proto) for region, proto in sorted(self._blocks)]
+        return firewall_table(self._p, profile, blocks)
 
     def _apply_profile(self, name: str) -> None:
         self._nft(self.fw_ns, self._firewall_table(PROFILES[name]))
@@ -1341,72 +700,15 @@ class NetLab:
 
     def _push_delays(self) -> None:
         assert self._router is not None
-        flows = [
-            {
-                "name": region,
-                "net": self.region_net(region),
-                "up": {
-                    "delay_ms": self._impairments[region][UPSTREAM].delay_ms,
-                    "jitter_ms": self._impairments[region][UPSTREAM].jitter_ms,
-                },
-                "down": {
-                    "delay_ms": self._impairments[region][DOWNSTREAM].delay_ms,
-                    "jitter_ms": self._impairments[region][DOWNSTREAM].jitter_ms,
-                },
-            }
-            for region in self.regions
-        ]
+        flows = router_flows(self.regions, self._impairments, self.region_net)
         self._router.request({"reorder": self.reorder, "flows": flows})
 
     def _impairment_table(self) -> str:
-        """The router's nftables table: a named counter per region, direction and kind, so the
-        counts survive rule changes; the rules themselves come from :meth:`_impairment_rules`."""
-        counters = [
-            f"  counter {self._counter(i, d, kind)} {{ }}"
-            for i in range(len(self.regions))
-            for d in DIRECTIONS
-            for kind in ("loss", "rate")
-        ]
-        return (
-            "table inet lkimp {\n" + "\n".join(counters) + "\n  chain impair {\n"
-            "    type filter hook forward priority filter; policy accept;\n  }\n}\n"
-        )
-
-    @staticmethod
-    def _counter(index: int, direction: str, kind: str) -> str:
-        return f"r{index}_{direction}_{kind}"
+        """The router's nftables table (:func:`~lkice.lab.netlab.impair.impairment_table`)."""
+        return impairment_table(len(self.regions))
 
     def _impairment_rules(self) -> str:
-        p = self._p
-        lines = ["flush chain inet lkimp impair"]
-        for i, region in enumerate(self.regions):
-            for direction in DIRECTIONS:
-                imp = self._impairments[region][direction]
-                # Match where the packet enters the router, so it is counted once (it crosses
-                # the forward hook again on its way out of the TUN device).
-                if direction == UPSTREAM:
-                    match = f'iifname "{p}ro" ip daddr {self.region_net(region)}'
-                else:
-                    match = f'iifname "{p}rr{i}"'
-                rule = f"add rule inet lkimp impair {match}"
-                if imp.loss >= 1.0:
-                    lines.append(
-                        f'{rule} counter name "{self._counter(i, direction, "loss")}" drop'
-                    )
-                elif imp.loss > 0.0:
-                    threshold = round(imp.loss * 1_000_000)
-                    lines.append(
-                        f"{rule} numgen random mod 1000000 < {threshold} "
-                        f'counter name "{self._counter(i, direction, "loss")}" drop'
-                    )
-                if imp.rate_kbit is not None:
-                    rate = imp.rate_kbit * 125  # bytes per second
-                    burst = max(3000, rate // 20)  # 50 ms of traffic, at least two packets
-                    lines.append(
-                        f"{rule} limit rate over {rate} bytes/second burst {burst} bytes "
-                        f'counter name "{self._counter(i, direction, "rate")}" drop'
-                    )
-        return "\n".join(lines) + "\n"
+        return impairment_rules(self._p, self.regions, self._impairments, self.region_net)
 
     def set_impairment(
         self,
@@ -1444,42 +746,16 @@ class NetLab:
 
     # -- ground truth and measurement ---------------------------------------------------------
 
-    def _counters(self, ns: str, table: str) -> dict[str, int]:
-        out = _run(_in_ns(ns, ["nft", "-j", "list", "counters", "table", "inet", table])).stdout
-        counters: dict[str, int] = {}
-        for item in json.loads(out).get("nftables", []):
-            counter = item.get("counter")
-            if counter is not None:
-                counters[str(counter["name"])] = int(counter["packets"])
-        return counters
-
     def ground_truth(self) -> GroundTruth:
         """The configured impairments and profile, with the kernel's drop counters and the delay
         router's packet counts: what the agent's measurements should be compared with."""
         self._require_running()
         assert self._router is not None
         router_stats = json.loads(self._router.request({"stats": True}))
-        imp = self._counters(self.router_ns, "lkimp")
-        fw = self._counters(self.fw_ns, "lkfw")
-        regions: dict[str, dict[str, DirectionTruth]] = {}
-        for i, region in enumerate(self.regions):
-            flow = router_stats["flows"].get(region, {})
-            regions[region] = {}
-            for direction, key in ((UPSTREAM, "up"), (DOWNSTREAM, "down")):
-                stats = flow.get(key, {})
-                regions[region][direction] = DirectionTruth(
-                    impairment=self._impairments[region][direction],
-                    loss_drops=imp.get(self._counter(i, direction, "loss"), 0),
-                    rate_drops=imp.get(self._counter(i, direction, "rate"), 0),
-                    delayed=int(stats.get("packets", 0)),
-                    queue_drops=int(stats.get("queue_drops", 0)),
-                )
-        return GroundTruth(
-            profile=self._profile,
-            reorder=bool(router_stats.get("reorder", self.reorder)),
-            egress_drops=fw.get("egress_drop", 0),
-            ingress_drops=fw.get("ingress_drop", 0),
-            regions=regions,
+        imp = nft_counters(self.router_ns, "lkimp")
+        fw = nft_counters(self.fw_ns, "lkfw")
+        return ground_truth_from(
+            self._profile, self.reorder, self.regions, self._impairments, router_stats, imp, fw
         )
 
     def _ensure_echo(self, region: str) -> None:
