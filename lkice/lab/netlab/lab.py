@@ -564,9 +564,11 @@ class NetLab:
         self._index(region)
         return "pion" if region in self.pion_regions else "coturn"
 
-    def _pion(self, region: str, pki: LabPki) -> PionTurn:
-        """pion/turn on the region's addresses and ports, as its coturn would be."""
-        return pion_server(
+    def _turn_server(self, region: str, pki: LabPki) -> Coturn | PionTurn:
+        """The region's TURN server on its addresses and ports: coturn, or pion/turn for
+        ``pion_regions`` (on the same addresses and ports as its coturn would be)."""
+        make = pion_server if region in self.pion_regions else coturn_server
+        return make(
             self.server_ip(region),
             self.alternate_ip(region),
             self.region_ns(region),
@@ -582,11 +584,7 @@ class NetLab:
         errors: list[BaseException] = []
 
         def start(region: str) -> None:
-            server: Coturn | PionTurn = (
-                self._pion(region, pkis[region])
-                if region in self.pion_regions
-                else self._coturn_for(region, pkis[region])
-            )
+            server = self._turn_server(region, pkis[region])
             with self._lock:
                 self._coturn[region] = server  # registered first: teardown stops it
             try:
@@ -604,16 +602,6 @@ class NetLab:
             raise LabError("TURN server start-up did not finish in time")
         if errors:
             raise errors[0]
-
-    def _coturn_for(self, region: str, pki: LabPki) -> Coturn:
-        return coturn_server(
-            self.server_ip(region),
-            self.alternate_ip(region),
-            self.region_ns(region),
-            {self.turn_user: self.turn_password},
-            pki,
-            self.ready_timeout,
-        )
 
     # -- the firewall ------------------------------------------------------------------------
 
