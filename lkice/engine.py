@@ -404,7 +404,11 @@ async def run(
         if own and monitor is not None:
             await monitor.stop()
     state.reraise_bugs()
-    judge_trains(state.paths, () if monitor is None else monitor.stalls)
+    # The monitor's owner judges the trains once every train on its loop has ended: here when
+    # the engine ran alone; the LiveKit job judges these with the SFU's (lkice.job).
+    judged = monitor is None or own
+    if judged:
+        judge_trains(state.paths, () if monitor is None else monitor.stalls)
     duration = (time.perf_counter() - t0) * 1000
     report = Report(
         started_at=started_at,
@@ -415,7 +419,7 @@ async def run(
         settings=settings_record(settings),
         interrupted=interrupted,
         loop_stalls=None
-        if monitor is None or settings.probe.train is None
+        if monitor is None or not judged
         else monitor.summary(train_windows(state.paths)),
         nat=None if state.nat is None else state.nat.to_dict(),
     )

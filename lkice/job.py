@@ -379,7 +379,7 @@ async def _diagnose_livekit(
             await monitor.stop()
         report.settings = _settings_record(settings)  # the user's auth mode, as given
         sfu_paths = sfu.paths
-        _judge_with_the_sfu(report, sfu_paths, monitor)
+        _judge_with_the_sfu(report, sfu_paths, monitor, settings.probe.train is not None)
         for path in sfu_paths:
             if not path.ok and path.error is None:
                 _cut(path, clock)
@@ -395,19 +395,19 @@ async def _diagnose_livekit(
 
 
 def _judge_with_the_sfu(
-    report: Report, sfu_paths: Sequence[PathResult], monitor: LoopMonitor
+    report: Report, sfu_paths: Sequence[PathResult], monitor: LoopMonitor, trains: bool
 ) -> None:
-    """The engine judged its trains when it ended; the SFU's echo trains ran beside them on the
-    same loop and clock, often for longer. Judge them all again together, against every stall
-    the job's monitor saw: an SFU echo over UDP witnesses shared holds, the SFU trains' windows
-    count in the agent's stalls during trains."""
+    """The engine's trains and the SFU's echo trains ran on the job's loop and clock, the SFU's
+    often for longer: once both stages have ended, the job (the monitor's owner) judges them all
+    together, against every stall its monitor saw: an SFU echo over UDP witnesses shared holds,
+    the SFU trains' windows count in the agent's stalls during trains (reported when either
+    stage had trains to run: ``trains``, the engine's)."""
     from lkice.engine import judge_trains, train_windows
 
-    if not any(p.trains.by_name for p in sfu_paths):
-        return
     every = [*report.paths, *sfu_paths]
     judge_trains(every, monitor.stalls)
-    report.loop_stalls = monitor.summary(train_windows(every))
+    if trains or any(p.trains.by_name for p in sfu_paths):
+        report.loop_stalls = monitor.summary(train_windows(every))
 
 
 def _untried(uris: Sequence[IceUri], clock: _Clock) -> list[PathResult]:

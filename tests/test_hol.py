@@ -754,7 +754,7 @@ def test_the_job_counts_the_agents_stalls_during_the_sfu_trains_too() -> None:
                     loop_stalls=monitor.summary(train_windows([engine])))  # fmt: skip
     assert report.loop_stalls is not None
     assert report.loop_stalls["during_trains"]["stalls"] == 0  # the engine's windows alone
-    _judge_with_the_sfu(report, [sfu], monitor)
+    _judge_with_the_sfu(report, [sfu], monitor, trains=True)
     assert report.loop_stalls["during_trains"]["stalls"] == 1
     assert report.loop_stalls["during_trains"]["max_ms"] == pytest.approx(200.0)
     assert sfu.quality is not None
