@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from lkice.lab.server import (
     LabServer,
     free_port,
     netns_argv,
+    poll,
     tcp_open,
     terminate,
     wait_in_netns,
@@ -102,12 +102,7 @@ def turn_answers(ip: str, tcp_ports: list[int], udp_port: int) -> bool:
 def coturn_ready_here(ip: str, tcp_ports: list[int], udp_port: int, timeout: float) -> bool:
     """Poll :func:`turn_answers` until it holds or ``timeout`` passes. Run inside a lab
     namespace by :func:`wait_in_netns`, where the lab's addresses exist."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if turn_answers(ip, tcp_ports, udp_port):
-            return True
-        time.sleep(0.05)
-    return False
+    return poll(lambda: turn_answers(ip, tcp_ports, udp_port), timeout)
 
 
 _COTURN_READY = (

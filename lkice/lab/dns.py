@@ -4,13 +4,12 @@ domain and nothing else, so lookups never leave the machine."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import dns.exception
 import dns.resolver
 
-from lkice.lab.server import LabError, LabServer
+from lkice.lab.server import LabError, LabServer, poll
 
 INSTALL_HINT = "dnsmasq is not installed: install it with 'sudo apt-get install dnsmasq-base'"
 
@@ -106,12 +105,7 @@ def dns_answers(ip: str, port: int, domain: str) -> bool:
 def dns_answering_here(ip: str, port: int, domain: str, timeout: float) -> bool:
     """Poll :func:`dns_answers` until it holds or ``timeout`` passes. Run inside a lab
     namespace."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if dns_answers(ip, port, domain):
-            return True
-        time.sleep(0.05)
-    return False
+    return poll(lambda: dns_answers(ip, port, domain), timeout)
 
 
 _DNS_READY = (

@@ -23,6 +23,7 @@ __all__ = [
     "free_port",
     "listening_here",
     "netns_argv",
+    "poll",
     "tcp_open",
     "terminate",
     "visible",
@@ -77,14 +78,19 @@ def tcp_open(ip: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def listening_here(ip: str, port: int, timeout: float) -> bool:
-    """Poll until ``ip:port`` accepts TCP (run inside a lab namespace by wait_in_netns)."""
+def poll(check: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``check()`` held within ``timeout`` seconds, asked every 50 ms."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if tcp_open(ip, port):
+        if check():
             return True
         time.sleep(0.05)
     return False
+
+
+def listening_here(ip: str, port: int, timeout: float) -> bool:
+    """Poll until ``ip:port`` accepts TCP (run inside a lab namespace by wait_in_netns)."""
+    return poll(lambda: tcp_open(ip, port), timeout)
 
 
 LISTENING_CHECK = (
