@@ -423,7 +423,7 @@ async def _probe_path(
             blind=() if settings.monitor is None else settings.monitor.stalls,
         )
         result.quality = quality.to_dict()
-        # Kept for the job, which judges it again with the run's other trains and all of the
+        # Kept for the job, which judges it with the run's other trains and all of the
         # agent's stalls once everything has ended (lkice.job).
         result.trains.by_name["quality"] = TrainRecord(
             samples=tuple(samples),
