@@ -38,6 +38,7 @@ from livekit.protocol import models, rtc
 
 from lkice.lab.coturn import turnserver_path
 from lkice.lab.livekit_server import LabIceServer, LabLiveKit, LabRegion, encode_join_request
+from lkice.lab.sfu_pion import pion_sfu_unavailable_reason
 from lkice.lab.sfu_server import CandidateInit, SfuTransport, parse_candidate_init
 
 KEY = "APIlabkey"
@@ -415,8 +416,12 @@ async def test_reconnecting_alone_keeps_the_room(http: aiohttp.ClientSession) ->
             await second.close()
 
 
-async def test_ice_tcp_candidate_and_listener(http: aiohttp.ClientSession) -> None:
-    async with lab(ice_tcp_port=0, ice_udp=False) as lk:
+@pytest.mark.parametrize("media", ["aiortc", "pion"])
+async def test_ice_tcp_candidate_and_listener(http: aiohttp.ClientSession, media: str) -> None:
+    if media == "pion" and pion_sfu_unavailable_reason() is not None:
+        pytest.skip(str(pion_sfu_unavailable_reason()))
+    async with lab(ice_tcp_port=0, ice_udp=False, media=media) as lk:
+        assert lk.media_plane == media
         assert lk.ice_tcp_port
         ws = await http.ws_connect(f"{lk.url}/rtc", params={"access_token": token("alice")})
         try:
@@ -427,6 +432,8 @@ async def test_ice_tcp_candidate_and_listener(http: aiohttp.ClientSession) -> No
             assert fields[2] == "tcp"
             assert fields[4:6] == ["127.0.0.1", str(lk.ice_tcp_port)]
             assert fields[-2:] == ["tcptype", "passive"]
+            if media == "pion":
+                return  # the rest is the aiortc listener's own bookkeeping
             # A connection whose first frame is not a check for a known session is dropped.
             for frame in (b"not stun", _binding_request("unknown:ufrag")):
                 reader, writer = await asyncio.open_connection("127.0.0.1", lk.ice_tcp_port)
@@ -529,7 +536,17 @@ def test_official_client_data_direct(client_results: dict[str, Any], scenario: s
     result = client_results[scenario]
     _check_delivery(result)
     # ICE went straight to the SFU's UDP host candidate on the lab address.
-    assert {tuple(pair) for pair in result["server_selected"]} == {("udp", "host")}
+    if result["media"] == "pion":
+        # pion learns the client as peer-reflexive when its check beats the trickle (as on a
+        # real LiveKit): the addresses say it was direct.
+        assert len(result["server_pairs"]) >= 2  # v0: a subscriber each, a publisher for alice
+        for pair in result["server_pairs"]:
+            assert (pair["local_protocol"], pair["local_type"]) == ("udp", "host")
+            assert pair["local_address"].startswith(NS_ADDRESS + ":")
+            assert pair["remote_type"] in ("host", "prflx")
+            assert pair["remote_address"].startswith(NS_ADDRESS + ":")
+    else:
+        assert {tuple(pair) for pair in result["server_selected"]} == {("udp", "host")}
 
 
 @pytest.mark.root
@@ -558,7 +575,14 @@ def test_official_client_data_relay_only(client_results: dict[str, Any], scenari
     _check_delivery(result)
     # Every nominated pair's remote end was a coturn relay address: the lab's TURN was used.
     assert result["server_selected"]
-    assert {tuple(pair) for pair in result["server_selected"]} == {("udp", "relay")}
+    if result["media"] == "pion":
+        assert len(result["server_pairs"]) >= 2  # v0: a subscriber each, a publisher for alice
+        for pair in result["server_pairs"]:
+            assert pair["remote_type"] in ("relay", "prflx")
+            # coturn relays from 127.0.0.1: the client itself is at NS_ADDRESS.
+            assert pair["remote_address"].startswith("127.0.0.1:")
+    else:
+        assert {tuple(pair) for pair in result["server_selected"]} == {("udp", "relay")}
 
 
 @pytest.mark.root
@@ -570,7 +594,10 @@ def test_official_client_data_over_ice_tcp(client_results: dict[str, Any], scena
     _check_delivery(result)
     assert result["server_selected"]
     assert {pair[0] for pair in result["server_selected"]} == {"tcp"}
-    assert result["ice_tcp_accepted"] >= len(result["server_selected"])
+    if result["media"] == "pion":
+        assert {p["local_type"] for p in result["server_pairs"]} == {"host"}
+    else:
+        assert result["ice_tcp_accepted"] >= len(result["server_selected"])
 
 
 # -- scenario runner (inside the private namespace) -----------------------------------------------
@@ -636,6 +663,10 @@ async def _scenario(
                 list(pair) for who in ("alice", "bob") for pair in server.selected_pairs(who)
             ]
             result["ice_tcp_accepted"] = server.ice_tcp.accepted if server.ice_tcp else 0
+            result["media"] = server.media_plane
+            result["server_pairs"] = [
+                p for who in ("alice", "bob") for p in server.pair_details(who)
+            ]
             result["paths"] = server.stats.paths
         except Exception as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"

@@ -88,7 +88,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 from aiohttp import WSMsgType, web
@@ -99,9 +99,11 @@ from livekit.api.access_token import Claims, VideoGrants
 from livekit.protocol import models, rtc
 
 from lkice.lab.server import LabError
+from lkice.lab.sfu_pion import PionMedia, PionTrack, PionTransport, pion_sfu_unavailable_reason
 from lkice.lab.sfu_server import (
     LOSSY_LABEL,
     RELIABLE_LABEL,
+    CandidateInit,
     IceTcpListener,
     IpNetwork,
     SfuTransport,
@@ -128,6 +130,15 @@ MAX_SIGNAL_MESSAGE = 1 << 20
 OUTGOING_QUEUE = 1024
 
 _SID_ALPHABET = string.ascii_letters + string.digits
+# How long a participant whose signal connection dropped (without a leave) waits for the
+# client to resume it, as LiveKit keeps it while its PeerConnections live.
+RESUME_WINDOW = 15.0
+# How long a switch of candidate protocol (SimulateScenario) holds for the identity's next
+# joins: LiveKit's iceConfigTTL.
+ICE_PREFERENCE_TTL = 300.0
+
+Transport = SfuTransport | PionTransport
+MediaPlane = Literal["auto", "pion", "aiortc"]
 
 
 def _sid(prefix: str) -> str:
@@ -172,6 +183,7 @@ class LabStats:
     rejected: dict[int, int] = field(default_factory=dict)
     data_forwarded: int = 0
     pings: int = 0
+    resumes: int = 0
 
     def reject(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1
@@ -201,6 +213,9 @@ class _JoinParams:
     single_pc: bool
     join_request: rtc.JoinRequest | None
     auto_subscribe: bool
+    reconnect: bool = False
+    sid: str = ""
+    reconnect_reason: int = 0
 
 
 def _flag(value: bool | None, default: bool = True) -> bool:
@@ -279,7 +294,8 @@ class _Room:
 
 
 class _Session:
-    """One participant: its signal WebSocket and its SFU PeerConnection(s)."""
+    """One participant: its signal WebSocket (replaced when the client resumes) and its SFU
+    PeerConnection(s)."""
 
     def __init__(
         self, lab: LabLiveKit, room: _Room, ws: web.WebSocketResponse, params: _JoinParams
@@ -295,24 +311,38 @@ class _Session:
         self.version = 1
         self.json_mode = False
         self.closed = False
+        self.resumes = 0
         self._outgoing: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue(OUTGOING_QUEUE)
-        udp = lab.ice_addresses if lab.ice_udp else []
-        self.publisher = SfuTransport(
+        self._writer: asyncio.Task[None] | None = None
+        self._grace: asyncio.TimerHandle | None = None
+        # Tracks: AddTrackRequests waiting for their media (cid -> info), the published ones
+        # (sid -> info) with the media plane's track id, and the SIDs this one receives.
+        self._pending_tracks: dict[str, models.TrackInfo] = {}
+        self.tracks: dict[str, models.TrackInfo] = {}
+        self._track_media: dict[str, str] = {}
+        self._subscribed: set[str] = set()
+        self._offer_id = 0
+        self._offering = False
+        self._offer_again = False
+        protocol = lab._ice_preference(room.name, self.identity)
+        udp = lab.ice_udp and protocol == rtc.UDP
+        self.force_relay = lab.force_relay or protocol == rtc.TLS
+        self.publisher: Transport = lab._transport(
             rtc.PUBLISHER,
-            udp,
-            lab.peer_networks,
+            udp=udp,
             on_data=self._on_data,
             on_state=self._publisher_state,
-            ice_tcp=lab.ice_tcp,
+            on_candidate=lambda c: self._trickle(c, rtc.PUBLISHER),
+            on_track=self._on_track,
+            single=params.single_pc,
         )
-        self.subscriber: SfuTransport | None = None
+        self.subscriber: Transport | None = None
         if not params.single_pc:
-            self.subscriber = SfuTransport(
+            self.subscriber = lab._transport(
                 rtc.SUBSCRIBER,
-                udp,
-                lab.peer_networks,
+                udp=udp,
                 on_state=self._subscriber_state,
-                ice_tcp=lab.ice_tcp,
+                on_candidate=lambda c: self._trickle(c, rtc.SUBSCRIBER),
             )
 
     # -- participant info -------------------------------------------------------------------
@@ -330,6 +360,7 @@ class _Session:
             metadata=self.params.metadata,
             attributes=self.params.attributes,
             state=self.state,
+            tracks=list(self.tracks.values()),
             joined_at=int(self.joined),
             joined_at_ms=int(self.joined * 1000),
             version=self.version,
@@ -358,13 +389,26 @@ class _Session:
         if state == "connected" and self.subscriber_primary:
             self._set_state(models.ParticipantInfo.ACTIVE)
 
-    def join_response(self) -> rtc.SignalResponse:
-        lab = self.lab
+    def _client_configuration(self) -> models.ClientConfiguration:
         force_relay = (
             models.ClientConfigSetting.ENABLED
-            if lab.force_relay
+            if self.force_relay
             else models.ClientConfigSetting.UNSET
         )
+        return models.ClientConfiguration(force_relay=force_relay)
+
+    def _server_info(self) -> models.ServerInfo:
+        lab = self.lab
+        return models.ServerInfo(
+            edition=models.ServerInfo.Cloud if lab.cloud else models.ServerInfo.Standard,
+            version=lab.server_version,
+            protocol=SERVER_PROTOCOL,
+            region=lab.region,
+            node_id=lab.node_id,
+        )
+
+    def join_response(self) -> rtc.SignalResponse:
+        lab = self.lab
         join = rtc.JoinResponse(
             room=self.room.info(),
             participant=self.info(),
@@ -373,16 +417,10 @@ class _Session:
             server_region=lab.region,
             ice_servers=[server.to_proto() for server in lab.ice_servers],
             subscriber_primary=self.subscriber_primary,
-            client_configuration=models.ClientConfiguration(force_relay=force_relay),
+            client_configuration=self._client_configuration(),
             ping_timeout=lab.ping_timeout,
             ping_interval=lab.ping_interval,
-            server_info=models.ServerInfo(
-                edition=models.ServerInfo.Cloud if lab.cloud else models.ServerInfo.Standard,
-                version=lab.server_version,
-                protocol=SERVER_PROTOCOL,
-                region=lab.region,
-                node_id=lab.node_id,
-            ),
+            server_info=self._server_info(),
         )
         return rtc.SignalResponse(join=join)
 
@@ -397,53 +435,104 @@ class _Session:
             log.warning("signal queue of %s full: closing", self.identity)
             self.lab._spawn(self.close())
 
+    def _trickle(self, candidate: CandidateInit, target: rtc.SignalTarget) -> None:
+        self.send(
+            rtc.SignalResponse(
+                trickle=rtc.TrickleRequest(candidateInit=candidate.to_json(), target=target)
+            )
+        )
+
     async def _write_loop(self) -> None:
         while True:
             response = await self._outgoing.get()
             if response is None:
                 return
+            ws = self.ws  # the current one: a resumed session writes to its new socket
             try:
                 if self.json_mode:
-                    await self.ws.send_str(json_format.MessageToJson(response, indent=None))
+                    await ws.send_str(json_format.MessageToJson(response, indent=None))
                 else:
-                    await self.ws.send_bytes(response.SerializeToString())
+                    await ws.send_bytes(response.SerializeToString())
             except (ConnectionError, RuntimeError):
-                return
+                continue  # the socket went away; a resume brings the next one
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write_loop())
+        """Serve the join's WebSocket; the session outlives it when the client may resume."""
+        self._writer = asyncio.create_task(self._write_loop())
         try:
             self.send(self.join_response())
             self.room.broadcast_update(self)
             if self.subscriber is not None:
-                await self._offer_subscriber()
+                await self._negotiate()
             request = self.params.join_request
-            if request is not None and request.HasField("publisher_offer"):
-                await self._on_offer(request.publisher_offer)
-            await self._read_loop()
-        finally:
+            if request is not None:
+                for add in request.add_track_requests:
+                    self._add_track(add)
+                if request.HasField("publisher_offer"):
+                    await self._on_offer(request.publisher_offer)
+            for other in self.room.others(self):
+                for sid in list(other.tracks):
+                    self.lab._spawn(self.subscribe(other, sid))
+        except BaseException:
             await self.close()
-            with contextlib.suppress(asyncio.QueueFull):
-                self._outgoing.put_nowait(None)
-            try:
-                await asyncio.wait_for(writer, timeout=2.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
-            with contextlib.suppress(Exception):
-                await self.ws.close()
+            raise
+        await self._serve(self.ws)
 
-    async def _read_loop(self) -> None:
+    async def resume(self, ws: web.WebSocketResponse, reconnect_reason: int) -> None:
+        """The client came back on a new WebSocket (``reconnect=1``): answer with a
+        ReconnectResponse, as LiveKit does, and restart the subscriber's ICE when the client
+        says its transports need it."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        old, self.ws = self.ws, ws
+        self.resumes += 1
+        self.lab.stats.resumes += 1
+        if old is not ws:
+            with contextlib.suppress(Exception):
+                await old.close()
+        self.send(
+            rtc.SignalResponse(
+                reconnect=rtc.ReconnectResponse(
+                    ice_servers=[server.to_proto() for server in self.lab.ice_servers],
+                    client_configuration=self._client_configuration(),
+                    server_info=self._server_info(),
+                )
+            )
+        )
+        if self.subscriber is not None:
+            # The client restarts the publisher's ICE itself (a new offer); the subscriber's
+            # is the server's to restart (LiveKit's ICERestart on resume).
+            await self._negotiate(restart=True)
+        await self._serve(ws)
+
+    async def _serve(self, ws: web.WebSocketResponse) -> None:
+        ended = await self._read_loop(ws)
+        if self.closed or ws is not self.ws:
+            return  # closed meanwhile, or a resume took over with a newer socket
+        if ended:
+            await self.close()
+            return
+        # The socket dropped without a leave: the participant stays for a while, so the
+        # client can resume it.
+        log.info(
+            "%s: signal connection lost; waiting %g s for a resume", self.identity, RESUME_WINDOW
+        )
+        loop = asyncio.get_running_loop()
+        self._grace = loop.call_later(RESUME_WINDOW, lambda: self.lab._spawn(self.close()))
+
+    async def _read_loop(self, ws: web.WebSocketResponse) -> bool:
+        """Read one socket until it ends; True when the session is over (a leave), False
+        when only the socket went away (or a newer one replaced it)."""
         timeout = float(self.lab.ping_timeout)
-        while not self.closed:
+        while not self.closed and ws is self.ws:
             try:
-                message = await self.ws.receive(timeout=timeout)
+                message = await ws.receive(timeout=timeout)
             except asyncio.TimeoutError:
                 log.info(
                     "%s: no message within ping timeout (%g s): closing", self.identity, timeout
                 )
-                return
+                return True
             if message.type == WSMsgType.BINARY:
                 request = rtc.SignalRequest()
                 try:
@@ -460,12 +549,13 @@ class _Session:
                     continue
                 self.json_mode = True
             else:
-                return  # close, closing, error
+                return False  # close, closing, error
             try:
                 if not await self._handle(request):
-                    return
+                    return True
             except Exception:
                 log.exception("%s: signal request failed", self.identity)
+        return False
 
     async def _handle(self, request: rtc.SignalRequest) -> bool:
         """One client message; False ends the session."""
@@ -485,53 +575,104 @@ class _Session:
         elif kind == "offer":
             await self._on_offer(request.offer)
         elif kind == "answer":
-            if self.subscriber is not None:
-                await self.subscriber.accept_answer(request.answer.sdp)
+            await self._on_answer(request.answer)
         elif kind == "trickle":
             await self._on_trickle(request.trickle)
         elif kind == "add_track":
-            add = request.add_track
-            track = models.TrackInfo(sid=_sid("TR_"), name=add.name, type=add.type, muted=add.muted)
-            self.send(
-                rtc.SignalResponse(
-                    track_published=rtc.TrackPublishedResponse(cid=add.cid, track=track)
-                )
-            )
+            self._add_track(request.add_track)
+        elif kind == "mute":
+            info = self.tracks.get(request.mute.sid)
+            if info is not None and info.muted != request.mute.muted:
+                info.muted = request.mute.muted
+                self.version += 1
+                self.room.broadcast_update(self)
+        elif kind == "subscription":
+            await self._on_subscription(request.subscription)
+        elif kind == "simulate":
+            return self._on_simulate(request.simulate)
         elif kind == "leave":
             return False
         else:
             log.debug("%s: ignoring %s", self.identity, kind)
         return True
 
-    async def _offer_subscriber(self) -> None:
-        assert self.subscriber is not None
-        sdp, candidates = await self.subscriber.create_offer()
-        self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=1)))
-        for candidate in candidates:
+    def _on_simulate(self, scenario: rtc.SimulateScenario) -> bool:
+        """LiveKit's test scenarios that a connection test uses: a switch of candidate
+        protocol (remembered for the identity's next joins, as LiveKit's ICE config cache;
+        the client then reconnects in full), and server-side leaves."""
+        which = scenario.WhichOneof("scenario")
+        if which == "switch_candidate_protocol":
+            self.lab._set_ice_preference(
+                self.room.name, self.identity, scenario.switch_candidate_protocol
+            )
+        elif which == "server_leave":
+            self.lab._spawn(self.leave(models.SERVER_SHUTDOWN))
+        elif which == "leave_request_full_reconnect":
             self.send(
                 rtc.SignalResponse(
-                    trickle=rtc.TrickleRequest(
-                        candidateInit=candidate.to_json(), target=rtc.SUBSCRIBER
+                    leave=rtc.LeaveRequest(
+                        can_reconnect=True,
+                        reason=models.CLIENT_INITIATED,
+                        action=rtc.LeaveRequest.RECONNECT,
                     )
                 )
             )
+        else:
+            log.debug("%s: ignoring scenario %s", self.identity, which)
+        return True
+
+    # -- negotiation ------------------------------------------------------------------------
+
+    async def _negotiate(self, restart: bool = False) -> None:
+        """Offer the subscriber PeerConnection (again); one offer at a time, a change while
+        one is out is offered once it is answered."""
+        if self.subscriber is None:
+            return
+        if self._offering and not restart:
+            self._offer_again = True
+            return
+        self._offering = True
+        self._offer_again = False
+        self._offer_id += 1
+        sdp, candidates = await self.subscriber.create_offer(
+            **({"restart": True} if restart else {})
+        )
+        mids = self.subscriber.mid_to_track if isinstance(self.subscriber, PionTransport) else {}
+        self.send(
+            rtc.SignalResponse(
+                offer=rtc.SessionDescription(
+                    type="offer", sdp=sdp, id=self._offer_id, mid_to_track_id=mids
+                )
+            )
+        )
+        for candidate in candidates:
+            self._trickle(candidate, rtc.SUBSCRIBER)
+
+    async def _on_answer(self, answer: rtc.SessionDescription) -> None:
+        if self.subscriber is None:
+            return
+        await self.subscriber.accept_answer(answer.sdp)
+        self._offering = False
+        if self._offer_again:
+            await self._negotiate()
 
     async def _on_offer(self, offer: rtc.SessionDescription) -> None:
         sdp, candidates = await self.publisher.answer(offer.sdp)
         if self.subscriber is None:
             # Single PeerConnection: the SFU's own data channels live on the client's PC.
             self.publisher.open_sfu_channels()
+        mids = self.publisher.mid_to_track if isinstance(self.publisher, PionTransport) else {}
         self.send(
-            rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id))
-        )
-        for candidate in candidates:
-            self.send(
-                rtc.SignalResponse(
-                    trickle=rtc.TrickleRequest(
-                        candidateInit=candidate.to_json(), target=rtc.PUBLISHER
-                    )
+            rtc.SignalResponse(
+                answer=rtc.SessionDescription(
+                    type="answer", sdp=sdp, id=offer.id, mid_to_track_id=mids
                 )
             )
+        )
+        for candidate in candidates:
+            self._trickle(candidate, rtc.PUBLISHER)
+        if isinstance(self.publisher, PionTransport) and self.publisher.awaiting:
+            self._request_sections(self.publisher.awaiting_kinds())
 
     async def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
         try:
@@ -543,6 +684,112 @@ class _Session:
             await self.subscriber.add_candidate(init)
         else:
             await self.publisher.add_candidate(init)
+
+    # -- media ------------------------------------------------------------------------------
+
+    def _add_track(self, add: rtc.AddTrackRequest) -> None:
+        """Acknowledge a track the client is about to publish; it is announced to the room
+        once its media arrives (pion) or at once (aiortc, which routes no media)."""
+        track = models.TrackInfo(
+            sid=add.sid or _sid("TR_"),
+            name=add.name,
+            type=add.type,
+            muted=add.muted,
+            width=add.width,
+            height=add.height,
+            simulcast=len(add.layers) > 1,
+            disable_dtx=add.disable_dtx,
+            source=add.source,
+            layers=list(add.layers),
+            stereo=add.stereo,
+            disable_red=add.disable_red,
+            stream=add.stream,
+        )
+        self.send(
+            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=add.cid, track=track))
+        )
+        if isinstance(self.publisher, PionTransport) and len(self._pending_tracks) < 64:
+            self._pending_tracks[add.cid] = track
+
+    def _on_track(self, media: PionTrack) -> None:
+        """Media arrived for a track (or a simulcast layer of one): the first layer publishes
+        it to the room."""
+        if media.track_id in self._track_media.values() or self.closed:
+            return
+        kind = models.AUDIO if media.kind == "audio" else models.VIDEO
+        info = self._pending_tracks.pop(media.track_id, None)
+        if info is None:  # a client whose cid is not its msid track id: match by kind
+            cid = next((c for c, t in self._pending_tracks.items() if t.type == kind), None)
+            info = self._pending_tracks.pop(cid) if cid is not None else None
+        if info is None:
+            log.debug("%s: media for a track it did not add", self.identity)
+            return
+        info.mime_type = media.mime
+        self.tracks[info.sid] = info
+        self._track_media[info.sid] = media.track_id
+        self.version += 1
+        self.room.broadcast_update(self)
+        for other in self.room.others(self):
+            if other.params.auto_subscribe:
+                self.lab._spawn(other.subscribe(self, info.sid))
+
+    async def subscribe(self, source: _Session, sid: str) -> None:
+        """Forward ``source``'s track ``sid`` to this participant (a new subscriber offer, or
+        for ``/rtc/v1`` a request for the client's next offer)."""
+        destination = self.subscriber if self.subscriber is not None else self.publisher
+        media = source._track_media.get(sid)
+        if (
+            sid in self._subscribed
+            or self.closed
+            or media is None
+            or not isinstance(destination, PionTransport)
+            or not isinstance(source.publisher, PionTransport)
+            or not _flag(self.params.video.can_subscribe)
+        ):
+            return
+        self._subscribed.add(sid)
+        try:
+            waits = await destination.forward(source.publisher, media, sid, f"{source.sid}|{sid}")
+        except LabError as exc:
+            self._subscribed.discard(sid)
+            log.info("%s: cannot forward %s: %s", self.identity, sid, exc)
+            return
+        if waits:
+            self._request_sections(destination.awaiting_kinds())
+        else:
+            await self._negotiate()
+
+    def _request_sections(self, kinds: tuple[int, int]) -> None:
+        audios, videos = kinds
+        self.send(
+            rtc.SignalResponse(
+                media_sections_requirement=rtc.MediaSectionsRequirement(
+                    num_audios=audios, num_videos=videos
+                )
+            )
+        )
+
+    async def unsubscribe(self, sid: str) -> None:
+        if sid not in self._subscribed or self.closed:
+            return
+        self._subscribed.discard(sid)
+        destination = self.subscriber if self.subscriber is not None else self.publisher
+        if isinstance(destination, PionTransport):
+            with contextlib.suppress(LabError):
+                await destination.unforward(sid)
+            await self._negotiate()
+
+    async def _on_subscription(self, update: rtc.UpdateSubscription) -> None:
+        sids = list(update.track_sids)
+        for item in update.participant_tracks:
+            sids.extend(item.track_sids)
+        for sid in sids:
+            if not update.subscribe:
+                await self.unsubscribe(sid)
+                continue
+            for other in self.room.others(self):
+                if sid in other.tracks:
+                    await self.subscribe(other, sid)
 
     # -- data -------------------------------------------------------------------------------
 
@@ -610,6 +857,9 @@ class _Session:
     async def close(self) -> None:
         if self.closed:
             return
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         self.state = models.ParticipantInfo.DISCONNECTED
         self.version += 1
         if self.room.sessions.get(self.identity) is self:
@@ -619,9 +869,23 @@ class _Session:
                 self.lab._rooms.pop(self.room.name, None)
         self.closed = True
         self.lab._sessions.discard(self)
+        for other in self.room.others(self):
+            for sid in self.tracks:
+                if sid in other._subscribed:
+                    self.lab._spawn(other.unsubscribe(sid))
         await self.publisher.close()
         if self.subscriber is not None:
             await self.subscriber.close()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outgoing.put_nowait(None)
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            try:
+                await asyncio.wait_for(writer, timeout=2.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
         with contextlib.suppress(Exception):
             await self.ws.close()
 
@@ -646,6 +910,10 @@ class LabLiveKit:
       answers them from (default: loopback plus the ICE addresses).
     - ``ice_tcp_port``: also offer a passive ICE/TCP candidate on this shared port (0: a free
       one; :attr:`ice_tcp_port` tells), like LiveKit's 7881; ``ice_udp=False`` offers it alone.
+    - ``media``: the SFU's media plane: ``"pion"`` (pion/webrtc, LiveKit's own stack, in
+      :mod:`lkice.lab.sfu_pion`: one UDP port for every session, ``ice_udp_port``, LiveKit's
+      7882; media forwarded), ``"aiortc"`` (:mod:`lkice.lab.sfu_server`: data only, a UDP
+      port per session; no Go needed), ``"auto"`` (pion where it can be built).
 
     Observing it: :attr:`url`, :attr:`http_url`, :attr:`stats` (joins per path, rejections
     per status, data packets forwarded, pings), :meth:`rooms`, :meth:`selected_pairs`."""
@@ -671,6 +939,8 @@ class LabLiveKit:
         peer_networks: Sequence[str] | None = None,
         ice_tcp_port: int | None = None,
         ice_udp: bool = True,
+        ice_udp_port: int = 0,
+        media: MediaPlane = "auto",
     ) -> None:
         if ping_interval <= 0 or ping_timeout <= 0:
             # The Rust client builds a tokio interval from ping_interval: 0 would panic it.
@@ -703,6 +973,12 @@ class LabLiveKit:
         if not ice_udp and ice_tcp_port is None:
             raise ValueError("ice_udp=False needs an ice_tcp_port: the SFU would offer nothing")
         self.ice_tcp: IceTcpListener | None = None
+        self.ice_udp_port = ice_udp_port
+        if media == "auto":
+            media = "pion" if pion_sfu_unavailable_reason() is None else "aiortc"
+        self.media_plane: Literal["pion", "aiortc"] = media
+        self.media: PionMedia | None = None
+        self._ice_preferences: dict[tuple[str, str], tuple[int, float]] = {}
         self.stats = LabStats()
         self._rooms: dict[str, _Room] = {}
         self._sessions: set[_Session] = set()
@@ -738,6 +1014,74 @@ class LabLiveKit:
                 return pairs
         return []
 
+    def pair_details(self, identity: str) -> list[dict[str, str]]:
+        """The pion media plane's selected pairs for ``identity`` (protocol, candidate type and
+        address of each side); empty on the aiortc media plane."""
+        for room in self._rooms.values():
+            session = room.sessions.get(identity)
+            if session is not None:
+                transports = [session.publisher, session.subscriber]
+                return [
+                    t.selected_pair
+                    for t in transports
+                    if isinstance(t, PionTransport) and t.selected_pair is not None
+                ]
+        return []
+
+    def session_sid(self, identity: str) -> str | None:
+        for room in self._rooms.values():
+            session = room.sessions.get(identity)
+            if session is not None:
+                return session.sid
+        return None
+
+    def _transport(
+        self,
+        target: int,
+        *,
+        udp: bool,
+        on_data: Any = None,
+        on_state: Any = None,
+        on_candidate: Any = None,
+        on_track: Any = None,
+        single: bool = False,
+    ) -> Transport:
+        if self.media is not None:
+            return self.media.transport(
+                target,
+                self.peer_networks,
+                on_data=on_data,
+                on_state=on_state,
+                on_candidate=on_candidate,
+                on_track=on_track,
+                udp=udp,
+                tcp=self.ice_tcp_port is not None,
+                single=single,
+            )
+        return SfuTransport(
+            target,
+            self.ice_addresses if udp else [],
+            self.peer_networks,
+            on_data=on_data,
+            on_state=on_state,
+            ice_tcp=self.ice_tcp,
+        )
+
+    def _ice_preference(self, room: str, identity: str) -> int:
+        """The candidate protocol a SimulateScenario switched this identity to (UDP when
+        none, or when it is older than LiveKit's ICE config TTL)."""
+        protocol, at = self._ice_preferences.get((room, identity), (rtc.UDP, 0.0))
+        if time.monotonic() - at > ICE_PREFERENCE_TTL:
+            return rtc.UDP
+        if protocol != rtc.UDP and self.ice_tcp_port is None:
+            return rtc.UDP  # nothing but UDP to switch to
+        return protocol
+
+    def _set_ice_preference(self, room: str, identity: str, protocol: int) -> None:
+        if len(self._ice_preferences) > 1024:
+            self._ice_preferences.clear()  # bounded: a lab sees few identities
+        self._ice_preferences[(room, identity)] = (protocol, time.monotonic())
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> LabLiveKit:
@@ -748,7 +1092,19 @@ class LabLiveKit:
                     probe.bind((address, 0))
                 except OSError as exc:
                     raise LabError(f"cannot use ICE address {address}: {exc}") from exc
-        if self.ice_tcp_port is not None:
+        if self.media_plane == "pion":
+            udp = [(a, self.ice_udp_port) for a in self.ice_addresses] if self.ice_udp else []
+            tcp = (
+                [(a, self.ice_tcp_port) for a in self.ice_addresses]
+                if self.ice_tcp_port is not None
+                else []
+            )
+            self.media = await PionMedia(udp, tcp).start()
+            if self.media.udp_ports:
+                self.ice_udp_port = self.media.udp_ports[0]
+            if self.media.tcp_ports:
+                self.ice_tcp_port = self.media.tcp_ports[0]
+        elif self.ice_tcp_port is not None:
             self.ice_tcp = await IceTcpListener(
                 self.ice_addresses[0], self.ice_tcp_port, self.peer_networks
             ).start()
@@ -776,6 +1132,9 @@ class LabLiveKit:
             await runner.cleanup()
             if self.ice_tcp is not None:
                 await self.ice_tcp.close()
+            if self.media is not None:
+                await self.media.stop()
+                self.media = None
             raise
         self._runner = runner
         self._socket = sock
@@ -798,6 +1157,9 @@ class LabLiveKit:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.media is not None:
+            await self.media.stop()
+            self.media = None
 
     async def __aenter__(self) -> LabLiveKit:
         return await self.start()
@@ -945,10 +1307,19 @@ class LabLiveKit:
         metadata = claims.metadata
         attributes = dict(claims.attributes or {})
         auto_subscribe = True
+        reconnect = _bool_param(request.query.get("reconnect"))
+        sid = request.query.get("sid", "")
+        reason_text = request.query.get("reconnect_reason", "0")
+        reconnect_reason = (
+            int(reason_text) if reason_text.isascii() and reason_text.isdigit() else 0
+        )
         if join_request is not None:
             metadata = join_request.metadata or metadata
             attributes.update(join_request.participant_attributes)
             auto_subscribe = join_request.connection_settings.auto_subscribe
+            reconnect = reconnect or join_request.reconnect
+            sid = join_request.participant_sid or sid
+            reconnect_reason = join_request.reconnect_reason or reconnect_reason
         elif "auto_subscribe" in request.query:
             auto_subscribe = _bool_param(request.query.get("auto_subscribe"))
         return _JoinParams(
@@ -961,6 +1332,9 @@ class LabLiveKit:
             single_pc=join_request is not None,
             join_request=join_request,
             auto_subscribe=auto_subscribe,
+            reconnect=reconnect,
+            sid=sid[:64],
+            reconnect_reason=reconnect_reason % 1000,
         )
 
     def _error(self, error: _HttpError, cors: bool = False) -> web.Response:
@@ -1035,6 +1409,24 @@ class LabLiveKit:
         await ws.prepare(request)
         room = self._rooms.get(params.room)
         previous = room.sessions.get(params.identity) if room is not None else None
+        if params.reconnect:
+            if previous is not None and not previous.closed and previous.sid == params.sid:
+                log.info("%s resumed in room %s", params.identity, params.room)
+                await previous.resume(ws, params.reconnect_reason)
+                return ws
+            # Nothing to resume (it timed out, or another node): LiveKit asks for a full
+            # reconnect.
+            leave = rtc.SignalResponse(
+                leave=rtc.LeaveRequest(
+                    can_reconnect=True,
+                    reason=models.STATE_MISMATCH,
+                    action=rtc.LeaveRequest.RECONNECT,
+                )
+            )
+            with contextlib.suppress(Exception):
+                await ws.send_bytes(leave.SerializeToString())
+                await ws.close()
+            return ws
         if previous is not None:
             # LiveKit keeps the newer connection of an identity and tells the older to leave.
             await previous.leave(models.DUPLICATE_IDENTITY)
@@ -1074,6 +1466,8 @@ def main() -> int:
             region=str(config.get("region", "lab")),
             peer_networks=config.get("peer_networks"),
             ice_tcp_port=config.get("ice_tcp_port"),
+            ice_udp_port=int(config.get("ice_udp_port", 0)),
+            media=config.get("media", "auto"),
         ) as lk:
             print(f"ready {lk.url}", flush=True)
             # Until the owner closes stdin: the lab's way of saying stop.

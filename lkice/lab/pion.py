@@ -9,19 +9,15 @@ The server is ``lkice/lab/go/pionturn/main.go``, built offline in GOPATH mode ag
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import re
 import shutil
-import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from lkice.lab.coturn import TurnServer
+from lkice.lab.gobuild import BUILD_TIMEOUT, GOCODE, build_go_program, built_program
 from lkice.lab.pki import LabPki
 from lkice.lab.server import LabError, visible
 
@@ -40,9 +36,7 @@ INSTALL_HINT = (
     "(or set LKICE_PION_TURN to a built lkice pionturn binary)"
 )
 SOURCE_DIR = Path(__file__).parent / "go" / "pionturn"
-GOCODE = Path("/usr/share/gocode/src")
 PION_TURN_SOURCE = GOCODE / "github.com" / "pion" / "turn"
-BUILD_TIMEOUT = 180.0  # a cold build takes ~10 s here; the bound is for a starved machine
 _READY_FILE = "ready.txt"  # the server's stdout: "ready ..." once every listener is open
 
 RestForm = Literal["pion", "coturn"]
@@ -77,19 +71,6 @@ class PionConfig:
     netns: str | None = None
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lkice"
-
-
-def source_hash(source_dir: Path = SOURCE_DIR) -> str:
-    """Names a build: the server's source files (a changed source is a new binary)."""
-    digest = hashlib.sha256()
-    for path in sorted(source_dir.glob("*.go")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
 def pion_unavailable_reason() -> str | None:
     """Why no pion/turn server can be had here, or None when one can (built or buildable)."""
     override = os.environ.get("LKICE_PION_TURN")
@@ -111,28 +92,12 @@ def pion_turn_path(build: bool = True) -> str | None:
     override = os.environ.get("LKICE_PION_TURN")
     if override is not None:
         return override
-    binary = _cache_root() / f"pionturn-{source_hash()}" / "pionturn"
+    binary = built_program("pionturn", SOURCE_DIR)
     if binary.is_file():
         return str(binary)
     if not build:
         return None
     return str(build_pion_turn())
-
-
-def _gopath_links(gopath: Path) -> None:
-    """GOPATH mode resolves ``github.com/pion/X/vN`` only where a ``vN`` directory exists;
-    Debian installs some major versions (transport v2) at the package root, so link them."""
-    pion = GOCODE / "github.com" / "pion"
-    for gomod in sorted(pion.glob("*/go.mod")):
-        match = re.search(r"^module\s+(\S+/v(\d+))\s*$", gomod.read_text(), re.MULTILINE)
-        if match is None or (gomod.parent / f"v{match.group(2)}").exists():
-            continue
-        link = gopath / "src" / match.group(1)
-        if link.is_symlink() or link.exists():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # another build made it meanwhile
-            link.symlink_to(gomod.parent, target_is_directory=True)
 
 
 def build_pion_turn(
@@ -143,58 +108,9 @@ def build_pion_turn(
     """Build the server into ``<cache>/pionturn-<source hash>/pionturn`` (offline, GOPATH mode)
     and return its path; a build already there is reused. Raises :class:`LabError` with the
     compiler's output on failure."""
-    go = shutil.which("go")
-    if go is None or not PION_TURN_SOURCE.is_dir():
+    if shutil.which("go") is None or not PION_TURN_SOURCE.is_dir():
         raise LabError(INSTALL_HINT)
-    root = cache_root or _cache_root()
-    target_dir = root / f"pionturn-{source_hash(source_dir)}"
-    binary = target_dir / "pionturn"
-    if binary.is_file():
-        return binary
-    gopath = root / "gopath"
-    gopath.mkdir(parents=True, exist_ok=True)
-    _gopath_links(gopath)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed: a concurrent build or a reader never sees half a file.
-    partial = target_dir / f".pionturn-{os.getpid()}.partial"
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",
-        "GOPATH": f"{gopath}:{GOCODE.parent}",
-        "GOCACHE": str(root / "go-build"),
-        "GOFLAGS": "",
-        "GOPROXY": "off",  # never the network, whatever the environment says
-        "CGO_ENABLED": "0",
-    }
-    start = time.monotonic()
-    process = subprocess.Popen(
-        [go, "build", "-o", str(partial), "."],
-        cwd=source_dir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # the compiler's children are stopped with it on a timeout
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        partial.unlink(missing_ok=True)
-        raise LabError(
-            f"building pion/turn server did not finish within {timeout:g} s: "
-            f"{visible(output.decode(errors='replace')) or '(no output)'}"
-        ) from None
-    if process.returncode != 0 or not partial.is_file():
-        partial.unlink(missing_ok=True)
-        raise LabError(
-            f"building pion/turn server ({source_dir}) failed with status {process.returncode} "
-            f"after {time.monotonic() - start:.1f} s:\n"
-            f"{visible(output.decode(errors='replace')) or '(no output)'}"
-        )
-    os.replace(partial, binary)
-    return binary
+    return build_go_program("pionturn", source_dir, timeout=timeout, root=cache_root)
 
 
 class PionTurn(TurnServer):
