@@ -600,6 +600,24 @@ def test_official_client_data_over_ice_tcp(client_results: dict[str, Any], scena
         assert result["ice_tcp_accepted"] >= len(result["server_selected"])
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("scenario", ["v0-media", "v1-media"])
+def test_official_client_media_is_forwarded(client_results: dict[str, Any], scenario: str) -> None:
+    """pion forwards alice's audio and her simulcast video to bob, who is subscribed by the
+    SFU (dual PeerConnections: a subscriber offer; one PeerConnection: the client's next
+    offer, asked for with a MediaSectionsRequirement)."""
+    if scenario not in client_results:
+        pytest.skip(str(pion_sfu_unavailable_reason()))
+    result = client_results[scenario]
+    assert result.get("error") is None, result.get("error")
+    assert result["subscribed"] == ["audio", "video"]
+    assert result["published"] == [lkrtc.TrackKind.KIND_AUDIO, lkrtc.TrackKind.KIND_VIDEO]
+    assert result["received"]["audio"] > 100
+    assert result["loud_audio_frames"] > 0  # the tone itself arrived, not only silence
+    assert result["received"]["video"] > 10
+    assert result["stats"]["rtp_out"] > 0
+
+
 # -- scenario runner (inside the private namespace) -----------------------------------------------
 
 
@@ -676,6 +694,83 @@ async def _scenario(
     return result
 
 
+async def _media_scenario(name: str, single_pc: bool) -> dict[str, Any]:
+    """alice publishes a microphone track (a 440 Hz tone) and a camera track (simulcast, the
+    client's default); bob is subscribed by the SFU and counts what he receives."""
+    import math
+
+    options = lkrtc.RoomOptions(single_peer_connection=single_pc, connect_timeout=5)
+    server = lab(ice_servers=[], ice_addresses=[NS_ADDRESS])
+    result: dict[str, Any] = {"scenario": name, "media": server.media_plane}
+    async with server:
+        alice, bob = lkrtc.Room(), lkrtc.Room()
+        counts = {"audio": 0, "video": 0}
+        loud = {"audio": 0}
+        subscribed: list[str] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        async def count(track: lkrtc.Track, kind: str) -> None:
+            stream: Any = lkrtc.AudioStream(track) if kind == "audio" else lkrtc.VideoStream(track)
+            async for event in stream:
+                counts[kind] += 1
+                if kind == "audio" and max(event.frame.data, default=0) > 1000:
+                    loud["audio"] += 1
+
+        def on_subscribed(track: lkrtc.Track, *_: Any) -> None:
+            kind = "audio" if track.kind == lkrtc.TrackKind.KIND_AUDIO else "video"
+            subscribed.append(kind)
+            tasks.append(asyncio.create_task(count(track, kind)))
+
+        bob.on("track_subscribed", on_subscribed)
+        try:
+            await asyncio.wait_for(alice.connect(server.url, token("alice"), options), WAIT)
+            await asyncio.wait_for(bob.connect(server.url, token("bob"), options), WAIT)
+            audio = lkrtc.AudioSource(48000, 1)
+            video = lkrtc.VideoSource(640, 360)
+            await alice.local_participant.publish_track(
+                lkrtc.LocalAudioTrack.create_audio_track("mic", audio),
+                lkrtc.TrackPublishOptions(source=lkrtc.TrackSource.SOURCE_MICROPHONE),
+            )
+            await alice.local_participant.publish_track(
+                lkrtc.LocalVideoTrack.create_video_track("cam", video),
+                lkrtc.TrackPublishOptions(source=lkrtc.TrackSource.SOURCE_CAMERA, simulcast=True),
+            )
+            frame = bytes([0x40, 0x80, 0xC0, 0xFF]) * (640 * 360)
+            tone = [int(8000 * math.sin(2 * math.pi * 440 * i / 48000)) for i in range(480)]
+            samples = b"".join(v.to_bytes(2, "little", signed=True) for v in tone)
+            deadline = time.monotonic() + WAIT
+            # Bounded in count and time: 10 ms of audio and a video frame every ~33 ms.
+            for i in range(1500):
+                if time.monotonic() > deadline or (counts["audio"] > 100 and counts["video"] > 10):
+                    break
+                audio_frame = lkrtc.AudioFrame.create(48000, 1, 480)
+                memoryview(audio_frame.data).cast("B")[:] = samples
+                await audio.capture_frame(audio_frame)
+                if i % 3 == 0:
+                    video.capture_frame(
+                        lkrtc.VideoFrame(640, 360, lkrtc.VideoBufferType.RGBA, frame)
+                    )
+            result["subscribed"] = sorted(subscribed)
+            result["received"] = dict(counts)
+            result["loud_audio_frames"] = loud["audio"]
+            result["published"] = sorted(
+                t.kind
+                for p in bob.remote_participants.values()
+                for t in p.track_publications.values()
+            )
+            assert server.media is not None
+            result["stats"] = await server.media.stats()
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await alice.disconnect()
+            await bob.disconnect()
+    return result
+
+
 async def _scenarios() -> dict[str, Any]:
     from lkice.lab.coturn import Coturn, CoturnConfig
 
@@ -684,6 +779,9 @@ async def _scenarios() -> dict[str, Any]:
     results["v1-direct"] = await _scenario("v1-direct", True, None, None)
     # The client's default (v1 first) against a server without /rtc/v1: 404, then /rtc.
     results["v1-absent"] = await _scenario("v1-absent", None, None, None, v1=False)
+    if pion_sfu_unavailable_reason() is None:
+        results["v0-media"] = await _media_scenario("v0-media", False)
+        results["v1-media"] = await _media_scenario("v1-media", True)
     # UDP to the SFU "blocked": only the passive ICE/TCP candidate is offered.
     for name, single_pc in (("v0-ice-tcp", False), ("v1-ice-tcp", True)):
         results[name] = await _scenario(name, single_pc, None, None, ice_tcp_port=0, ice_udp=False)
