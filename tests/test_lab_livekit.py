@@ -32,6 +32,7 @@ import aiohttp
 import jwt as pyjwt
 import pytest
 from aioice import stun
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from livekit import api
 from livekit import rtc as lkrtc
 from livekit.protocol import models, rtc
@@ -321,6 +322,114 @@ async def test_join_response_and_subscriber_offer(
     finally:
         await ws.close()
     assert lk.stats.joins == 1
+
+
+def _ufrag(sdp: str) -> str:
+    return next(
+        line.split(":", 1)[1] for line in sdp.splitlines() if line.startswith("a=ice-ufrag:")
+    )
+
+
+@pytest.mark.parametrize("media", ["aiortc", "pion"])
+async def test_resume_after_the_signal_connection_drops(
+    http: aiohttp.ClientSession, media: str
+) -> None:
+    """A client whose WebSocket dropped comes back with ``reconnect=1&sid=...``: the same
+    participant answers with a ReconnectResponse (not a new join), and the server restarts the
+    subscriber's ICE (pion: a new offer with new credentials), as LiveKit does."""
+    if media == "pion" and pion_sfu_unavailable_reason() is not None:
+        pytest.skip(str(pion_sfu_unavailable_reason()))
+    async with lab(media=media) as lk:
+        first = await http.ws_connect(f"{lk.url}/rtc", params={"access_token": token("alice")})
+        join = (await receive_until(first, "join")).join
+        offer = (await receive_until(first, "offer")).offer
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            await client.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            await client.setLocalDescription(await client.createAnswer())
+            answer = rtc.SessionDescription(
+                type="answer", sdp=client.localDescription.sdp, id=offer.id
+            )
+            await send(first, rtc.SignalRequest(answer=answer))
+            await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+        await first.close()  # no leave: the participant stays, waiting for a resume
+        await asyncio.sleep(0.2)
+        assert lk.rooms() == {ROOM: ["alice"]}
+        params = {"access_token": token("alice"), "reconnect": "1", "sid": join.participant.sid}
+        second = await http.ws_connect(f"{lk.url}/rtc", params=params)
+        try:
+            response = await receive(second)
+            assert response.WhichOneof("message") == "reconnect"
+            assert [list(s.urls) for s in response.reconnect.ice_servers] == [
+                ["turn:127.0.0.1:3478?transport=udp"],
+                ["turns:turn.lab.test:443?transport=tcp"],
+            ]
+            assert response.reconnect.server_info.node_id == lk.node_id
+            if media == "pion":
+                restart = (await receive_until(second, "offer")).offer
+                assert restart.id > offer.id
+                assert _ufrag(restart.sdp) != _ufrag(offer.sdp)
+            assert (lk.stats.joins, lk.stats.resumes) == (1, 1)
+            assert lk.session_sid("alice") == join.participant.sid
+            await send(second, rtc.SignalRequest(ping_req=rtc.Ping(timestamp=5)))
+            assert (await receive_until(second, "pong_resp")).pong_resp.last_ping_timestamp == 5
+        finally:
+            await second.close()
+        # A resume for a participant the server no longer has: a full reconnect is asked for.
+        params["sid"] = "PA_unknown00000"
+        third = await http.ws_connect(f"{lk.url}/rtc", params=params)
+        try:
+            leave = (await receive_until(third, "leave")).leave
+            assert leave.action == rtc.LeaveRequest.RECONNECT
+            assert leave.reason == models.STATE_MISMATCH
+        finally:
+            await third.close()
+
+
+async def test_switch_candidate_protocol_holds_for_the_next_join(
+    http: aiohttp.ClientSession,
+) -> None:
+    """LiveKit's connection test switches to TCP with a SimulateScenario and then reconnects
+    in full: that next join of the identity is offered ICE/TCP candidates only."""
+    async with lab(ice_tcp_port=0) as lk:
+
+        async def candidates(ws: aiohttp.ClientWebSocketResponse[Any]) -> set[str]:
+            await receive_until(ws, "offer")
+            found: set[str] = set()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    response = await asyncio.wait_for(receive(ws), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+                if response.WhichOneof("message") == "trickle":
+                    found.add(
+                        parse_candidate_init(response.trickle.candidateInit).candidate.split()[2]
+                    )
+            return found
+
+        ws = await http.ws_connect(f"{lk.url}/rtc", params={"access_token": token("alice")})
+        try:
+            assert await candidates(ws) == {"udp", "tcp"}
+            await send(
+                ws,
+                rtc.SignalRequest(simulate=rtc.SimulateScenario(switch_candidate_protocol=rtc.TCP)),
+            )
+            await asyncio.sleep(0.1)
+        finally:
+            await ws.close()
+        ws = await http.ws_connect(f"{lk.url}/rtc", params={"access_token": token("alice")})
+        try:
+            assert await candidates(ws) == {"tcp"}
+        finally:
+            await ws.close()
+        ws = await http.ws_connect(f"{lk.url}/rtc", params={"access_token": token("bob")})
+        try:
+            assert await candidates(ws) == {"udp", "tcp"}  # only the identity that asked
+        finally:
+            await ws.close()
 
 
 async def test_ping_pong_binary_and_json(lk: LabLiveKit, http: aiohttp.ClientSession) -> None:

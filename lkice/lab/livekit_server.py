@@ -324,6 +324,7 @@ class _Session:
         self._offer_id = 0
         self._offering = False
         self._offer_again = False
+        self._restart_again = False
         protocol = lab._ice_preference(room.name, self.identity)
         udp = lab.ice_udp and protocol == rtc.UDP
         self.force_relay = lab.force_relay or protocol == rtc.TLS
@@ -626,17 +627,22 @@ class _Session:
     async def _negotiate(self, restart: bool = False) -> None:
         """Offer the subscriber PeerConnection (again); one offer at a time, a change while
         one is out is offered once it is answered."""
-        if self.subscriber is None:
-            return
-        if self._offering and not restart:
+        if self.subscriber is None or (restart and not isinstance(self.subscriber, PionTransport)):
+            return  # aiortc's transport has no ICE restart
+        if self._offering:
+            # pion cannot roll an unanswered offer back: the change (or the restart) goes
+            # in the offer after the answer.
             self._offer_again = True
+            self._restart_again = self._restart_again or restart
             return
         self._offering = True
         self._offer_again = False
+        self._restart_again = False
         self._offer_id += 1
-        sdp, candidates = await self.subscriber.create_offer(
-            **({"restart": True} if restart else {})
-        )
+        if isinstance(self.subscriber, PionTransport):
+            sdp, candidates = await self.subscriber.create_offer(restart=restart)
+        else:
+            sdp, candidates = await self.subscriber.create_offer()
         mids = self.subscriber.mid_to_track if isinstance(self.subscriber, PionTransport) else {}
         self.send(
             rtc.SignalResponse(
@@ -654,7 +660,7 @@ class _Session:
         await self.subscriber.accept_answer(answer.sdp)
         self._offering = False
         if self._offer_again:
-            await self._negotiate()
+            await self._negotiate(restart=self._restart_again)
 
     async def _on_offer(self, offer: rtc.SessionDescription) -> None:
         sdp, candidates = await self.publisher.answer(offer.sdp)
