@@ -121,8 +121,7 @@ async def test_ice_tcp_candidate_answers_the_sessions_check() -> None:
         results = await probe_sfu_paths(
             parse_livekit_url(lk.url), room_token_factory(KEY, Secret(SECRET)), [], SETTINGS
         )
-        assert lk.ice_tcp is not None
-        assert lk.ice_tcp.accepted == 1  # the check reached the SFU's session
+        assert await lk.ice_tcp_accepted() == 1  # the check reached the SFU's session
         port = lk.ice_tcp_port
     assert len(results) == 2
     direct, tcp = (r.to_dict() for r in results)

@@ -1034,6 +1034,12 @@ class LabLiveKit:
                 ]
         return []
 
+    async def ice_tcp_accepted(self) -> int:
+        """ICE/TCP connections the SFU's TCP port accepted (either media plane)."""
+        if self.media is not None:
+            return (await self.media.stats()).get("tcp_accepted", 0)
+        return self.ice_tcp.accepted if self.ice_tcp is not None else 0
+
     def session_sid(self, identity: str) -> str | None:
         for room in self._rooms.values():
             session = room.sessions.get(identity)

@@ -280,7 +280,8 @@ class PionMedia:
         self._write({"op": op, **fields})
 
     async def stats(self) -> dict[str, int]:
-        """Packets through the media plane: ``rtp_in``, ``rtp_out``, ``pli_out``, ``data_in``."""
+        """Counters of the media plane: RTP packets in and out (``rtp_in``, ``rtp_out``),
+        PLIs sent to publishers, data messages in, ICE/TCP connections accepted."""
         reply = await self.request("stats")
         return {str(k): int(v) for k, v in dict(reply.get("stats") or {}).items()}
 

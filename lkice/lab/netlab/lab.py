@@ -246,11 +246,15 @@ class NetLab:
         api_secret: str,
         port: int = 443,
         ice_tcp_port: int | None = 7881,
+        ice_udp_port: int = 7882,
+        media: str = "auto",
     ) -> str:
         """Run the lab LiveKit server (``lkice.lab.livekit_server``) in ``region``'s namespace on its
         signaling address, handing out the region's coturn as a deployment hands out its TURN:
         TURN/UDP and TURN/TCP on 3478, TURN/TLS on 443; its SFU offers ICE/TCP on
-        ``ice_tcp_port`` (LiveKit's default 7881; None: off). Returns the URL to give lkice
+        ``ice_tcp_port`` (LiveKit's default 7881; None: off) and, on the pion media plane
+        (``media``: "pion", "aiortc" or "auto", see :class:`LabLiveKit`), one UDP port for
+        every session, ``ice_udp_port`` (LiveKit's 7882). Returns the URL to give lkice
         (``ws://lk.<region>.lab.test:<port>``); stopped with the lab."""
         if region in self._livekit:
             raise LabError(f"a LiveKit server already runs in {region}")
@@ -272,6 +276,8 @@ class NetLab:
             # region's own coturn for relayed paths): the whole lab range.
             "peer_networks": ["198.18.0.0/15"],
             "ice_tcp_port": ice_tcp_port,
+            "ice_udp_port": ice_udp_port,
+            "media": media,
             "ice_servers": [
                 {
                     "urls": self.turn_uris(region),

@@ -173,7 +173,22 @@ type server struct {
 	mu    sync.Mutex
 	peers map[string]*peer
 
-	rtpIn, rtpOut, pliOut, dataIn atomic.Int64
+	rtpIn, rtpOut, pliOut, dataIn, tcpAccepted atomic.Int64
+}
+
+// countingListener counts the ICE/TCP connections accepted (lab ground truth: a check that
+// reached the SFU's TCP port).
+type countingListener struct {
+	net.Listener
+	count *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err == nil {
+		l.count.Add(1)
+	}
+	return conn, err
 }
 
 func main() {
@@ -236,7 +251,8 @@ func run(udpAddrs, tcpAddrs []string, logLevel string) error {
 		}
 		s.addresses[addr.IP.String()] = true
 		tcpPorts = append(tcpPorts, listener.Addr().(*net.TCPAddr).Port)
-		tcpMuxes = append(tcpMuxes, webrtc.NewICETCPMux(factory.NewLogger("tcpmux"), listener, 32))
+		counted := countingListener{Listener: listener, count: &s.tcpAccepted}
+		tcpMuxes = append(tcpMuxes, webrtc.NewICETCPMux(factory.NewLogger("tcpmux"), counted, 32))
 	}
 	switch len(tcpMuxes) {
 	case 0:
@@ -373,6 +389,7 @@ func (s *server) handle(req *request) {
 		fields = map[string]any{"stats": map[string]any{
 			"rtp_in": s.rtpIn.Load(), "rtp_out": s.rtpOut.Load(),
 			"pli_out": s.pliOut.Load(), "data_in": s.dataIn.Load(),
+			"tcp_accepted": s.tcpAccepted.Load(),
 		}}
 	default:
 		err = fmt.Errorf("unknown op %q", req.Op)
