@@ -21,15 +21,17 @@ What it serves, as LiveKit's server does (see ``shared/reference/livekit.md``):
 - ``GET /settings/regions`` (LiveKit Cloud only; 404 when the lab has no ``regions``, like the
   open-source server): ``{"regions":[{"region":..,"url":..,"distance":"123"}]}`` (protojson,
   int64 as a string) for a valid bearer token.
-- The SFU (:mod:`lkice.lab.sfu_server`, aiortc): data packets (``livekit.protocol.models.DataPacket``)
-  published on a participant's ``_reliable``/``_lossy`` channels are forwarded to every other
-  participant of the room (or the ``destination_identities``) over the SFU's own ``_reliable``/
-  ``_lossy`` channels, with ``participant_sid``/``participant_identity`` asserted by the server
-  as LiveKit does, so official clients raise ``data_received`` with the sender known.
-- ICE/TCP (RFC 6544), opt-in (``ice_tcp_port``): one shared TCP port with a ``tcptype
-  passive`` candidate per session, like LiveKit's ``rtc.tcp_port`` 7881; checks, DTLS and SCTP
-  travel in RFC 4571 frames, so a client whose UDP is blocked (``ice_udp=False`` simulates it)
-  really connects over TCP, as the official client does against the lab.
+- The SFU: by default pion/webrtc, LiveKit's own media stack (:mod:`lkice.lab.sfu_pion`):
+  one UDP port for every session, passive ICE/TCP on one TCP port (LiveKit's 7882 and 7881),
+  RTP forwarded to subscribers (audio, one simulcast layer of video) with NACK, transport-cc
+  and PLI; or, without Go, aiortc (:mod:`lkice.lab.sfu_server`: data only). Data packets
+  (``livekit.protocol.models.DataPacket``) published on a participant's ``_reliable``/``_lossy``
+  channels are forwarded to every other participant of the room (or the
+  ``destination_identities``) over the SFU's own ``_reliable``/``_lossy`` channels, with
+  ``participant_sid``/``participant_identity`` asserted by the server as LiveKit does.
+- Resume (``reconnect=1&sid=...``): a ``ReconnectResponse`` and the subscriber's ICE restarted;
+  ``SimulateScenario``'s switch of candidate protocol (held for the identity's next joins), as
+  LiveKit's own connection test uses them. See ``docs/lab.md`` for the whole comparison.
 
 Both signaling protocols are served and tested with LiveKit's official Python client
 (``livekit.rtc``, libwebrtc underneath): its default tries ``/rtc/v1`` (one PeerConnection)
@@ -42,13 +44,11 @@ ICE addresses) — checks from elsewhere are dropped unanswered, peer-reflexive 
 LiveKit's official clients (libwebrtc) never gather loopback and check from their non-loopback
 address, so run them and the lab in a network namespace with a lab address (as the tests do).
 
-Fidelity gaps: no media forwarding (``add_track`` is acknowledged, tracks are never routed), no
-ICE restarts, resume or reconnect (``reconnect=1`` joins are treated as new joins), no built-in
-TURN (the lab's coturn plays that part via ``ice_servers``), no room service API, no
-``simulate`` (ignored), one node, no ``refresh_token``, no speaker/quality updates, data tracks
-(``_data_track``) not routed. The ICE agent is aiortc's full ICE, where LiveKit's is ICE-lite by
-default; the ICE/TCP candidate's peer is learnt as peer-reflexive (the client's active candidate
-carries port 9), so the server-side pair reads ``("tcp", "prflx")``.
+Fidelity gaps: no simulcast layer switching (the lowest layer is forwarded), no room service
+API, one node, no ``refresh_token``, no speaker/quality updates, data tracks (``_data_track``)
+not routed, no built-in TURN (the lab's coturn or pion/turn plays that part via
+``ice_servers``). On the aiortc fallback: no media, no ICE restart, the ICE/TCP candidate's peer
+learnt as peer-reflexive (``("tcp", "prflx")``).
 
 Usage, asynchronous (the server runs on the caller's loop)::
 
