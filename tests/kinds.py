@@ -63,6 +63,9 @@ FIXTURE_KINDS: dict[str, tuple[str, ...]] = {
     "tests.conftest.turn_server": (SERVERS,),
     "tests.hostile.test_secret_sweep.lab": (SERVERS,),  # coturn and the lab LiveKit
     "tests.test_binary.binary": (TOOLS,),  # the PyInstaller build
+    # The network lab, the lab LiveKit and LiveKit's ConnectionCheck in Chromium.
+    "tests.test_connection_check.open_results": (ROOT, SERVERS, CHROMIUM),
+    "tests.test_connection_check.udp_blocked_results": (ROOT, SERVERS, CHROMIUM),
     "tests.test_dns.lab_dns": (SERVERS,),  # dnsmasq
     "tests.test_html.browser": (CHROMIUM,),
     "tests.test_lab_holds.lab": (ROOT, SERVERS),  # the network lab (NetLab)
@@ -314,6 +317,8 @@ STARTERS: dict[str, str] = {
     "lkice.lab.netlab.lab.NetLab": ROOT,  # where NetLab is defined (the above re-exports it)
     "playwright.sync_api.sync_playwright": CHROMIUM,
     "playwright.async_api.async_playwright": CHROMIUM,
+    # Runs playwright in a child (in the lab's client namespace), where the audit hook is not.
+    "tests.support.connection_check.run_connection_check": CHROMIUM,
 }
 # Programs named in a test's code (a whole string constant), and what running them needs.
 PROGRAMS: dict[str, str] = {
@@ -322,6 +327,7 @@ PROGRAMS: dict[str, str] = {
     "tinyproxy": SERVERS,
     "demo": SERVERS,  # lkice demo: coturn and the lab LiveKit
     "promtool": TOOLS,
+    "npm": TOOLS,  # the livekit-client install of tests/support/connection_check.py
     "systemd-analyze": TOOLS,
     "nft": ROOT,
     "unshare": ROOT,
