@@ -277,6 +277,12 @@ def probe_options(fn: Any) -> Any:
 )
 @click.option("--token", envvar="LIVEKIT_TOKEN", help="A LiveKit access token to join with.")
 @click.option(
+    "--token2",
+    envvar="LIVEKIT_TOKEN2",
+    help="With --token: a second participant's token (same room, another identity), so the "
+    "media paths through the SFU also get the data round trip between two participants.",
+)
+@click.option(
     "--username", "-u", envvar="LKICE_TURN_USERNAME", help="TURN username (long-term credentials)."
 )
 @click.option("--credential", "-p", envvar="LKICE_TURN_CREDENTIAL", help="TURN password.")
@@ -326,6 +332,7 @@ def run(
     api_key: str | None,
     api_secret: str | None,
     token: str | None,
+    token2: str | None,
     username: str | None,
     credential: str | None,
     turn_secret: str | None,
@@ -367,6 +374,7 @@ def run(
         api_key=api_key,
         api_secret=api_secret,
         token=token,
+        token2=token2,
         username=username,
         credential=credential,
         turn_secret=turn_secret,

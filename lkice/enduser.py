@@ -46,7 +46,7 @@ def executable_dir() -> Path:
 
 
 def embedded() -> dict[str, Any] | None:
-    """The build-time default (target, token), if this build has one."""
+    """The build-time default (target, token, token2), if this build has one."""
     try:
         text = resources.files("lkice").joinpath(EMBEDDED).read_text("utf-8")
     except (FileNotFoundError, OSError):
@@ -75,6 +75,7 @@ def default_request(folder: Path) -> tuple[RunRequest, str] | None:
     request = RunRequest(
         targets=(str(default["target"]),),
         token=default.get("token") or os.environ.get("LIVEKIT_TOKEN"),
+        token2=default.get("token2") or os.environ.get("LIVEKIT_TOKEN2"),
         api_key=os.environ.get("LIVEKIT_API_KEY"),
         api_secret=os.environ.get("LIVEKIT_API_SECRET"),
         proxy_env=system_proxy_env(os.environ),  # the user's HTTPS_PROXY, as their browser uses it

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lkice")
 
 T = TypeVar("T")
-SFU_PROOF_S = 0.1  # --quality-duration 0: 5 data round trips through the SFU, not a train
 MAX_SECRET_BYTES = 64 * 1024  # a token with metadata is a few KB
 MAX_STUN_USERNAME = 500  # RFC 8489: < 513 bytes; the REST form adds "<expiry>:" to --turn-user
 # After a cut, how long cancelled probes get to record where they were; their cleanups are
@@ -460,9 +459,11 @@ def _cut(result: PathResult | SignalResult, clock: _Clock) -> None:
 
 
 class _SfuStage:
-    """The media paths through the SFU (direct, and forced through each TURN URL), when lkice
-    can seat two participants of its own; otherwise the report says why they were not tested.
-    ``paths`` holds each result from the moment it exists, so a cut keeps what was measured."""
+    """The media paths through the SFU (direct, and forced through each TURN URL): two
+    participants of lkice's own per path with the API key and secret, else the user's token(s):
+    one participant (ICE, DTLS, data channels; the path says what a second would add), or two
+    with ``--token2``. ``paths`` holds each result from the moment it exists, so a cut keeps
+    what was measured."""
 
     def __init__(
         self,
@@ -481,30 +482,33 @@ class _SfuStage:
         livekit, settings, servers = self.livekit, self.settings, self.servers
         if not self.signal_result.ok:
             return
-        if livekit.api_key is None or livekit.api_secret is None:
-            self.signal_result.notes.append(
-                "media paths through the SFU not tested: they need --api-key/--api-secret (two "
-                "participants of lkice's own in one room), not a single --token"
-            )
-            return
-        from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
+        from lkice.probe.sfu import GivenTokens, SfuSettings, probe_sfu_paths, room_token_factory
 
         train = settings.probe.train
         sfu = SfuSettings(
-            # No quality measurement asked for: a few round trips prove data flows.
-            duration=max(1.0, train.duration) if train is not None else SFU_PROOF_S,
-            # ICE gets the same bound as every other step (--timeout): a blocked path must not
-            # hold the verdict back longer than a refused connect would.
+            # No quality measurement asked for: setup only (ICE, DTLS, the data channels and
+            # one data round trip through the SFU), no train.
+            duration=train.duration if train is not None else 0.0,
+            interval=train.interval if train is not None else SfuSettings.interval,
+            # ICE gets the same bound as every other step (--timeout), and on a UDP leg the
+            # UDP one (--udp-timeout): a blocked path must not hold the verdict back longer
+            # than the engine's own UDP probes do.
             ice_timeout=settings.probe.timeout,
+            udp_timeout=settings.probe.udp_timeout,
             known=lambda uri: self.finished.error(uri, settings.probe.timeout + 1.0),
             tls_context=livekit.settings.tls_context,
             custom_ca=livekit.custom_ca,
             proxies=livekit.settings.proxies,
             monitor=settings.probe.monitor,
         )
-        make_token = room_token_factory(livekit.api_key, livekit.api_secret)
+        tokens: Callable[[str], Secret] | GivenTokens
+        if livekit.api_key is not None and livekit.api_secret is not None:
+            tokens = room_token_factory(livekit.api_key, livekit.api_secret)
+        else:
+            # The user's token(s): one participant per path, or two with --token2.
+            tokens = GivenTokens(livekit.token, livekit.second_token)
         await probe_sfu_paths(
-            livekit.url, make_token, servers, sfu, self.progress.path_done, out=self.paths
+            livekit.url, tokens, servers, sfu, self.progress.path_done, out=self.paths
         )
         proxies = livekit.settings.proxies
         for path in self.paths:
@@ -668,9 +672,11 @@ class LiveKitJob:
     token: Secret
     settings: SignalSettings
     # With the API key and secret, lkice can seat two participants of its own in one room and
-    # test the media paths through the SFU; a given token is one participant only.
+    # test the media paths through the SFU; a given token is one participant only, unless a
+    # second token (--token2) seats the other.
     api_key: str | None = None
     api_secret: Secret | None = None
+    second_token: Secret | None = None
     custom_ca: bool = False  # --ca-file given
     # --region NAME=<LiveKit URL>: probed like LiveKit Cloud's /settings/regions (signaling and
     # TURN per region); when given, /settings/regions is not asked.
@@ -686,6 +692,7 @@ def livekit_job(
     tls: ssl.SSLContext,
     nameserver: tuple[str, int] | None,
     proxies: Proxies,
+    token2: str | None = None,
 ) -> LiveKitJob | None:
     from lkice.credentials import Secret
     from lkice.livekit import (
@@ -720,8 +727,38 @@ def livekit_job(
         timeout=timeout, tls_context=tls, nameserver=nameserver, proxies=proxies
     )
     if token is None and api_key and api_secret:
+        if token2 is not None:
+            raise UsageError(
+                "--token2 goes with --token: with --api-key/--api-secret lkice seats both "
+                "participants itself"
+            )
         return LiveKitJob(url, secret, signal_settings, api_key, Secret(api_secret))
-    return LiveKitJob(url, secret, signal_settings)
+    second = None if token2 is None else _second_token(secret, Secret(token2))
+    return LiveKitJob(url, secret, signal_settings, second_token=second)
+
+
+def _second_token(first: Secret, second: Secret) -> Secret:
+    """--token2: checked like --token, and against it: another identity in the same room (one
+    identity joining twice makes LiveKit drop the first; two rooms share no data)."""
+    from lkice.livekit import check_token_fresh, check_token_text, token_identity, token_room
+
+    check_token_text(second)
+    check_token_fresh(second)
+    if second.reveal() == first.reveal():
+        raise UsageError("--token2 is the same token as --token: give one for another identity")
+    ids = token_identity(first), token_identity(second)
+    if ids[0] is not None and ids[0] == ids[1]:
+        raise UsageError(
+            "--token and --token2 carry the same participant identity: LiveKit would drop the "
+            "first when the second joins; give a token for another identity"
+        )
+    rooms = token_room(first), token_room(second)
+    if None not in rooms and rooms[0] != rooms[1]:
+        raise UsageError(
+            "--token and --token2 are for different rooms: the data round trip needs both "
+            "participants in one room"
+        )
+    return second
 
 
 @dataclass(frozen=True)
@@ -734,6 +771,9 @@ class RunRequest:
     api_key: str | None = None
     api_secret: str | None = None
     token: str | None = None
+    # A second participant's token (same room, another identity): the SFU paths' data round
+    # trip with --token, which alone seats one participant.
+    token2: str | None = None
     username: str | None = None
     credential: str | None = None
     turn_secret: str | None = None
@@ -779,6 +819,7 @@ def _check_secrets(request: RunRequest) -> None:
         "--api-key": request.api_key,
         "--api-secret": request.api_secret,
         "--token": request.token,
+        "--token2": request.token2,
         "--username": request.username,
         "--credential": request.credential,
         "--turn-secret": request.turn_secret,
@@ -855,6 +896,7 @@ def prepare(request: RunRequest) -> Prepared:
         tls,
         ns,
         proxies,
+        request.token2,
     )
     if livekit is not None and request.ca_files:
         livekit = replace(livekit, custom_ca=True)

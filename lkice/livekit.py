@@ -15,6 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from lkice.credentials import Secret
@@ -168,6 +169,31 @@ def check_token_text(token: Secret) -> None:
             "the token holds characters a LiveKit token cannot have (a JWT is letters, digits, "
             "'-', '_' and dots): check that it was copied whole and alone"
         )
+
+
+def _claims(token: Secret) -> dict[str, Any] | None:
+    try:
+        payload = token.reveal().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, RecursionError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def token_identity(token: Secret) -> str | None:
+    """The participant identity a LiveKit token carries (its ``sub`` claim), read without
+    verifying; None if unreadable."""
+    claims = _claims(token)
+    sub = claims.get("sub") if claims is not None else None
+    return sub if isinstance(sub, str) and sub else None
+
+
+def token_room(token: Secret) -> str | None:
+    """The room a LiveKit token grants (``video.room``), read without verifying; None if none."""
+    claims = _claims(token)
+    video = claims.get("video") if claims is not None else None
+    room = video.get("room") if isinstance(video, dict) else None
+    return room if isinstance(room, str) and room else None
 
 
 def token_expiry(token: Secret) -> float | None:

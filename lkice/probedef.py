@@ -30,7 +30,8 @@ Format (see ``probes/*.toml`` for complete examples)::
     [credentials]                      # references only: { env = "NAME" } or { file = "path" }
     api_key = { env = "LIVEKIT_API_KEY" }
     api_secret = { file = "/etc/lkice/livekit-secret" }
-    # token, turn_username, turn_password, turn_secret (TURN REST), turn_user (plain text)
+    # token (token2: a second participant's), turn_username, turn_password, turn_secret
+    # (TURN REST), turn_user (plain text)
 
     [[targets]]                        # LiveKit URLs and/or STUN/TURN URIs
     uri = "wss://acme.livekit.cloud"
@@ -77,7 +78,15 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}")
 _DURATION = re.compile(r"(?:([0-9]{1,5})h)?(?:([0-9]{1,7})m)?(?:([0-9]{1,9})s)?")
 MAX_LABELS = 8  # bounded label cardinality: metrics multiply by every label
 EVERY_MIN_S, EVERY_MAX_S = 1.0, 86400.0  # below 10 s: for tests and demos
-SECRET_KEYS = ("api_key", "api_secret", "token", "turn_username", "turn_password", "turn_secret")
+SECRET_KEYS = (
+    "api_key",
+    "api_secret",
+    "token",
+    "token2",
+    "turn_username",
+    "turn_password",
+    "turn_secret",
+)
 REGION_SECRET_KEYS = ("turn_username", "turn_password", "turn_secret")
 # Quality thresholds a definition may set (lkice.findings.Limits; defaults: docs/findings.md).
 _THRESHOLDS = {
@@ -570,6 +579,7 @@ def to_request(definition: ProbeDefinition, env: Mapping[str, str] | None = None
         api_key=values["api_key"],
         api_secret=values["api_secret"],
         token=values["token"],
+        token2=values["token2"],
         username=values["turn_username"],
         credential=values["turn_password"],
         turn_secret=values["turn_secret"],

@@ -98,6 +98,24 @@ def udp_dropped() -> list[dict[str, Any]]:
     return [failed("udp", "udp_no_response", kind="stun"), failed("udp", "udp_no_response")]
 
 
+def sfu_record(participants: int, data: str) -> dict[str, Any]:
+    return {
+        "participants": participants,
+        "channels_open": True,
+        "data_round_trip": data,
+        "data_rtt_ms": 41.0 if data == "measured" else None,
+        "ice_rtt": {"sent": 5, "received": 5, "min_ms": 20.1, "p50_ms": 20.4, "max_ms": 21.0},
+    }
+
+
+def sfu_session(participants: int, data: str, *, relay: bool = False) -> dict[str, Any]:
+    """A working SFU session as probe/sfu.py reports it, with its ``sfu`` record."""
+    via = "turn:turn.eu.example.com:3478?transport=udp" if relay else None
+    p = ok("udp", kind="sfu", host="lk.example.com", relay=via, rtt=None)
+    p["sfu"] = sfu_record(participants, data)
+    return p
+
+
 def report(paths: list[dict[str, Any]], **kwargs: Any) -> Builder:
     return lambda: make_report(paths, **kwargs)
 
@@ -733,6 +751,29 @@ RULES = [
             )
         },
         {"direct only": report([ok("udp", kind="sfu", host="lk.example.com")])},
+    ),
+    Rule(
+        "sfu-data-untested",
+        {
+            "one participant (a single token)": (
+                report([sfu_session(1, "not_tested"), sfu_session(1, "not_tested", relay=True)]),
+                "info",
+            )
+        },
+        {
+            "two participants": report([sfu_session(2, "measured")]),
+            "an older report, without the session's record": report(
+                [ok("udp", kind="sfu", host="lk.example.com")]
+            ),
+            "one participant, the session failed": report(
+                [
+                    {
+                        **failed("udp", "connect_timeout", kind="sfu"),
+                        "sfu": sfu_record(1, "not_tested"),
+                    }
+                ]
+            ),
+        },
     ),
 ]
 

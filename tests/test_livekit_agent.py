@@ -198,3 +198,89 @@ def test_self_hosted_server_has_no_region_list(livekit: LabLiveKit, api_secret: 
     report = report_of(result)
     assert report["regions"] is None
     assert any("self-hosted" in n for n in report["signal"]["notes"])
+
+
+def _token(api_secret: str, identity: str, room: str, name: str = "lkice test") -> str:
+    from livekit import api
+
+    grants = api.VideoGrants(
+        room_join=True, room=room, can_publish=True, can_publish_data=True, can_subscribe=True
+    )
+    return (
+        api.AccessToken(API_KEY, api_secret)
+        .with_identity(identity)
+        .with_name(name)
+        .with_grants(grants)
+        .to_jwt()
+    )
+
+
+def test_one_token_tests_every_sfu_path_with_one_participant(
+    livekit: LabLiveKit, coturn: TurnLab, api_secret: str
+) -> None:
+    """--token alone (the double-click binary's mode): every SFU path is tested with one
+    participant (ICE, DTLS, data channels, RTT from ICE checks) and the report says plainly
+    that the data round trip through the SFU needs a second participant."""
+    room = "room-" + secrets.token_hex(4)
+    token = _token(api_secret, "end-user", room)
+    result = lkice(livekit.url, "--token", token, "--json", "--quality-duration", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = report_of(result)
+    sfu = [p for p in report["paths"] if p["kind"] == "sfu"]
+    turn_udp, turn_tcp = (f"turn:127.0.0.1:{coturn.port}?transport={t}" for t in ("udp", "tcp"))
+    assert sorted((p["transport"], p["relay"] or "") for p in sfu) == [
+        ("tcp", turn_tcp),
+        ("udp", ""),
+        ("udp", turn_udp),
+    ]
+    for path in sfu:
+        assert path["ok"], path["error"]
+        assert path["sfu"]["participants"] == 1
+        assert path["sfu"]["data_round_trip"] == "not_tested"
+        assert path["sfu"]["ice_rtt"]["received"] > 0
+    untested = [f for f in report["findings"] if f["id"] == "sfu-data-untested"]
+    assert len(untested) == 1
+    assert untested[0]["severity"] == "info"
+    assert "second participant" in untested[0]["impact"]
+    assert not any("need --api-key" in n for n in report["signal"]["notes"])
+    assert report["verdict"] == "ok"
+    assert token not in result.stdout + result.stderr
+    human = lkice(livekit.url, "--token", token, "--quality-duration", "0")
+    assert "data round trip through the SFU was not tested" in " ".join(human.stdout.split())
+
+
+def test_a_second_token_adds_the_data_round_trip(livekit: LabLiveKit, api_secret: str) -> None:
+    room = "room-" + secrets.token_hex(4)
+    first, second = (_token(api_secret, who, room) for who in ("end-user", "second-seat"))
+    result = lkice(
+        livekit.url, "--json", "--quality-duration", "0", env={"LIVEKIT_TOKEN": first,
+        "LIVEKIT_TOKEN2": second},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = report_of(result)
+    sessions = [p for p in report["paths"] if p["kind"] == "sfu" and p["sfu"] is not None]
+    assert sessions
+    for path in sessions:
+        assert path["ok"], path["error"]
+        assert path["sfu"]["participants"] == 2
+        assert path["sfu"]["data_round_trip"] == "measured"
+        assert path["sfu"]["data_rtt_ms"] > 0
+    assert not any(f["id"] == "sfu-data-untested" for f in report["findings"])
+    output = result.stdout + result.stderr
+    assert first not in output
+    assert second not in output
+
+
+def test_a_second_token_must_be_another_identity_in_the_same_room(
+    livekit: LabLiveKit, api_secret: str
+) -> None:
+    first = _token(api_secret, "end-user", "room-a")
+    for second, says in (
+        (_token(api_secret, "end-user", "room-a", "again"), "same participant identity"),
+        (_token(api_secret, "other", "room-b"), "different rooms"),
+    ):
+        result = lkice(livekit.url, "--token", first, "--token2", second)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert says in result.stderr
+        assert first not in result.stderr
+        assert second not in result.stderr

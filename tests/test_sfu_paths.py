@@ -22,7 +22,7 @@ from lkice.lab.livekit_server import LabLiveKit
 from lkice.lab.pki import LabPki
 from lkice.livekit import parse_livekit_url
 from lkice.probe.icetcp import IceCredentials, check_ice_tcp, ice_credentials
-from lkice.probe.sfu import SfuSettings, probe_sfu_paths, room_token_factory
+from lkice.probe.sfu import GivenTokens, SfuSettings, probe_sfu_paths, room_token_factory
 from lkice.probe.signal import IceServer
 from lkice.uri import IceUri, parse_ice_uri
 from tests.conftest import TurnLab
@@ -236,3 +236,95 @@ async def test_echoes_the_agent_held_are_left_out_of_the_sfu_figures() -> None:
     result = results[0].to_dict()
     check_ok(result)
     assert result["quality"]["excluded"] > 0, result["quality"]
+
+
+def check_ice_rtt(result: dict[str, Any]) -> None:
+    """The selected pair's RTT from ICE checks: answered, and consistent."""
+    rtt = result["sfu"]["ice_rtt"]
+    assert rtt is not None, result["sfu"]
+    assert rtt["sent"] == SETTINGS.ice_checks
+    assert rtt["received"] > 0, rtt
+    assert 0 < rtt["min_ms"] <= rtt["p50_ms"] <= rtt["max_ms"]
+
+
+async def test_setup_only_is_one_data_round_trip_not_a_train() -> None:
+    """duration 0 (--quality-duration 0): ICE, DTLS, the data channels and one data packet
+    through the SFU and back; no quality train, so no quality figures."""
+    settings = dataclasses.replace(SETTINGS, duration=0.0)
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET) as lk:
+        url = parse_livekit_url(lk.url)
+        results = await probe_sfu_paths(url, room_token_factory(KEY, Secret(SECRET)), [], settings)
+        assert lk.stats.joins == 2
+        forwarded = lk.stats.data_forwarded
+    result = results[0].to_dict()
+    assert result["ok"], result["error"]
+    assert result["quality"] is None
+    session = result["sfu"]
+    assert (session["participants"], session["channels_open"]) == (2, True)
+    assert session["data_round_trip"] == "measured"
+    assert session["data_rtt_ms"] > 0
+    assert 2 <= forwarded < 2 * 100  # warm-up probes until the first echo: not a train
+    check_ice_rtt(result)
+    assert "one data packet" in result["notes"][0]
+
+
+async def test_one_token_tests_every_path_with_one_participant(
+    coturn: TurnLab, pki: LabPki
+) -> None:
+    """A single given token (--token): every path (direct UDP, ICE/TCP, TURN/UDP, TURN/TCP,
+    TURN/TLS) gets ICE, DTLS and the data channels with one participant, one path after
+    another (the token's identity can be in the room once); the selected pair's RTT comes from
+    ICE checks; each session says the data round trip was not tested and what it needs."""
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    settings = dataclasses.replace(SETTINGS, tls_context=context, custom_ca=True)
+    port, good = coturn.port, creds(coturn)
+    servers = [
+        IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}?transport=udp"), good),
+        IceServer(parse_ice_uri(f"turn:127.0.0.1:{port}?transport=tcp"), good),
+        IceServer(parse_ice_uri(f"turns:127.0.0.1:{coturn.tls_port}?transport=tcp"), good),
+    ]
+    token = room_token_factory(KEY, Secret(SECRET), room="one-token")("the-user")
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET, ice_tcp_port=0) as lk:
+        results = await probe_sfu_paths(
+            parse_livekit_url(lk.url), GivenTokens(token), servers, settings
+        )
+        assert lk.stats.joins == 1 + len(servers)  # one participant per session
+        assert lk.stats.data_forwarded == 0
+    found = [r.to_dict() for r in results]
+    assert [(r["transport"], r["relay"]) for r in found] == [
+        ("udp", None),
+        ("tcp", None),  # the ICE/TCP check, with the direct session's credentials
+        *((("tls" if s.uri.secure else s.uri.transport), str(s.uri)) for s in servers),
+    ]
+    for result in found:
+        assert result["ok"], result["error"]
+    for result in (found[0], *found[2:]):
+        session = result["sfu"]
+        assert session["participants"] == 1
+        assert session["channels_open"] is True
+        assert session["data_round_trip"] == "not_tested"
+        assert session["data_rtt_ms"] is None
+        assert result["quality"] is None
+        check_ice_rtt(result)
+        assert any("needs a second participant" in n for n in result["notes"]), result["notes"]
+        assert 0 < result["timings_ms"]["ice"] <= result["timings_ms"]["dtls"]
+    for result in found[2:]:
+        assert str(result["relayed_address"]).startswith("127.0.0.1:")
+    assert found[1]["sfu"] is None  # an ICE/TCP check, not a session
+    assert token.reveal() not in repr(found)
+
+
+async def test_two_given_tokens_run_the_data_round_trip() -> None:
+    """--token and --token2: two participants per path, the data round trip through the SFU
+    measured as with minted tokens."""
+    mint = room_token_factory(KEY, Secret(SECRET), room="two-tokens")
+    tokens = GivenTokens(mint("first-user"), mint("second-user"))
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET) as lk:
+        results = await probe_sfu_paths(parse_livekit_url(lk.url), tokens, [], SETTINGS)
+        assert lk.stats.joins == 2
+        assert lk.stats.data_forwarded > 0
+    result = results[0].to_dict()
+    check_ok(result)
+    assert result["sfu"]["participants"] == 2
+    assert result["sfu"]["data_round_trip"] == "measured"
+    check_ice_rtt(result)

@@ -152,6 +152,7 @@ ORDER: tuple[str, ...] = (
     "relay_failed",
     "regions",
     "works",
+    "sfu_data_untested",
     "unexplained",
 )
 _RUN = ordered(ORDER)

@@ -2,7 +2,7 @@
 incomplete), sockets this computer could not open (agent-local), nothing testable
 (nothing-tested), signaling without a measured media path (media-unproven), regions whose
 signaling failed (region-failed), and what works (signal-ok, sfu-direct-ok, sfu-ice-tcp-ok,
-sfu-relay-ok, turn-ok).
+sfu-relay-ok, turn-ok), with what a one-participant session did not test (sfu-data-untested).
 """
 
 from __future__ import annotations
@@ -118,6 +118,13 @@ def _rule_works(ctx: _Ctx) -> list[Finding]:
     def sfu_evidence(p: Path) -> str:
         t = p.get("timings_ms") or {}
         text = f"{_label(p)}: ICE {_ms(t.get('ice'))} ms, DTLS {_ms(t.get('dtls'))} ms"
+        session = p.get("sfu") or {}
+        rtt = session.get("ice_rtt") or {}
+        if rtt.get("received"):
+            text += (
+                f"; ICE check RTT p50 {_ms(rtt.get('p50_ms'))} ms "
+                f"({rtt.get('received')} of {rtt.get('sent')} answered)"
+            )
         q = p.get("quality")
         if q and q.get("samples"):
             m = _Measure(0, p, "quality", q)
@@ -125,6 +132,10 @@ def _rule_works(ctx: _Ctx) -> list[Finding]:
                 f"; data round trip p50 {_ms(m.rtt)} ms, loss {_pct(float(q.get('loss') or 0))}"
                 f" over {m.count()}"
             )
+        elif session.get("data_round_trip") == "measured":
+            text += f"; one data round trip through the SFU {_ms(session.get('data_rtt_ms'))} ms"
+        elif session.get("participants") == 1:
+            text += "; data channels open, data round trip not tested (one participant)"
         return text
 
     direct = [(i, p) for i, p in sfu if not p.get("relay") and p.get("transport") == "udp"]
@@ -291,5 +302,38 @@ def _rule_nothing_tested(ctx: _Ctx) -> list[Finding]:
             [_path_evidence(p) for _, p in untestable] or ["no path in the report"],
             "See each path's reason; run lkice with a STUN/TURN or LiveKit target it can test.",
             [i for i, _ in untestable],
+        )
+    ]
+
+
+@rule(("sfu-data-untested",), "info")
+def _rule_sfu_data_untested(ctx: _Ctx) -> list[Finding]:
+    one = [
+        (i, p)
+        for i, p in ctx.indexed
+        if p.get("kind") == "sfu"
+        and p.get("ok")
+        and (p.get("sfu") or {}).get("data_round_trip") == "not_tested"
+    ]
+    if not one:
+        return []
+    return [
+        _finding(
+            "sfu-data-untested",
+            "info",
+            f"Media sessions to the LiveKit SFU were tested with one participant ({len(one)} "
+            "path(s)): ICE, DTLS and the data channels to the SFU work; the data round trip "
+            "through the SFU was not tested.",
+            "That the SFU forwards data between participants, and that round trip's delay "
+            "(and, with a quality train, its loss and jitter), need a second participant: "
+            "those are not known from this run.",
+            [
+                f"{_label(p)}: {(p.get('sfu') or {}).get('participants')} participant, data "
+                "channels open; no data round trip"
+                for _, p in one
+            ],
+            "To test the round trip too, give a second participant's token for the same room "
+            "(--token2, or token2 in the probe definition), or the API key and secret.",
+            [i for i, _ in one],
         )
     ]

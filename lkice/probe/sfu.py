@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCIceCandidate, RTCPeerConnection
     from livekit.protocol import models, rtc
 
-__all__ = ["SfuSettings", "probe_sfu_paths", "room_token_factory"]
+__all__ = ["GivenTokens", "SfuSettings", "probe_sfu_paths", "room_token_factory"]
 
 log = logging.getLogger(__name__)
 # websockets logs request headers (the token) at DEBUG: a logger that never emits DEBUG.
@@ -70,14 +70,22 @@ CLOSE_S = 8.0  # leaving the room after a finished session: bounded, whatever th
 CANCEL_CLOSE_S = 0.3  # after a deadline or Ctrl-C: the partial report must not wait
 _ECHO = struct.Struct("!4sI")  # tag, sequence number
 SUPPORTED_RELAY = {("turn", "udp"), ("turn", "tcp"), ("turns", "tcp")}
+ICE_CHECK_TIMEOUT_S = 1.0  # one ICE check on the selected pair (aioice gives up at 0.5 s)
 
 
 @dataclass(frozen=True)
 class SfuSettings:
-    duration: float = 3.0  # seconds of echo train
+    # Seconds of echo train (two participants). 0: setup only, no train: ICE, DTLS, the data
+    # channels open and one data round trip through the SFU, the first echo that comes back.
+    duration: float = 3.0
     interval: float = 0.02  # seconds between packets
     join_timeout: float = 10.0  # WebSocket upgrade + JoinResponse
-    ice_timeout: float = 10.0  # negotiation start -> ICE and DTLS connected, both PCs
+    # Negotiation start -> ICE connected, every PC; then as long again for DTLS.
+    ice_timeout: float = 10.0
+    # A path whose client leg is UDP (direct, TURN/UDP): ICE connected within this instead, as
+    # every UDP probe answers within --udp-timeout (None: ``ice_timeout``).
+    udp_timeout: float | None = None
+    ice_checks: int = 5  # STUN Binding requests on the selected pair once connected (its RTT)
     channel_timeout: float = 5.0  # DTLS connected -> every data channel open
     echo_grace: float = 1.0  # after the last send, how long late echoes are awaited
     # Before the train: how long warm-up probes may take to come back end to end (an SCTP
@@ -133,6 +141,25 @@ def room_token_factory(
         return Secret(token)
 
     return make_token
+
+
+@dataclass(frozen=True)
+class GivenTokens:
+    """Tokens the user gave (``--token``, ``--token2``), not minted: each carries its own
+    identity, so the paths run one after another (LiveKit drops a participant when its identity
+    joins again). With one token, each path seats one participant: ICE, DTLS and the data
+    channels to the SFU, not the data round trip through it, which needs a second."""
+
+    first: Secret
+    second: Secret | None = None
+
+
+ONE_PARTICIPANT_NOTE = (
+    "data round trip through the SFU not tested: it needs a second participant (a second "
+    "token, --token2, or --api-key/--api-secret); with one it would show that the SFU forwards "
+    "data between participants, with that round trip's delay (and, with a quality train, its "
+    "loss and jitter)"
+)
 
 
 @dataclass
@@ -228,16 +255,18 @@ def _relay_uri(server: IceServer) -> tuple[str | None, str]:
 
 async def probe_sfu_paths(
     url: LiveKitUrl,
-    make_token: Callable[[str], Secret],
+    make_token: Callable[[str], Secret] | GivenTokens,
     ice_servers: Sequence[IceServer],
     settings: SfuSettings,
     on_path_done: Callable[[PathResult], None] | None = None,
     out: list[PathResult] | None = None,
 ) -> list[PathResult]:
-    """One full session per path, all paths at once (each has its own participants, so they
-    share nothing but the room). Never raises for a path failure. ``out`` gets every path's
-    result as soon as it exists, so a caller that cancels this (deadline, Ctrl-C) keeps what
-    was measured; each unfinished result's ``phase`` names the step it was in."""
+    """One full session per path. With minted tokens (``make_token(identity)``), all paths at
+    once, each with two participants of its own joined at once (they share nothing but the
+    room); with :class:`GivenTokens`, one path after another (fixed identities). Never raises
+    for a path failure. ``out`` gets every path's result as soon as it exists, so a caller that
+    cancels this (deadline, Ctrl-C) keeps what was measured; each unfinished result's ``phase``
+    names the step it was in."""
     direct = _Path(PathResult(server=url.server, transport="udp", kind="sfu", uri=url.given), None)
     direct.ice_tcp = _IceTcp(url, settings.ice_tcp_timeout)
     paths = [direct]
@@ -270,18 +299,87 @@ async def probe_sfu_paths(
         settings = replace(settings, monitor=monitor)
     try:
         with _loopback_gathering(url.host):
-            await asyncio.gather(*(one(path) for path in paths))
+            if isinstance(make_token, GivenTokens):
+                for path in paths:
+                    await one(path)
+            else:
+                await asyncio.gather(*(one(path) for path in paths))
     finally:
         if own:
             await monitor.stop()
     return [direct.result, *direct.ice_tcp.results, *(path.result for path in paths[1:])]
 
 
-async def _channels_ready(a: _Participant, b: _Participant) -> None:
+async def _channels_ready(parts: Sequence[_Participant]) -> None:
     # One after the other, not gather: a gather cut by wait_for's timeout or a cancellation
     # ends with an exception nobody retrieves, which asyncio then logs.
-    await a.channels_ready()
-    await b.channels_ready()
+    for part in parts:
+        await part.channels_ready()
+
+
+async def _connect_all(parts: Sequence[_Participant]) -> None:
+    """Every participant joins and connects at once. The first failure is the path's (the
+    others are cancelled, then collected); a cancellation cancels them all."""
+    tasks = [asyncio.ensure_future(part.connect()) for part in parts]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op on the finished ones
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failed = [t for t in tasks if not t.cancelled() and t.exception() is not None]
+    if failed:
+        raise failed[0].exception()  # type: ignore[misc]
+
+
+def _ice_connection(pc: RTCPeerConnection) -> Any:
+    """aioice's Connection under ``pc``'s (bundled) ICE transport, or None. aiortc's private
+    ``_connection`` (checked against aiortc 1.16 and aioice 0.13)."""
+    sctp = pc.sctp
+    if sctp is None:
+        return None
+    return getattr(sctp.transport.transport, "_connection", None)
+
+
+async def _ice_rtt(pc: RTCPeerConnection, count: int, interval: float) -> dict[str, Any] | None:
+    """The round trip of ``count`` STUN Binding requests (ICE connectivity checks, no
+    nomination, no retransmission) on the candidate pair ICE selected, one every ``interval``:
+    the media path's RTT (through the relay, on a relay path). None when aioice shows no
+    selected pair (its internals: ``Connection._nominated``, ``build_request``)."""
+    from aioice import stun
+
+    connection = _ice_connection(pc)
+    nominated = getattr(connection, "_nominated", None)
+    pair = nominated.get(1) if isinstance(nominated, dict) else None
+    password = getattr(connection, "remote_password", None)
+    if pair is None or not isinstance(password, str) or not hasattr(connection, "build_request"):
+        return None
+    key = password.encode("utf-8")
+
+    async def check(i: int) -> float | None:
+        await asyncio.sleep(i * interval)
+        request = connection.build_request(pair, nominate=False)
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(
+                pair.protocol.request(
+                    request, pair.remote_addr, integrity_key=key, retransmissions=0
+                ),
+                ICE_CHECK_TIMEOUT_S,
+            )
+        except (stun.TransactionError, asyncio.TimeoutError, OSError, ConnectionError):
+            return None
+        return (time.perf_counter() - start) * 1000.0
+
+    found = await asyncio.gather(*(check(i) for i in range(count)))
+    rtts = sorted(r for r in found if r is not None)
+    return {
+        "sent": count,
+        "received": len(rtts),
+        "min_ms": round(rtts[0], 2) if rtts else None,
+        "p50_ms": round(rtts[len(rtts) // 2], 2) if rtts else None,
+        "max_ms": round(rtts[-1], 2) if rtts else None,
+    }
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
@@ -302,6 +400,28 @@ class _Appended(list[PathResult]):
     def append(self, item: PathResult) -> None:
         self._out.insert(self._at + len(self), item)
         super().append(item)
+
+
+def _bound_gathering(pc: RTCPeerConnection, timeout: float) -> None:
+    """aioice waits up to 5 s for a TURN allocation while gathering (the ``timeout`` of its
+    private ``Connection.get_component_candidates``): ``timeout`` instead, the path's own bound
+    (--udp-timeout on a UDP leg), so an Allocate that UDP never carries gives up with the
+    engine's UDP probes. Nothing changes when aiortc's or aioice's private state is not there.
+    Call it where :func:`_trust_for_turns` is called."""
+    for transport in getattr(pc, "_RTCPeerConnection__iceTransports", None) or ():
+        connection = getattr(transport.iceGatherer, "_connection", None)
+        if connection is None:
+            continue
+        original = getattr(connection, "get_component_candidates", None)
+        if original is None or getattr(original, "_lkice_bounded", False):
+            continue
+
+        def bounded(*args: Any, _original: Any = original, **kwargs: Any) -> Awaitable[list[Any]]:
+            kwargs["timeout"] = timeout
+            return _original(*args, **kwargs)  # type: ignore[no-any-return]
+
+        bounded._lkice_bounded = True  # type: ignore[attr-defined]
+        connection.get_component_candidates = bounded
 
 
 def _trust_for_turns(pc: RTCPeerConnection, context: ssl.SSLContext | None) -> bool:
@@ -348,7 +468,10 @@ def _loopback_gathering(host: str) -> Iterator[None]:
 
 
 async def _one(
-    url: LiveKitUrl, make_token: Callable[[str], Secret], path: _Path, settings: SfuSettings
+    url: LiveKitUrl,
+    make_token: Callable[[str], Secret] | GivenTokens,
+    path: _Path,
+    settings: SfuSettings,
 ) -> None:
     """One path, or the reason it cannot be tested with this agent's WebRTC stack."""
     if path.server is not None and path.uri is None:
@@ -372,8 +495,32 @@ async def _one(
         await _probe_path(url, make_token, path, settings)
 
 
+def _seats(
+    make_token: Callable[[str], Secret] | GivenTokens,
+) -> list[tuple[str, Callable[[str], Secret]]]:
+    """(identity, token maker) of each participant a path seats: two minted ones of a fresh
+    identity each, or the given tokens with the identities they carry."""
+    from lkice.livekit import token_identity
+
+    if not isinstance(make_token, GivenTokens):
+        suffix = secrets.token_hex(3)
+        return [(f"lkice-sfu-{suffix}-{n}", make_token) for n in ("a", "b")]
+    given = [make_token.first] + ([make_token.second] if make_token.second is not None else [])
+    return [(token_identity(token) or "", _fixed(token)) for token in given]
+
+
+def _fixed(token: Secret) -> Callable[[str], Secret]:
+    def make_token(identity: str) -> Secret:
+        return token
+
+    return make_token
+
+
 async def _probe_path(
-    url: LiveKitUrl, make_token: Callable[[str], Secret], path: _Path, settings: SfuSettings
+    url: LiveKitUrl,
+    make_token: Callable[[str], Secret] | GivenTokens,
+    path: _Path,
+    settings: SfuSettings,
 ) -> None:
     from aiortc import RTCConfiguration, RTCIceServer
     from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
@@ -397,49 +544,82 @@ async def _probe_path(
             bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
         )
         what = f"relay only, through {path.server.uri}"
-    suffix = secrets.token_hex(3)
-    a = _Participant(url, f"lkice-sfu-{suffix}-a", make_token, config, settings, path)
-    b = _Participant(url, f"lkice-sfu-{suffix}-b", make_token, config, settings, path)
+    ice_timeout, since = settings.ice_timeout, None
+    if settings.udp_timeout is not None and result.transport == "udp":
+        # Counted from the session's start, as the engine's UDP probes, started with it, are.
+        ice_timeout, since = settings.udp_timeout, time.perf_counter()
+    parts = [
+        _Participant(
+            url, identity, maker, config, settings, path, ice_timeout, primary=i == 0, since=since
+        )
+        for i, (identity, maker) in enumerate(_seats(make_token))
+    ]
+    a, b = parts[0], (parts[1] if len(parts) > 1 else None)
     a.ice_tcp = path.ice_tcp
+    sfu: dict[str, Any] = {
+        "participants": len(parts),
+        "channels_open": False,
+        "data_round_trip": "not_tested",
+        "data_rtt_ms": None,
+        "ice_rtt": None,
+    }
+    result.sfu = sfu
     cancelled = False
     warm_note: str | None = None  # how the data echo warmed up, after the session's note
+    rtt_task: asyncio.Task[dict[str, Any] | None] | None = None
     try:
-        # Sequential joins: A's timings are the path's; B only carries the echo.
-        await a.connect()
+        # Joined at once: A's timings are the path's; B only carries the echo.
+        await _connect_all(parts)
         result.timings_ms["ice"] = a.ice_ms
         result.timings_ms["dtls"] = a.dtls_ms
         result.address = a.remote_address
         result.relayed_address = a.relayed_address
-        await b.connect()
+        assert a.publisher is not None
+        # The selected pair's RTT, measured while the data channels open.
+        rtt_task = asyncio.ensure_future(
+            _ice_rtt(a.publisher, settings.ice_checks, settings.interval)
+        )
         result.phase = Phase.QUALITY
-        await asyncio.wait_for(_channels_ready(a, b), settings.channel_timeout)
-        samples, warmup, settled = await _echo_train(a, b, settings)
-        quality = summarize(
-            samples,
-            stream=False,
-            interval=settings.interval,
-            crossings=ECHO_CROSSINGS,
-            warmup=warmup,
-            blind=() if settings.monitor is None else settings.monitor.stalls,
-        )
-        result.quality = quality.to_dict()
-        # Kept for the job, which judges it with the run's other trains and all of the
-        # agent's stalls once everything has ended (lkice.job).
-        result.trains.by_name["quality"] = TrainRecord(
-            samples=tuple(samples),
-            interval=settings.interval,
-            stream=False,
-            crossings=ECHO_CROSSINGS,
-            warmup=warmup,
-            witness=result.transport == "udp",
-        )
-        warm_note = _warmup_note(warmup, settled)
-        if quality.received == 0:
-            raise ProbeError(
-                ErrorKind.CONNECTION_CLOSED,
-                f"no data packet came back through the SFU ({quality.samples} sent)",
-                Phase.QUALITY,
-            )
+        await asyncio.wait_for(_channels_ready(parts), settings.channel_timeout)
+        sfu["channels_open"] = True
+        if b is not None:
+            sfu["data_round_trip"] = "failed"  # until an echo comes back
+            if settings.duration <= 0:
+                warmup, rtt = await _first_echo(a, b, settings)
+                sfu["data_rtt_ms"] = round(rtt, 2)
+                sfu["data_round_trip"] = "measured"
+            else:
+                samples, warmup, settled = await _echo_train(a, b, settings)
+                quality = summarize(
+                    samples,
+                    stream=False,
+                    interval=settings.interval,
+                    crossings=ECHO_CROSSINGS,
+                    warmup=warmup,
+                    blind=() if settings.monitor is None else settings.monitor.stalls,
+                )
+                result.quality = quality.to_dict()
+                # Kept for the job, which judges it with the run's other trains and all of
+                # the agent's stalls once everything has ended (lkice.job).
+                result.trains.by_name["quality"] = TrainRecord(
+                    samples=tuple(samples),
+                    interval=settings.interval,
+                    stream=False,
+                    crossings=ECHO_CROSSINGS,
+                    warmup=warmup,
+                    witness=result.transport == "udp",
+                )
+                warm_note = _warmup_note(warmup, settled)
+                if quality.received == 0:
+                    raise ProbeError(
+                        ErrorKind.CONNECTION_CLOSED,
+                        f"no data packet came back through the SFU ({quality.samples} sent)",
+                        Phase.QUALITY,
+                    )
+                rtts = quality.to_dict().get("rtt_ms")
+                sfu["data_rtt_ms"] = rtts.get("p50") if isinstance(rtts, dict) else None
+                sfu["data_round_trip"] = "measured"
+        sfu["ice_rtt"] = await rtt_task  # bounded: each check gives up within a second
         result.ok = True
         result.phase = None
     except ProbeError as exc:
@@ -466,6 +646,10 @@ async def _probe_path(
         cancelled = True
         raise
     finally:
+        if rtt_task is not None and not rtt_task.done():
+            rtt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await rtt_task
         # Cut short (deadline, Ctrl-C): end the checks and leave the room within a fraction
         # of a second, so the partial report comes at once.
         if path.ice_tcp is not None:
@@ -474,12 +658,23 @@ async def _probe_path(
             else:
                 await path.ice_tcp.wait()  # before leaving: the checks use this session's ufrag
         budget = CANCEL_CLOSE_S if cancelled else CLOSE_S
-        await asyncio.gather(a.close(budget), b.close(budget))
+        await asyncio.gather(*(part.close(budget) for part in parts))
+    if b is None:
+        data = "; " + ONE_PARTICIPANT_NOTE
+    elif settings.duration <= 0:
+        data = (
+            ", then one data packet A -> SFU -> B -> SFU -> A on the lossy channel (the first "
+            "echo to come back; no quality train was asked for)"
+        )
+    else:
+        data = ", data-channel round trip A -> SFU -> B -> SFU -> A on the lossy channel"
+    who = "one participant" if b is None else "two participants, joined at once"
     note = (
-        f"full WebRTC session to the SFU, {what}: signaling on /rtc (v0), ICE and DTLS timed "
-        "from the start of negotiation on the first participant's publisher and subscriber "
-        "PeerConnections, data-channel round trip A -> SFU -> B -> SFU -> A on the lossy "
-        "channel; no audio or video was sent"
+        f"full WebRTC session to the SFU, {what}, {who}: signaling on /rtc (v0), ICE and DTLS "
+        "timed from the start of negotiation on the first participant's publisher and "
+        "subscriber PeerConnections, the data channels to the SFU opened, RTT from STUN "
+        "connectivity checks on the selected candidate pair"
+        f"{data}; no audio or video was sent"
     )
     if path.ice_tcp is not None:
         found = len(path.ice_tcp.results)
@@ -540,12 +735,8 @@ async def _echo_train(
             elif warm_sent[seq] >= first_back[0]:
                 ready.set()
 
-    def on_b(packet: models.DataPacket) -> None:
-        if packet.user.topic == ECHO_TOPIC and packet.participant_identity == a.identity:
-            b.send_user(packet.user.payload, a.identity)
-
+    _echo_back(a, b)
     a.on_data = on_a
-    b.on_data = on_b
     begin = time.perf_counter()
     deadline = begin + settings.warmup_timeout
     seq = 0
@@ -581,6 +772,70 @@ async def _echo_train(
         await asyncio.wait_for(done.wait(), settings.echo_grace)
     samples = [Sample(seq, sent[seq], received.get(seq)) for seq in range(count)]
     return samples, warmup, settled
+
+
+def _echo_back(a: _EchoEnd, b: _EchoEnd) -> None:
+    """B sends A's probes back to A (to their sender when A's identity is not known: a given
+    token whose identity could not be read; its paths run alone in the room then)."""
+
+    def on_b(packet: models.DataPacket) -> None:
+        if packet.user.topic != ECHO_TOPIC:
+            return
+        if a.identity and packet.participant_identity != a.identity:
+            return
+        b.send_user(packet.user.payload, a.identity or packet.participant_identity)
+
+    b.on_data = on_b
+
+
+async def _first_echo(a: _EchoEnd, b: _EchoEnd, settings: SfuSettings) -> tuple[Warmup, float]:
+    """Setup only: A's probes, one every interval, until the first echoed by B comes back
+    (a data channel can report open before SCTP carries anything through the SFU). Returns the
+    warm-up and that echo's own round trip in ms; raises ProbeError when none came back within
+    ``warmup_timeout``."""
+    tag = secrets.token_bytes(4)
+    sent: dict[int, float] = {}
+    back: list[tuple[int, float]] = []
+    came = asyncio.Event()
+
+    def on_a(packet: models.DataPacket) -> None:
+        now = time.perf_counter()
+        try:
+            got_tag, seq = _ECHO.unpack(packet.user.payload)
+        except struct.error:
+            return
+        if got_tag == tag and seq in sent and not back:
+            back.append((seq, now))
+            came.set()
+
+    _echo_back(a, b)
+    a.on_data = on_a
+    begin = time.perf_counter()
+    deadline = begin + settings.warmup_timeout
+    seq = 0
+    while not came.is_set():
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        sent[seq] = now
+        a.send_user(_ECHO.pack(tag, seq), b.identity)
+        seq += 1
+        wait = min(begin + seq * settings.interval, deadline) - time.perf_counter()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(came.wait(), max(0.0, wait))
+    a.on_data = None
+    if not back:
+        raise ProbeError(
+            ErrorKind.CONNECTION_CLOSED,
+            f"no data packet came back through the SFU within {settings.warmup_timeout:g} s "
+            f"({len(sent)} sent)",
+            Phase.QUALITY,
+        )
+    got, at = back[0]
+    warmup = Warmup(
+        probes=len(sent), answered=1, first_echo_ms=(at - begin) * 1000.0, ms=(at - begin) * 1000.0
+    )
+    return warmup, (at - sent[got]) * 1000.0
 
 
 def _warmup_note(warmup: Warmup, settled: bool) -> str:
@@ -647,8 +902,18 @@ class _Participant:
         config: Any,
         settings: SfuSettings,
         path: _Path,
+        ice_timeout: float | None = None,
+        primary: bool = True,
+        since: float | None = None,
     ) -> None:
         self.url = url
+        # ICE connected within this (a UDP leg: --udp-timeout), then DTLS within as long again.
+        self.ice_timeout = settings.ice_timeout if ice_timeout is None else ice_timeout
+        # When the ICE bound counts from (None: from the start of negotiation).
+        self.since = since
+        # The first participant's steps are the path's phase (the others' errors carry theirs).
+        self.primary = primary
+        self.phase: Phase | None = None
         self.identity = identity
         self.make_token = make_token
         self.config = config
@@ -699,7 +964,7 @@ class _Participant:
         ssl_arg: ssl.SSLContext | bool | None = None
         if self.url.secure:
             ssl_arg = self.settings.tls_context or True
-        self.path.result.phase = Phase.WEBSOCKET
+        self._step(Phase.WEBSOCKET)
         proxy = self.settings.proxies.for_(self.url.host, self.url.port)
         try:
             self.ws = await connect(
@@ -746,7 +1011,7 @@ class _Participant:
         if isinstance(peer, tuple) and len(peer) >= 2:
             host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
             self.remote_address = f"{host}:{peer[1]}"
-        self.path.result.phase = Phase.JOIN
+        self._step(Phase.JOIN)
         try:
             data = await asyncio.wait_for(self.ws.recv(), self.settings.join_timeout)
         except asyncio.TimeoutError:
@@ -816,6 +1081,7 @@ class _Participant:
             await pc.setRemoteDescription(RTCSessionDescription(response.offer.sdp, "offer"))
             await self._remote_set(rtc.SUBSCRIBER)
             _trust_for_turns(pc, self.settings.tls_context)
+            _bound_gathering(pc, self.ice_timeout)
             await pc.setLocalDescription(await pc.createAnswer())
             sdp, candidates = _split_candidates(pc.localDescription.sdp)
             await self._send(
@@ -942,19 +1208,21 @@ class _Participant:
         pc.on("iceconnectionstatechange", ice_changed)
         pc.on("connectionstatechange", connection_changed)
 
+    def _step(self, phase: Phase) -> None:
+        self.phase = phase
+        if self.primary:
+            self.path.result.phase = phase
+
     async def connect(self) -> None:
         """Join, negotiate both PeerConnections, wait for ICE and DTLS on both."""
         from aiortc import RTCPeerConnection
         from livekit.protocol import rtc
 
-        result = self.path.result
         try:
             join = await self._open()
         except (OSError, asyncio.TimeoutError) as exc:
             what = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({exc})"
-            raise ProbeError(
-                ErrorKind.CONNECTION_CLOSED, f"signaling {what}", result.phase
-            ) from exc
+            raise ProbeError(ErrorKind.CONNECTION_CLOSED, f"signaling {what}", self.phase) from exc
         self._start = time.perf_counter()
         self.publisher = RTCPeerConnection(self.config)
         self.subscriber = RTCPeerConnection(self.config)
@@ -971,8 +1239,9 @@ class _Participant:
         self._pinger = asyncio.create_task(self._ping_loop(float(join.ping_interval or 5)))
         for task in (self._reader, self._pinger):
             task.add_done_callback(_retrieved)  # a close cut short must not leave them unread
-        result.phase = Phase.ALLOCATE if self.path.server is not None else Phase.CONNECT
+        self._step(Phase.ALLOCATE if self.path.server is not None else Phase.CONNECT)
         self.turns_trusted = _trust_for_turns(self.publisher, self.settings.tls_context)
+        _bound_gathering(self.publisher, self.ice_timeout)
         await self.publisher.setLocalDescription(await self.publisher.createOffer())
         sdp, candidates = _split_candidates(self.publisher.localDescription.sdp)
         if not candidates:
@@ -984,8 +1253,11 @@ class _Participant:
                 self.relayed_address = f"{host}:{fields[5]}"
         await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=sdp)))
         await self._trickle(candidates, rtc.PUBLISHER)
-        result.phase = Phase.CONNECT
-        deadline = self._start + self.settings.ice_timeout
+        self._step(Phase.CONNECT)
+        limit = self.ice_timeout
+        deadline = self._start + limit
+        if self.since is not None:  # never less than a second of ICE after a slow join
+            deadline = max(self.since + limit, self._start + min(limit, 1.0))
         while True:
             states = list(self.states.values())
             if self._signal_error is not None:
@@ -1003,17 +1275,22 @@ class _Participant:
                     "DTLS with the SFU failed after ICE connected",
                     Phase.TLS,
                 )
-            if all(s.ice_at is not None for s in states):
-                result.phase = Phase.TLS
+            if all(s.ice_at is not None for s in states) and self.phase is not Phase.TLS:
+                self._step(Phase.TLS)
+                # DTLS gets as long again from ICE connected: the path is not blocked.
+                deadline = max(s.ice_at or 0.0 for s in states) + limit
             if all(s.dtls_at is not None for s in states):
                 break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                stage = "DTLS" if result.phase is Phase.TLS else "ICE"
+                stage = "DTLS" if self.phase is Phase.TLS else "ICE"
+                after = " after ICE connected" if self.phase is Phase.TLS else ""
+                if self.phase is not Phase.TLS and self.since is not None:
+                    after = " of the session's start"
                 raise ProbeError(
                     ErrorKind.CONNECT_TIMEOUT,
-                    f"{stage} to the SFU not connected within {self.settings.ice_timeout:g} s",
-                    result.phase,
+                    f"{stage} to the SFU not connected within {limit:g} s{after}",
+                    self.phase,
                 )
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -1164,14 +1441,14 @@ class _Participant:
             await asyncio.sleep(0.02)
 
     def send_user(self, payload: bytes, destination: str) -> None:
+        """``destination`` "": everyone in the room (an identity the token did not show)."""
         from livekit.protocol import models
 
+        to = [destination] if destination else []
         packet = models.DataPacket(
             kind=models.DataPacket.LOSSY,
-            destination_identities=[destination],
-            user=models.UserPacket(
-                payload=payload, topic=ECHO_TOPIC, destination_identities=[destination]
-            ),
+            destination_identities=to,
+            user=models.UserPacket(payload=payload, topic=ECHO_TOPIC, destination_identities=to),
         )
         channel = self.out_channels.get(LOSSY_LABEL)
         if channel is not None and channel.readyState == "open":

@@ -97,6 +97,10 @@ class PathResult:
     # The web proxy (host:port) this path was tunnelled through with HTTP CONNECT; None: direct.
     # The proxy resolves the server's name, so ``address`` is then None.
     proxy: str | None = None
+    # kind "sfu", a WebRTC session: participants seated (1 with a single token: no data round
+    # trip through the SFU), data channels open, the data round trip, the selected pair's RTT
+    # from ICE connectivity checks (probe/sfu.py; the schema's $defs/sfu).
+    sfu: dict[str, Any] | None = None
 
     notes: list[str] = field(default_factory=list)
     # Not reported: the phase in progress, so an interrupted probe can say where it stopped.

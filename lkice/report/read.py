@@ -22,6 +22,7 @@ __all__ = [
     "ErrorKindName",
     "FindingDoc",
     "HolDoc",
+    "IceRttDoc",
     "IceServerDoc",
     "LoopStallsDoc",
     "NatDoc",
@@ -40,6 +41,7 @@ __all__ = [
     "SeriesDoc",
     "ServerInfoDoc",
     "Severity",
+    "SfuDoc",
     "SignalDoc",
     "SignalTimingsDoc",
     "SlipDoc",
@@ -238,6 +240,22 @@ class QualityDoc(TypedDict, total=False):
     pacing: PacingDoc | None
 
 
+class IceRttDoc(TypedDict, total=False):
+    sent: int
+    received: int
+    min_ms: float | None
+    p50_ms: float | None
+    max_ms: float | None
+
+
+class SfuDoc(TypedDict, total=False):
+    participants: int
+    channels_open: bool
+    data_round_trip: Literal["measured", "not_tested", "failed"]
+    data_rtt_ms: float | None
+    ice_rtt: IceRttDoc | None
+
+
 class PathDoc(TypedDict, total=False):
     server: str
     address: str | None
@@ -268,6 +286,7 @@ class PathDoc(TypedDict, total=False):
     region: str | None
     relay: str | None
     proxy: str | None
+    sfu: SfuDoc | None
 
 
 class SignalTimingsDoc(TypedDict, total=False):

@@ -1,6 +1,6 @@
 """Build the one-file lkice binary for this platform (Linux, macOS, Windows).
 
-    python3 packaging/binary/build.py [--dist DIR] [--target URL] [--token TOKEN]
+    python3 packaging/binary/build.py [--dist DIR] [--target URL] [--token TOKEN [--token2 TOKEN]]
 
 1. lkice.spec: lkice as one folder (PyInstaller), with --target/--token embedded as the
    double-click default (lkice/embedded.json, only inside the build: the source tree is left as
@@ -105,9 +105,16 @@ def main() -> None:
     parser.add_argument("--dist", default="dist", type=Path)
     parser.add_argument("--target", help="LiveKit URL run by default (double-click)")
     parser.add_argument("--token", help="LiveKit token embedded with --target")
+    parser.add_argument(
+        "--token2",
+        help="a second participant's token (same room, another identity), embedded with "
+        "--token: the SFU paths' data round trip",
+    )
     args = parser.parse_args()
     if args.token and not args.target:
         parser.error("--token needs --target")
+    if args.token2 and not args.token:
+        parser.error("--token2 needs --token")
     dist: Path = args.dist.resolve()
     start = time.monotonic()
     sys.path.insert(0, str(ROOT))
@@ -116,7 +123,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lkice-build-") as tmp:
         work = Path(tmp)
         if args.target:
-            EMBEDDED.write_text(json.dumps({"target": args.target, "token": args.token}))
+            embedded = {"target": args.target, "token": args.token}
+            if args.token2:
+                embedded["token2"] = args.token2
+            EMBEDDED.write_text(json.dumps(embedded))
         try:
             pyinstaller(HERE / "lkice.spec", work / "app", work / "build-app")
         finally:

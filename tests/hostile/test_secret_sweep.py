@@ -61,6 +61,7 @@ class Lab:
     livekit: LabLiveKit
     pki: LabPki
     token: str
+    token2: str  # a second participant's, same room (--token2)
 
     @property
     def turn(self) -> list[str]:
@@ -72,7 +73,8 @@ class Lab:
         ]
 
     def secrets(self) -> list[str]:
-        return [*self.seeds.all(), self.token, self.token.rsplit(".", 1)[-1]]
+        tokens = (self.token, self.token2)
+        return [*self.seeds.all(), *tokens, *(t.rsplit(".", 1)[-1] for t in tokens)]
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +95,19 @@ def lab(pki: LabPki) -> Iterator[Lab]:
             )
         ]
         with LabLiveKit(api_key=seeds.api_key, api_secret=seeds.api_secret, ice_servers=ice) as lk:
-            token = (
+            room = "sweep-" + secrets.token_hex(4)
+            token, token2 = (
                 api.AccessToken(seeds.api_key, seeds.api_secret)
                 .with_identity("sweep-" + secrets.token_hex(4))
-                .with_grants(api.VideoGrants(room_join=True, room="sweep-" + secrets.token_hex(4)))
+                .with_grants(
+                    api.VideoGrants(
+                        room_join=True, room=room, can_publish=True, can_publish_data=True
+                    )
+                )
                 .to_jwt()
+                for _ in range(2)
             )
-            yield Lab(seeds, coturn, lk, pki, token)
+            yield Lab(seeds, coturn, lk, pki, token, token2)
 
 
 @dataclass
@@ -193,6 +201,14 @@ def test_no_seeded_secret_anywhere(lab: Lab, tmp_path: Path) -> None:
         variants=("json",),
     )
     sweep.run("livekit-token", ["run", url, "--token", lab.token, *quick])
+    # Two tokens (the SFU paths' data round trip), by argv and by the environment.
+    sweep.run("livekit-token2", ["run", url, "--token", lab.token, "--token2", lab.token2, *quick])
+    sweep.run(
+        "livekit-token2-env",
+        ["run", url, *quick],
+        env={"LIVEKIT_TOKEN": lab.token, "LIVEKIT_TOKEN2": lab.token2},
+        variants=("json",),
+    )
     sweep.run(
         "livekit-wrong-secret",
         ["run", url, "--api-key", seeds.api_key, "--api-secret", seeds.wrong_secret, *quick],
@@ -243,6 +259,26 @@ credentials = {{ turn_username = {{ env = "SWEEP_TURN_USER" }}, turn_password = 
     )  # fmt: skip
     sweep.add("probe-daemon", daemon, [history, textfile])
 
+    (tmp_path / "token.txt").write_text(lab.token + "\n")
+    (tmp_path / "token2.txt").write_text(lab.token2 + "\n")
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        f"""
+[probe]
+name = "sweep-tokens"
+[settings]
+quality = {{ duration_s = 0 }}
+udp_timeout_s = 1
+deadline_s = 8
+[credentials]
+token = {{ file = "token.txt" }}
+token2 = {{ file = "token2.txt" }}
+[[targets]]
+uri = "{url}"
+"""
+    )
+    sweep.run("probe-tokens", ["probe", "--config", str(tokens)], variants=("files", "json"))
+
     # explain: the paste of a LiveKit run, as support staff reads it, in every format.
     paste = tmp_path / "livekit-key-files" / "paste.txt"
     explained = tmp_path / "explained"
@@ -264,6 +300,9 @@ credentials = {{ turn_username = {{ env = "SWEEP_TURN_USER" }}, turn_password = 
     joined = (sweep.find("livekit-key[json]").outcome.report or {}).get("signal") or {}
     if not joined.get("ok"):
         failures.append(f"sanity: the lab LiveKit join failed: {joined.get('error')}")
+    two = sweep.find("livekit-token2[json]").outcome.report or {}
+    if not any((p.get("sfu") or {}).get("participants") == 2 for p in two.get("paths") or []):
+        failures.append("sanity: --token2 seated no second participant")
     if not paste.exists():
         failures.append("sanity: the LiveKit run wrote no paste to explain")
     for run in sweep.runs:
