@@ -328,3 +328,23 @@ async def test_two_given_tokens_run_the_data_round_trip() -> None:
     assert result["sfu"]["participants"] == 2
     assert result["sfu"]["data_round_trip"] == "measured"
     check_ice_rtt(result)
+
+
+@pytest.mark.parametrize("v1", [True, False])
+async def test_signaling_v1_first_then_v0(v1: bool) -> None:
+    """As LiveKit's clients do: /rtc/v1 (one PeerConnection, the agent offers) first; a server
+    without it answers 404 and the same path is made over /rtc, saying so."""
+    async with LabLiveKit(api_key=KEY, api_secret=SECRET, v1=v1) as lk:
+        url = parse_livekit_url(lk.url)
+        results = await probe_sfu_paths(url, room_token_factory(KEY, Secret(SECRET)), [], SETTINGS)
+        paths = dict(lk.stats.paths)
+        rejected = dict(lk.stats.rejected)
+    result = results[0].to_dict()
+    check_ok(result)
+    if v1:
+        assert paths == {"/rtc/v1": 2}
+        assert "signaling on /rtc/v1 (one PeerConnection" in result["notes"][0]
+    else:
+        assert paths == {"/rtc": 2}  # after a 404 each from /rtc/v1
+        assert "signaling on /rtc (v0: the server has no /rtc/v1" in result["notes"][0]
+    assert rejected == {}

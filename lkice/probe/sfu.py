@@ -1,10 +1,12 @@
 """Full WebRTC sessions to the LiveKit SFU, one per path: the direct path (host candidates only,
 no STUN/TURN) and, for each TURN URI the server hands out, a forced-relay path through it.
 
-Each path joins the room twice over signaling (``/rtc``, protocol v0: the server offers the
-*subscriber* PeerConnection, the agent offers the *publisher* one with ``_reliable`` and
-``_lossy`` data channels; candidates trickle both ways), and times, from the start of
-negotiation, ICE connected and DTLS connected. Then participant A sends a small
+Each path joins the room twice over signaling, as LiveKit's clients do: ``/rtc/v1`` first (one
+PeerConnection, which the agent offers inside the join request with ``_reliable`` and
+``_lossy`` data channels; the SFU's own channels arrive on it; the SFU is the ICE-controlled
+side), and on a 404 from an older server ``/rtc`` (v0: the server offers the *subscriber*
+PeerConnection, the agent offers the *publisher* one); candidates trickle both ways. It times,
+from the start of negotiation, ICE connected and DTLS connected. Then participant A sends a small
 ``DataPacket`` on ``_lossy`` every ``interval`` for ``duration`` seconds, participant B echoes
 each back through the SFU, and A's arrival times give the round trip A -> SFU -> B -> SFU -> A
 (both participants on the same path, so the path is crossed four times: ``ECHO_CROSSINGS``).
@@ -86,6 +88,10 @@ class SfuSettings:
     # every UDP probe answers within --udp-timeout (None: ``ice_timeout``).
     udp_timeout: float | None = None
     ice_checks: int = 5  # STUN Binding requests on the selected pair once connected (its RTT)
+    # Signaling as LiveKit's clients do first: /rtc/v1, one PeerConnection that the agent
+    # offers (the SFU is ICE-controlled); /rtc (v0, two PeerConnections) when the server has
+    # no /rtc/v1, or with False.
+    single_pc: bool = True
     channel_timeout: float = 5.0  # DTLS connected -> every data channel open
     echo_grace: float = 1.0  # after the last send, how long late echoes are awaited
     # Before the train: how long warm-up probes may take to come back end to end (an SCTP
@@ -670,10 +676,9 @@ async def _probe_path(
         data = ", data-channel round trip A -> SFU -> B -> SFU -> A on the lossy channel"
     who = "one participant" if b is None else "two participants, joined at once"
     note = (
-        f"full WebRTC session to the SFU, {what}, {who}: signaling on /rtc (v0), ICE and DTLS "
-        "timed from the start of negotiation on the first participant's publisher and "
-        "subscriber PeerConnections, the data channels to the SFU opened, RTT from STUN "
-        "connectivity checks on the selected candidate pair"
+        f"full WebRTC session to the SFU, {what}, {who}: {_signaling_words(a.signal_path)}, "
+        "the data channels to the SFU opened, RTT from STUN connectivity checks on the "
+        "selected candidate pair"
         f"{data}; no audio or video was sent"
     )
     if path.ice_tcp is not None:
@@ -882,6 +887,45 @@ def _split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
     return "\r\n".join(kept) + "\r\n", found
 
 
+def _signaling_words(path: str) -> str:
+    if path == "/rtc/v1":
+        return (
+            "signaling on /rtc/v1 (one PeerConnection, offered by the agent in the join "
+            "request, as LiveKit's clients do), ICE and DTLS timed from that offer"
+        )
+    return (
+        "signaling on /rtc (v0: the server has no /rtc/v1, or it was not asked for), ICE and "
+        "DTLS timed from the start of negotiation on the publisher and subscriber "
+        "PeerConnections"
+    )
+
+
+class _NoV1(Exception):
+    """The server answered ``/rtc/v1`` with 404: it predates the single PeerConnection."""
+
+
+def _join_request(offer_sdp: str) -> str:
+    """``join_request`` of ``/rtc/v1``: base64url(WrappedJoinRequest(gzip(JoinRequest))) with
+    the publisher's offer, as LiveKit's clients send it."""
+    import base64
+    import gzip
+
+    from livekit.protocol import models, rtc
+
+    request = rtc.JoinRequest(
+        client_info=models.ClientInfo(
+            sdk=models.ClientInfo.PYTHON, version=f"lkice-{__version__}", protocol=PROTOCOL_VERSION
+        ),
+        connection_settings=rtc.ConnectionSettings(auto_subscribe=True),
+        publisher_offer=rtc.SessionDescription(type="offer", sdp=offer_sdp, id=1),
+    )
+    wrapped = rtc.WrappedJoinRequest(
+        join_request=gzip.compress(request.SerializeToString()),
+        compression=rtc.WrappedJoinRequest.GZIP,
+    )
+    return base64.urlsafe_b64encode(wrapped.SerializeToString()).decode().rstrip("=")
+
+
 @dataclass
 class _PcState:
     ice_at: float | None = None
@@ -939,10 +983,15 @@ class _Participant:
         # _trust_for_turns); when not, a verification failure says nothing about the network.
         self.turns_trusted = False
         self.ice_tcp: _IceTcp | None = None  # set on the direct path's first participant
+        self.signal_path = "/rtc/v1" if settings.single_pc else "/rtc"
+        self._v1_offer: str | None = None
 
     # -- signaling --------------------------------------------------------------------------
 
-    async def _open(self) -> rtc.JoinResponse:
+    async def _open(self, publisher_offer: str | None = None) -> rtc.JoinResponse:
+        """The signal WebSocket and its JoinResponse: ``/rtc`` (v0), or with the publisher's
+        offer ``/rtc/v1`` (one PeerConnection, the offer inside the join request, as LiveKit's
+        clients do first); :class:`_NoV1` when the server has no ``/rtc/v1`` (HTTP 404)."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import (
             InvalidHandshake,
@@ -960,6 +1009,10 @@ class _Participant:
                 "version": f"lkice-{__version__}",
             }
         )
+        endpoint = "/rtc"
+        if publisher_offer is not None:
+            endpoint = "/rtc/v1"
+            query = urlencode({"join_request": _join_request(publisher_offer)})
         token = self.make_token(self.identity)
         ssl_arg: ssl.SSLContext | bool | None = None
         if self.url.secure:
@@ -968,7 +1021,7 @@ class _Participant:
         proxy = self.settings.proxies.for_(self.url.host, self.url.port)
         try:
             self.ws = await connect(
-                f"{self.url.ws_url}/rtc?{query}",
+                f"{self.url.ws_url}{endpoint}?{query}",
                 additional_headers={"Authorization": f"Bearer {token.reveal()}"},
                 user_agent_header=f"lkice/{__version__}",
                 open_timeout=self.settings.join_timeout,
@@ -996,6 +1049,8 @@ class _Participant:
             ) from None
         except InvalidStatus as exc:
             status = exc.response.status_code
+            if status == 404 and publisher_offer is not None:
+                raise _NoV1 from None
             body = " ".join(exc.response.body.decode("utf-8", errors="replace").split())[:200]
             kind = (
                 ErrorKind.TOKEN_REJECTED if status in (401, 403) else ErrorKind.WEBSOCKET_REJECTED
@@ -1076,7 +1131,8 @@ class _Participant:
 
         kind = response.WhichOneof("message")
         if kind == "offer":
-            assert self.subscriber is not None
+            if self.subscriber is None:
+                return  # /rtc/v1: the agent publishes no media, so nothing to subscribe to
             pc = self.subscriber
             await pc.setRemoteDescription(RTCSessionDescription(response.offer.sdp, "offer"))
             await self._remote_set(rtc.SUBSCRIBER)
@@ -1213,32 +1269,22 @@ class _Participant:
         if self.primary:
             self.path.result.phase = phase
 
-    async def connect(self) -> None:
-        """Join, negotiate both PeerConnections, wait for ICE and DTLS on both."""
+    def _new_publisher(self) -> RTCPeerConnection:
         from aiortc import RTCPeerConnection
         from livekit.protocol import rtc
 
-        try:
-            join = await self._open()
-        except (OSError, asyncio.TimeoutError) as exc:
-            what = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({exc})"
-            raise ProbeError(ErrorKind.CONNECTION_CLOSED, f"signaling {what}", self.phase) from exc
-        self._start = time.perf_counter()
-        self.publisher = RTCPeerConnection(self.config)
-        self.subscriber = RTCPeerConnection(self.config)
-        self._watch(self.publisher, rtc.PUBLISHER)
-        self._watch(self.subscriber, rtc.SUBSCRIBER)
-        self.subscriber.on("datachannel", self._incoming_channel)
-        self.out_channels[RELIABLE_LABEL] = self.publisher.createDataChannel(
-            RELIABLE_LABEL, ordered=True
-        )
-        self.out_channels[LOSSY_LABEL] = self.publisher.createDataChannel(
+        pc = RTCPeerConnection(self.config)
+        self.publisher = pc
+        self._watch(pc, rtc.PUBLISHER)
+        self.out_channels[RELIABLE_LABEL] = pc.createDataChannel(RELIABLE_LABEL, ordered=True)
+        self.out_channels[LOSSY_LABEL] = pc.createDataChannel(
             LOSSY_LABEL, ordered=False, maxRetransmits=0
         )
-        self._reader = asyncio.create_task(self._read_loop())
-        self._pinger = asyncio.create_task(self._ping_loop(float(join.ping_interval or 5)))
-        for task in (self._reader, self._pinger):
-            task.add_done_callback(_retrieved)  # a close cut short must not leave them unread
+        return pc
+
+    async def _offer(self) -> tuple[str, list[dict[str, Any]]]:
+        """The publisher's offer, its candidates gathered (a relay path: the TURN allocation)."""
+        assert self.publisher is not None
         self._step(Phase.ALLOCATE if self.path.server is not None else Phase.CONNECT)
         self.turns_trusted = _trust_for_turns(self.publisher, self.settings.tls_context)
         _bound_gathering(self.publisher, self.ice_timeout)
@@ -1251,7 +1297,81 @@ class _Participant:
             if len(fields) >= 8 and fields[7] == "relay" and self.relayed_address is None:
                 host = f"[{fields[4]}]" if ":" in fields[4] else fields[4]
                 self.relayed_address = f"{host}:{fields[5]}"
+        return sdp, candidates
+
+    async def _joined(self) -> rtc.JoinResponse:
+        try:
+            return await self._open(self._v1_offer)
+        except (OSError, asyncio.TimeoutError) as exc:
+            what = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({exc})"
+            raise ProbeError(ErrorKind.CONNECTION_CLOSED, f"signaling {what}", self.phase) from exc
+
+    def _start_loops(self, join: rtc.JoinResponse) -> None:
+        self._reader = asyncio.create_task(self._read_loop())
+        self._pinger = asyncio.create_task(self._ping_loop(float(join.ping_interval or 5)))
+        for task in (self._reader, self._pinger):
+            task.add_done_callback(_retrieved)  # a close cut short must not leave them unread
+
+    async def _join_v1(self) -> list[dict[str, Any]]:
+        """``/rtc/v1``: one PeerConnection, offered by the agent inside the join request (the
+        SFU's own data channels arrive on it); negotiation starts with that offer."""
+        from livekit.protocol import rtc
+
+        self.signal_path = "/rtc/v1"
+        self._start = time.perf_counter()
+        self.states = {rtc.PUBLISHER: _PcState()}  # before the PC: its watcher holds its state
+        pc = self._new_publisher()
+        pc.on("datachannel", self._incoming_channel)
+        sdp, candidates = await self._offer()
+        self._v1_offer = sdp
+        try:
+            join = await self._joined()
+        finally:
+            self._v1_offer = None
+        self._start_loops(join)
+        return candidates
+
+    async def _join_v0(self) -> list[dict[str, Any]]:
+        """``/rtc``: the subscriber PeerConnection the SFU offers, the publisher the agent
+        offers after the join; negotiation starts after the join."""
+        from aiortc import RTCPeerConnection
+        from livekit.protocol import rtc
+
+        self.signal_path = "/rtc"
+        join = await self._joined()
+        self._start = time.perf_counter()
+        self.states = {rtc.PUBLISHER: _PcState(), rtc.SUBSCRIBER: _PcState()}
+        self._new_publisher()
+        self.subscriber = RTCPeerConnection(self.config)
+        self._watch(self.subscriber, rtc.SUBSCRIBER)
+        self.subscriber.on("datachannel", self._incoming_channel)
+        self._start_loops(join)
+        sdp, candidates = await self._offer()
         await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=sdp)))
+        return candidates
+
+    async def _discard_publisher(self) -> None:
+        pc, self.publisher = self.publisher, None
+        self.out_channels.clear()
+        self.relayed_address = None
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pc.close(), 2.0)
+
+    async def connect(self) -> None:
+        """Join, negotiate the PeerConnection(s), wait for ICE and DTLS on each."""
+        from livekit.protocol import rtc
+
+        if self.settings.single_pc:
+            try:
+                candidates = await self._join_v1()
+            except _NoV1:
+                # An older server (no /rtc/v1): the two PeerConnections of /rtc, as LiveKit's
+                # clients fall back.
+                await self._discard_publisher()
+                candidates = await self._join_v0()
+        else:
+            candidates = await self._join_v0()
         await self._trickle(candidates, rtc.PUBLISHER)
         self._step(Phase.CONNECT)
         limit = self.ice_timeout
