@@ -16,12 +16,19 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
+import jwt as pyjwt
 import pytest
 from aiohttp import web
 
 from lkice.credentials import Secret
 from lkice.errors import UsageError
-from lkice.livekit import check_token_fresh, diagnostic_token, parse_livekit_url, token_expiry
+from lkice.livekit import (
+    check_token_fresh,
+    diagnostic_token,
+    mint_token,
+    parse_livekit_url,
+    token_expiry,
+)
 from lkice.probe.signal import SignalSettings, probe_signal
 from tests.conftest import validate_report
 
@@ -76,6 +83,45 @@ def test_diagnostic_token_is_short_lived_and_unique() -> None:
     assert exp is not None
     assert time.time() < exp <= time.time() + 601
     check_token_fresh(a)
+
+
+@pytest.mark.parametrize("secret", ["s" * 32, "ünïcode-secret-é" * 3])
+def test_minted_tokens_are_what_livekits_own_library_mints(secret: str) -> None:
+    """lkice signs its tokens with the standard library; LiveKit's verifier accepts them and
+    reads the same grants ``livekit.api.AccessToken`` would write."""
+    from livekit import api
+
+    token = mint_token("APIkey", Secret(secret), "lkice-x", "lkice-diag-x").reveal()
+    claims = api.TokenVerifier("APIkey", secret).verify(token)
+    assert claims.identity == "lkice-x"
+    assert claims.name == "lkice diagnostic"
+    assert claims.video is not None
+    video = claims.video
+    assert (video.room_join, video.room) == (True, "lkice-diag-x")
+    assert (video.can_publish, video.can_subscribe, video.can_publish_data) == (True, True, True)
+    reference = (
+        api.AccessToken("APIkey", secret)
+        .with_identity("lkice-x")
+        .with_name("lkice diagnostic")
+        .with_ttl(timedelta(minutes=10))
+        .with_grants(
+            api.VideoGrants(
+                room_join=True,
+                room="lkice-diag-x",
+                can_publish=True,
+                can_publish_data=True,
+                can_subscribe=True,
+            )
+        )
+        .to_jwt()
+    )
+    mine = {k: v for k, v in pyjwt.decode(token, options={"verify_signature": False}).items()}
+    theirs = pyjwt.decode(reference, options={"verify_signature": False})
+    for field in ("nbf", "exp"):
+        assert abs(mine.pop(field) - theirs.pop(field)) <= 2
+    assert mine == theirs
+    with pytest.raises(pyjwt.InvalidSignatureError):
+        api.TokenVerifier("APIkey", secret + "x").verify(token)
 
 
 def test_expired_token_is_refused_locally() -> None:

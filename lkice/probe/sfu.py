@@ -35,7 +35,6 @@ import socket
 import ssl
 import struct
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -122,29 +121,12 @@ def room_token_factory(
     unless ``room`` is given), as :func:`lkice.livekit.diagnostic_token` mints them."""
     from datetime import timedelta
 
-    from livekit import api  # lazy
+    from lkice.livekit import mint_token
 
     name = room or f"lkice-diag-{secrets.token_hex(4)}"
 
     def make_token(identity: str) -> Secret:
-        grants = api.VideoGrants(
-            room_join=True,
-            room=name,
-            can_publish=True,
-            can_publish_data=True,
-            can_subscribe=True,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PyJWT's short-key warning: noise here
-            token = (
-                api.AccessToken(api_key, api_secret.reveal())
-                .with_identity(identity)
-                .with_name("lkice diagnostic")
-                .with_grants(grants)
-                .with_ttl(timedelta(seconds=ttl_s))
-                .to_jwt()
-            )
-        return Secret(token)
+        return mint_token(api_key, api_secret, identity, name, timedelta(seconds=ttl_s))
 
     return make_token
 
