@@ -500,6 +500,7 @@ class _SfuStage:
             custom_ca=livekit.custom_ca,
             proxies=livekit.settings.proxies,
             monitor=settings.probe.monitor,
+            releases=settings.probe.releases,
         )
         tokens: Callable[[str], Secret] | GivenTokens
         if livekit.api_key is not None and livekit.api_secret is not None:

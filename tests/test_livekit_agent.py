@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +62,28 @@ def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(result.stdout)
     validate_report(data)
     return data
+
+
+def test_sessions_say_goodbye_after_the_verdict(livekit: LabLiveKit, api_secret: str) -> None:
+    """The SFU sessions' leave and closes go after the verdict is printed (as TURN releases
+    do), and still before lkice exits: every participant it joined left with a LeaveRequest
+    and the room is empty."""
+    joins, leaves = livekit.stats.joins, livekit.stats.leaves
+    result = lkice(
+        livekit.url, "--json", "--quality-duration", "0",
+        env={"LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": api_secret},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = report_of(result)
+    sessions = [p for p in report["paths"] if p["kind"] == "sfu" and p.get("sfu") and p["ok"]]
+    assert sessions
+    joined = livekit.stats.joins - joins  # two per SFU session, one for the signaling probe
+    assert joined == 2 * len(sessions) + 1
+    deadline = time.monotonic() + 5
+    while livekit.rooms() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert livekit.rooms() == {}
+    assert livekit.stats.leaves - leaves == joined
 
 
 def test_full_livekit_diagnosis(livekit: LabLiveKit, coturn: TurnLab, api_secret: str) -> None:

@@ -184,6 +184,7 @@ class LabStats:
     data_forwarded: int = 0
     pings: int = 0
     resumes: int = 0
+    leaves: int = 0  # LeaveRequests received: participants that said goodbye
 
     def reject(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1
@@ -592,6 +593,7 @@ class _Session:
         elif kind == "simulate":
             return self._on_simulate(request.simulate)
         elif kind == "leave":
+            self.lab.stats.leaves += 1
             return False
         else:
             log.debug("%s: ignoring %s", self.identity, kind)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from asyncio import FIRST_COMPLETED
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from lkice.errors import ProbeError
@@ -42,12 +43,17 @@ class Releases:
     release that got no answer in time is noted on its path."""
 
     def __init__(self) -> None:
-        self._tasks: dict[asyncio.Task[None], Channel] = {}
+        self._tasks: dict[asyncio.Task[None], Channel | None] = {}
 
     def start(self, channel: Channel, allocation: Allocation, result: PathResult) -> None:
         """Send the release on ``channel``, which this object now owns and closes."""
         task = asyncio.ensure_future(_release(channel, allocation, result))
         self._tasks[task] = channel
+
+    def later(self, goodbye: Coroutine[Any, Any, None]) -> None:
+        """Any other goodbye a concluded path owes a server (the SFU sessions' leave and
+        closes), sent at once and awaited, bounded, with the releases."""
+        self._tasks[asyncio.ensure_future(goodbye)] = None
 
     @property
     def pending(self) -> int:
@@ -85,7 +91,8 @@ class Releases:
                 task.add_done_callback(_retrieve)
             elif not task.cancelled():
                 task.result()  # a bug in the release: never dropped
-            channel.close()
+            if channel is not None:
+                channel.close()
         self._tasks.clear()
 
 

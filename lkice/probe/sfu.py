@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCIceCandidate, RTCPeerConnection
     from livekit.protocol import models, rtc
 
+    from lkice.probe.releases import Releases
+
 __all__ = ["GivenTokens", "SfuSettings", "probe_sfu_paths", "room_token_factory"]
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,9 @@ class SfuSettings:
     # ``probe_sfu_paths``' own): echoes that came in then are left out of jitter, as on the
     # TURN trains (``lkice.quality``).
     monitor: LoopMonitor | None = None
+    # Where a concluded session's goodbye (leave, closes) goes to finish after the verdict,
+    # bounded, as the TURN releases do (``lkice run``); None: awaited before the path ends.
+    releases: Releases | None = None
 
 
 def room_token_factory(
@@ -296,6 +301,10 @@ async def probe_sfu_paths(
         if own:
             await monitor.stop()
     return [direct.result, *direct.ice_tcp.results, *(path.result for path in paths[1:])]
+
+
+async def _close_all(parts: Sequence[_Participant], budget: float) -> None:
+    await asyncio.gather(*(part.close(budget) for part in parts))
 
 
 async def _channels_ready(parts: Sequence[_Participant]) -> None:
@@ -646,7 +655,11 @@ async def _probe_path(
             else:
                 await path.ice_tcp.wait()  # before leaving: the checks use this session's ufrag
         budget = CANCEL_CLOSE_S if cancelled else CLOSE_S
-        await asyncio.gather(*(part.close(budget) for part in parts))
+        closing = _close_all(parts, budget)
+        if settings.releases is not None and not cancelled:
+            settings.releases.later(closing)  # the leave goes now; the verdict does not wait
+        else:
+            await closing
     if b is None:
         data = "; " + ONE_PARTICIPANT_NOTE
     elif settings.duration <= 0:
