@@ -86,8 +86,9 @@ def test_duration_covers_a_signaling_hang() -> None:
 
 @pytest.mark.skipif(turnserver_path() is None, reason="coturn (turnserver) is not installed")
 def test_duration_covers_every_stage_of_the_demo() -> None:
-    """``lkice demo``: signaling, regions, TURN and five SFU sessions (about 1.7 s); before,
-    duration_ms was the TURN engine's 35-63 ms."""
+    """``lkice demo``: signaling, regions, TURN and five SFU sessions (about 0.25 s on loopback
+    since the SFU sessions use /rtc/v1 on the pion media plane); before, duration_ms was the
+    TURN engine's 35-63 ms."""
     outcome = run_lkice(["demo", "--json", "--quality-duration", "0"], timeout=120)
     check = Checks(outcome, "duration_demo")
     report = outcome.report or {}
@@ -101,7 +102,7 @@ def test_duration_covers_every_stage_of_the_demo() -> None:
         "than the whole",
     )
     check.that(
-        isinstance(duration, int | float) and duration >= 300,
+        isinstance(duration, int | float) and duration >= 100,
         f"duration_ms {duration} for a whole demo diagnosis (signaling, TURN, SFU sessions)",
     )
     check.clean()
