@@ -22,21 +22,12 @@ import pytest
 from lkice.render import html as html_render
 from lkice.render.html import render, stall_intervals, stall_threshold
 from tests.conftest import as_doc
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Dialog, Route
 
 DATA = Path(__file__).parent / "data" / "report-html.json"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
 
 

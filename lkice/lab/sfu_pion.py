@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiortc.sdp import candidate_from_sdp
-
 from lkice.lab.gobuild import GOCODE, build_go_program, built_program
 from lkice.lab.server import LabError, visible
 from lkice.lab.sfu_server import (
@@ -38,7 +36,7 @@ from lkice.lab.sfu_server import (
     RELIABLE_LABEL,
     CandidateInit,
     IpNetwork,
-    candidate_allowed,
+    allowed_remote,
 )
 
 __all__ = [
@@ -436,17 +434,10 @@ class PionTransport:
     async def add_candidate(self, init: CandidateInit) -> bool:
         """A trickled remote candidate; False (and nothing sent to it) when its address is
         outside the lab's networks or it does not parse."""
-        value = init.candidate.removeprefix("a=").removeprefix("candidate:")
-        if not value:
+        allowed = allowed_remote(init, self.peer_networks, self.ignored_candidates)
+        if allowed is None:
             return False
-        try:
-            candidate = candidate_from_sdp(value)
-        except (ValueError, IndexError):
-            self.ignored_candidates.append(value)
-            return False
-        if not candidate_allowed(candidate, self.peer_networks):
-            self.ignored_candidates.append(value)
-            return False
+        value, _ = allowed
         index = init.sdp_mline_index
         if init.sdp_mid is None and index is None:
             index = 0

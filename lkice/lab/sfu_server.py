@@ -56,6 +56,7 @@ __all__ = [
     "IceTcpListener",
     "IpNetwork",
     "SfuTransport",
+    "allowed_remote",
     "candidate_allowed",
     "parse_candidate_init",
 ]
@@ -114,6 +115,27 @@ def candidate_allowed(candidate: RTCIceCandidate, networks: Sequence[IpNetwork])
     except ValueError:
         return False
     return any(address in network for network in networks)
+
+
+def allowed_remote(
+    init: CandidateInit, networks: Sequence[IpNetwork], ignored: list[str]
+) -> tuple[str, RTCIceCandidate] | None:
+    """A trickled remote candidate the lab may send checks to: its SDP value and the parsed
+    candidate; None for the end-of-candidates marker, and (noted in ``ignored``) for one that
+    does not parse or whose address is outside ``networks``."""
+    value = init.candidate.removeprefix("a=").removeprefix("candidate:")
+    if not value:
+        return None
+    try:
+        candidate = candidate_from_sdp(value)
+    except (ValueError, IndexError):
+        ignored.append(value)
+        return None
+    if not candidate_allowed(candidate, networks):
+        ignored.append(value)
+        log.debug("ignoring remote candidate outside the lab: %s", value)
+        return None
+    return value, candidate
 
 
 async def _gather_on(
@@ -290,18 +312,11 @@ class SfuTransport:
         """Add a trickled remote candidate; False (and nothing sent to it) when its address is
         outside the lab's networks or it does not parse. Held until the remote description is
         set, since a client may trickle before its answer arrives."""
-        value = init.candidate.removeprefix("a=").removeprefix("candidate:")
-        if not value:
-            return False  # end-of-candidates marker: aioice keeps listening anyway
-        try:
-            candidate = candidate_from_sdp(value)
-        except (ValueError, IndexError):
-            self.ignored_candidates.append(value)
+        # The end-of-candidates marker is dropped too: aioice keeps listening anyway.
+        allowed = allowed_remote(init, self.peer_networks, self.ignored_candidates)
+        if allowed is None:
             return False
-        if not candidate_allowed(candidate, self.peer_networks):
-            self.ignored_candidates.append(value)
-            log.debug("ignoring remote candidate outside the lab: %s", value)
-            return False
+        _, candidate = allowed
         candidate.sdpMid = init.sdp_mid
         candidate.sdpMLineIndex = init.sdp_mline_index
         if candidate.sdpMid is None and candidate.sdpMLineIndex is None:

@@ -33,22 +33,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.support.chromium import CHROMIUM
+from tests.support.chromium import CHROMIUM_ARGS as BASE_ARGS
+
 if TYPE_CHECKING:
     from lkice.lab.netlab import NetLab
 
 PAGE_DIR = Path(__file__).resolve().with_name("connection_check")
 LIVEKIT_CLIENT = "2.23.0"
-CHROMIUM = Path("/usr/bin/chromium")
-# As tests/test_html.py: root needs --no-sandbox; nothing may talk to Google's services (the lab
-# has no route there anyway, but a blocked request would still cost time).
+# The tests' Chromium flags (tests/support/chromium.py), and no other network use at all.
 CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+    *BASE_ARGS,
     "--disable-default-apps",
     "--disable-domain-reliability",
     "--no-pings",
