@@ -291,8 +291,12 @@ def run_connection_check(
         "timeout": timeout,
         "per_check_timeout": per_check_timeout,
     }
+    # As a module of the checkout (it imports tests.support.chromium), wherever pytest ran.
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     proc = lab.run_in_client(
-        ["python3", str(Path(__file__).resolve()), "--child"],
+        ["python3", "-m", "tests.support.connection_check", "--child"],
+        env={"PYTHONPATH": path},
         input_text=json.dumps(config),
         timeout=timeout + 60.0,  # Chromium's start and teardown on top of the checks
     )
