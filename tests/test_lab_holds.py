@@ -51,6 +51,21 @@ def test_a_hold_freezes_every_flow_and_releases_in_order() -> None:
     assert r.due(2.01) == [up[0]]  # after the hold: the plain delay again
 
 
+def test_the_router_counts_its_own_late_releases_not_its_scheduled_holds() -> None:
+    r = router()
+    up = packet("198.18.0.2", "198.19.0.2", 1)
+    r.admit(up, 1.0)  # due at 1.01
+    assert r.due(1.012) == [up]  # 2 ms late: scheduling noise, not counted
+    r.admit(up, 2.0)
+    assert r.due(2.05) == [up]  # 40 ms late: the router itself was held (a busy host)
+    r.schedule_holds({"ms": 100}, now=3.0)
+    r.admit(up, 3.0)
+    assert r.due(3.1) == [up]  # held by the schedule, released on time at its end
+    late = r.stats()["late"]
+    assert late["packets"] == 1
+    assert late["max_ms"] == pytest.approx(40.0)
+
+
 def test_a_hold_schedule_repeats_and_can_be_called_off() -> None:
     r = router()
     r.schedule_holds({"ms": 100, "every_ms": 500, "count": 3, "after_ms": 200}, now=0.0)

@@ -65,6 +65,9 @@ MAX_QUEUE = 20000
 MAX_HOLD_MS = 10_000.0
 MAX_HOLDS = 1000
 MAX_HOLD_AFTER_MS = 600_000.0
+# A packet released this much after its time was held by the router itself (a busy host
+# descheduled it): counted, so a test can tell the lab's own holds from the agent's findings.
+LATE_S = 0.005
 
 
 @dataclass
@@ -113,6 +116,9 @@ class DelayRouter:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.holds: list[tuple[float, float]] = []  # (start, end) of freezes to come, by start
         self.holds_done = 0
+        self._last_hold_end = 0.0  # what a scheduled hold delayed is not late
+        self.late = 0  # packets released more than LATE_S after their time (not in a hold)
+        self.max_late_s = 0.0
 
     def schedule_holds(self, spec: dict[str, Any], now: float) -> None:
         """Freeze all forwarding ``count`` times for ``ms``, ``every_ms`` apart, the first
@@ -207,12 +213,17 @@ class DelayRouter:
         freezes forwarding)."""
         out: list[bytes] = []
         while self.holds and self.holds[0][1] <= now:  # past holds: forgotten, counted
-            self.holds.pop(0)
+            self._last_hold_end = self.holds.pop(0)[1]
             self.holds_done += 1
         if self._hold_end(now) is not None:
             return out
         while self.queue and self.queue[0][0] <= now:
-            out.append(heapq.heappop(self.queue)[2])
+            release, _, packet = heapq.heappop(self.queue)
+            lateness = now - max(release, self._last_hold_end)
+            if lateness > LATE_S:
+                self.late += 1
+                self.max_late_s = max(self.max_late_s, lateness)
+            out.append(packet)
         return out
 
     def next_release(self) -> float | None:
@@ -229,6 +240,7 @@ class DelayRouter:
             "queued": len(self.queue),
             "unmatched": self.unmatched,
             "holds": {"done": self.holds_done, "pending": len(self.holds)},
+            "late": {"packets": self.late, "max_ms": self.max_late_s * 1000.0},
             "flows": {f.name: {"up": f.up.stats(), "down": f.down.stats()} for f in self.flows},
         }
 

@@ -37,6 +37,10 @@ class GroundTruth:
     egress_drops: int  # client->outside packets the firewall profile dropped
     ingress_drops: int  # unsolicited inbound packets the firewall dropped
     regions: dict[str, dict[str, DirectionTruth]]  # region -> "upstream"/"downstream"
+    # Packets the delay router itself released more than 5 ms late (a busy host descheduled
+    # it), and the latest by how much: holds that were the lab's, not the path's.
+    router_late: int = 0
+    router_max_late_ms: float = 0.0
 
     def injected_rtt_ms(self, region: str) -> float:
         """The round-trip delay the lab adds to ``region`` (without its own overhead)."""
@@ -161,4 +165,6 @@ def ground_truth_from(
         egress_drops=fw.get("egress_drop", 0),
         ingress_drops=fw.get("ingress_drop", 0),
         regions=regions,
+        router_late=int(router_stats.get("late", {}).get("packets", 0)),
+        router_max_late_ms=float(router_stats.get("late", {}).get("max_ms", 0.0)),
     )
