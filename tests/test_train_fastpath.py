@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -357,7 +358,13 @@ async def _arrival_while_blocked(
             local = channel.transport.get_extra_info("sockname")
             sent = time.perf_counter()
             server.sendto(_response(os.urandom(12)), local)
-            time.sleep(0.05)  # noqa: ASYNC251 (the loop is held: the answer waits in the socket)
+            # The loop is held until the answer waits in the socket: on a busy machine the kernel
+            # may deliver even a loopback datagram late (softirq deferred), so wait for it to be
+            # readable (select does not consume it) rather than for a fixed time.
+            sock = channel.transport.get_extra_info("socket")
+            readable, _, _ = select.select([sock.fileno()], [], [], 5.0)
+            assert readable, "the answer never reached the socket"
+            time.sleep(0.01)  # noqa: ASYNC251 (held a little longer: arrival and release differ)
             released = time.perf_counter()
             for _ in range(100):
                 await asyncio.sleep(0.001)
