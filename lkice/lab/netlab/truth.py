@@ -159,12 +159,13 @@ def ground_truth_from(
                 delayed=int(stats.get("packets", 0)),
                 queue_drops=int(stats.get("queue_drops", 0)),
             )
+    late = router_stats.get("late", {})
     return GroundTruth(
         profile=profile,
         reorder=bool(router_stats.get("reorder", reorder)),
         egress_drops=fw.get("egress_drop", 0),
         ingress_drops=fw.get("ingress_drop", 0),
         regions=regions,
-        router_late=int(router_stats.get("late", {}).get("packets", 0)),
-        router_max_late_ms=float(router_stats.get("late", {}).get("max_ms", 0.0)),
+        router_late=int(late.get("packets", 0)),
+        router_max_late_ms=float(late.get("max_ms", 0.0)),
     )
